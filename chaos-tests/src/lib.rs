@@ -1,0 +1,1 @@
+//! Harness for multi-node failover drills in network namespaces. Not built yet.

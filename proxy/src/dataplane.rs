@@ -1,0 +1,113 @@
+//! The live data plane: the current snapshot, swapped atomically when a new table arrives.
+//!
+//! A request loads the snapshot once and keeps that `Arc` until it ends, so it sees one
+//! consistent version however many swaps happen meanwhile. A swap never touches open
+//! connections: they keep serving, and their next request picks up the new snapshot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::Metrics;
+use crate::metrics::RouteStats;
+use crate::model::Endpoint;
+use crate::model::Protocol;
+use crate::model::RoutingTable;
+use crate::router::Router;
+use crate::router::RouterError;
+use crate::tls::CertStore;
+use crate::tls::SniResolver;
+use crate::upstream::EndpointState;
+use crate::upstream::UpstreamState;
+
+/// One consistent version of everything a request needs.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub table: Arc<RoutingTable>,
+    pub router: Router,
+    pub upstreams: HashMap<String, Arc<UpstreamState>>,
+    /// Per-route metric handles, by route id, filled on first use.
+    route_stats: Vec<OnceLock<Arc<RouteStats>>>,
+}
+
+impl Snapshot {
+    fn empty() -> Snapshot {
+        Snapshot { table: Arc::default(), router: Router::default(), upstreams: HashMap::new(), route_stats: Vec::new() }
+    }
+
+    /// The metric handle of route `id`.
+    pub fn route_stats(&self, id: usize, metrics: &Metrics) -> Arc<RouteStats> {
+        match self.route_stats.get(id) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    let e = &self.router.routes()[id];
+                    metrics.route(&e.host, &e.route.path.to_string())
+                })
+                .clone(),
+            None => metrics.route("", ""),
+        }
+    }
+}
+
+/// The node's data plane.
+#[derive(Debug)]
+pub struct Dataplane {
+    current: ArcSwap<Snapshot>,
+    resolver: Arc<SniResolver>,
+    metrics: Arc<Metrics>,
+    install: Mutex<()>,
+}
+
+impl Dataplane {
+    pub fn new(resolver: Arc<SniResolver>, metrics: Arc<Metrics>) -> Dataplane {
+        Dataplane { current: ArcSwap::from_pointee(Snapshot::empty()), resolver, metrics, install: Mutex::new(()) }
+    }
+
+    /// The snapshot to serve one request with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn resolver(&self) -> &Arc<SniResolver> {
+        &self.resolver
+    }
+
+    /// The version of the table being served.
+    pub fn version(&self) -> u64 {
+        self.current.load().table.version
+    }
+
+    /// Compiles `table` and swaps it in. Endpoint state (pools, health, EWMA) and parsed
+    /// certificates carry over for whatever the new table keeps.
+    pub fn install(&self, table: RoutingTable) -> Result<(), RouterError> {
+        let _one_at_a_time = self.install.lock();
+        let router = Router::new(&table)?;
+        let old = self.current.load_full();
+        let previous: HashMap<(Endpoint, Protocol), Arc<EndpointState>> = old
+            .upstreams
+            .values()
+            .flat_map(|u| u.endpoints.iter())
+            .map(|e| ((e.endpoint.clone(), e.protocol), e.clone()))
+            .collect();
+        let upstreams = table
+            .upstreams
+            .iter()
+            .map(|(id, up)| (id.clone(), Arc::new(UpstreamState::new(up, &previous))))
+            .collect();
+        // Certificates first, so a host that just gained TLS never meets a router without them.
+        let certs = CertStore::build(&table, &self.resolver.store());
+        self.resolver.install(certs);
+        let route_stats = (0..router.routes().len()).map(|_| OnceLock::new()).collect();
+        self.current.store(Arc::new(Snapshot { table: Arc::new(table), router, upstreams, route_stats }));
+        self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

@@ -1,0 +1,639 @@
+//! The L7 request path: route, redirect or proxy, with retries, timeouts and upgrades.
+//!
+//! ```text
+//! request ─► snapshot ─► lookup ─► [308 to https] ─► [413] ─► pick endpoint ─► connect/reuse
+//!                                                        ▲              │ connect error,
+//!                                                        └──────────────┘ request not sent
+//! response ◄─ strip hop-by-hop ◄─ [101: tunnel both upgrades] ◄─ upstream response
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::task::Poll;
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::HeaderName;
+use http::HeaderValue;
+use http::Method;
+use http::Request;
+use http::Response;
+use http::StatusCode;
+use http::Uri;
+use http::Version;
+use http::header;
+use http_body::Body as _;
+use http_body::Frame;
+use http_body::SizeHint;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use http_body_util::LengthLimitError;
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::dataplane::Dataplane;
+use crate::dataplane::Snapshot;
+use crate::error::ErrorSide;
+use crate::error::ProxyError;
+use crate::metrics::RouteStats;
+use crate::metrics::UpstreamErrorKind;
+use crate::model::RoutePolicy;
+use crate::pool::Body;
+use crate::pool::BoxError;
+use crate::pool::Conn;
+use crate::router::Lookup;
+use crate::upstream::EndpointState;
+use crate::upstream::InFlight;
+
+/// What the handler knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The port HTTPS is served on, for redirects (omitted from the URL when 443).
+    pub https_port: u16,
+}
+
+/// Headers that apply to one hop only (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+
+/// Serves one request. Never fails: every error becomes a response.
+pub async fn handle(dp: Arc<Dataplane>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let snap = dp.snapshot();
+    let host = request_host(&req).unwrap_or_default();
+    let mut log = RequestLog {
+        start,
+        method: req.method().clone(),
+        path: req.uri().path().to_string(),
+        host: host.clone(),
+        client: conn.client,
+        upstream: String::new(),
+        endpoint: None,
+        status: 0,
+        request_id: String::new(),
+        stats: None,
+        access_log: snap.table.settings.access_log,
+    };
+    let (backend, policy, tls, route_id) = match snap.router.lookup(&host, req.uri().path()) {
+        Lookup::Route(e) => {
+            let id = snap.router.routes().iter().position(|r| std::ptr::eq(r, e));
+            (e.route.backend.upstream.clone(), e.route.policy.clone(), e.tls, id)
+        }
+        Lookup::Default { backend, tls } => (backend.upstream.clone(), RoutePolicy::default(), tls, None),
+        Lookup::NotFound => {
+            log.stats = Some(dp.metrics().route("", ""));
+            return Ok(log.finish(local(StatusCode::NOT_FOUND, "404 page not found\n")));
+        }
+    };
+    log.stats = Some(match route_id {
+        Some(id) => snap.route_stats(id, dp.metrics()),
+        None => dp.metrics().route("", ""),
+    });
+    log.upstream = backend.clone();
+
+    if tls && !conn.tls && policy.ssl_redirect {
+        return Ok(log.finish(redirect_to_https(&req, &host, conn.https_port)));
+    }
+    if let Some(max) = policy.max_body_bytes {
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Ok(log.finish(local(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large\n")));
+        }
+    }
+    let response = proxy(&dp, &snap, &conn, req, &backend, &policy, &host, &mut log).await;
+    Ok(match response {
+        Ok(resp) => log.finish(resp),
+        Err(e) => {
+            tracing::debug!(upstream = %backend, error = %e, "request failed");
+            if let Some(kind) = e.upstream_kind() {
+                dp.metrics().upstream_error(&backend, kind);
+            }
+            log.finish(local(e.status(), e.body()))
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    dp: &Arc<Dataplane>,
+    snap: &Arc<Snapshot>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    upstream_id: &str,
+    policy: &RoutePolicy,
+    host: &str,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(upstream) = snap.upstreams.get(upstream_id).filter(|u| !u.endpoints.is_empty()) else {
+        return Err(ProxyError::NoEndpoints);
+    };
+    let settings = &snap.table.settings;
+    let is_upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let request_id = ensure_request_id(req.headers_mut());
+    log.request_id = request_id;
+    let protocol = upstream.endpoints[0].protocol;
+
+    let (parts, body) = req.into_parts();
+    let body: Body = match policy.max_body_bytes {
+        Some(max) => Limited::new(body, max as usize).boxed(),
+        None => body.map_err(BoxError::from).boxed(),
+    };
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.headers_mut() = parts.headers;
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    *out.uri_mut() = if protocol.is_h2() {
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        Uri::try_from(format!("{scheme}://{}{path_and_query}", authority_of(host))).map_err(|_| ProxyError::BadRequest)?
+    } else {
+        Uri::try_from(path_and_query).map_err(|_| ProxyError::BadRequest)?
+    };
+    *out.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
+    let keep_te_trailers = protocol.is_h2() && te_is_trailers(out.headers());
+    let upgrade_proto = if is_upgrade { out.headers().get(header::UPGRADE).cloned() } else { None };
+    strip_hop_by_hop(out.headers_mut());
+    if let Some(proto) = upgrade_proto {
+        out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.headers_mut().insert(header::UPGRADE, proto);
+    }
+    if keep_te_trailers {
+        out.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if protocol.is_h2() {
+        out.headers_mut().remove(header::HOST);
+    } else if !out.headers().contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            out.headers_mut().insert(header::HOST, v);
+        }
+    }
+    add_forwarded(out.headers_mut(), conn, host);
+
+    let tries = policy.next_upstream_tries.max(1) as usize;
+    let mut tried: Vec<usize> = Vec::with_capacity(tries);
+    let connect_timeout = Duration::from_millis(policy.connect_timeout_ms);
+    let read_timeout = Duration::from_millis(policy.read_timeout_ms);
+    let mut last_err = ProxyError::NoEndpoints;
+    let mut req = out;
+    while tried.len() < tries {
+        let now = Instant::now();
+        let Some(idx) = upstream.pick(now, &tried) else { break };
+        let ep = upstream.endpoints[idx].clone();
+        tried.push(idx);
+        log.endpoint = Some(ep.endpoint.to_string());
+        let in_flight = ep.start();
+        // A pooled connection that turns out closed is not the endpoint's fault: try a fresh one.
+        let mut reused = ep.pool.reuse(now);
+        loop {
+            let fresh = reused.is_none();
+            let conn = match reused.take() {
+                Some(c) => c,
+                None => match ep.pool.connect(connect_timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(endpoint = %ep.endpoint, error = %e, "connect failed");
+                        ep.record_failure(Instant::now(), settings);
+                        dp.metrics().upstream_error(upstream_id, UpstreamErrorKind::Connect);
+                        last_err = ProxyError::Connect(e);
+                        break;
+                    }
+                },
+            };
+            let sent_at = Instant::now();
+            match send(conn, req, read_timeout).await {
+                Ok((resp, h1)) => {
+                    ep.record_success(Instant::now(), sent_at.elapsed());
+                    return Ok(respond(resp, h1, ep, in_flight, client_upgrade, read_timeout));
+                }
+                Err(SendError::NotSent(back, e)) => {
+                    req = back;
+                    if fresh {
+                        // A brand-new connection refused the request: count it against the endpoint.
+                        ep.record_failure(Instant::now(), settings);
+                        last_err = ProxyError::Upstream(e);
+                        break;
+                    }
+                    continue;
+                }
+                Err(SendError::Failed(e)) => {
+                    ep.record_failure(Instant::now(), settings);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Err(last_err)
+}
+
+enum SendError {
+    /// The request was never written: it may be sent again elsewhere.
+    NotSent(Request<Body>, hyper::Error),
+    /// The request may have reached the upstream: no retry.
+    Failed(ProxyError),
+}
+
+async fn send(
+    conn: Conn,
+    req: Request<Body>,
+    read_timeout: Duration,
+) -> Result<(Response<Incoming>, Option<http1::SendRequest<Body>>), SendError> {
+    match conn {
+        Conn::H1(mut sender) => {
+            if let Err(e) = sender.ready().await {
+                return Err(SendError::NotSent(req, e));
+            }
+            let fut = sender.try_send_request(req);
+            match tokio::time::timeout(read_timeout, fut).await {
+                Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
+                Ok(Ok(resp)) => Ok((resp, Some(sender))),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(req) => Err(SendError::NotSent(req, e.into_error())),
+                    None => Err(SendError::Failed(classify(e.into_error()))),
+                },
+            }
+        }
+        Conn::H2(mut sender) => {
+            if let Err(e) = sender.ready().await {
+                return Err(SendError::NotSent(req, e));
+            }
+            let fut = sender.try_send_request(req);
+            match tokio::time::timeout(read_timeout, fut).await {
+                Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
+                Ok(Ok(resp)) => Ok((resp, None)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(req) => Err(SendError::NotSent(req, e.into_error())),
+                    None => Err(SendError::Failed(classify(e.into_error()))),
+                },
+            }
+        }
+    }
+}
+
+fn classify(e: hyper::Error) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = src {
+        if s.is::<LengthLimitError>() {
+            return ProxyError::BodyTooLarge;
+        }
+        src = s.source();
+    }
+    if e.is_timeout() {
+        return ProxyError::Timeout;
+    }
+    ProxyError::Upstream(e)
+}
+
+fn respond(
+    resp: Response<Incoming>,
+    h1: Option<http1::SendRequest<Body>>,
+    ep: Arc<EndpointState>,
+    in_flight: InFlight,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    read_timeout: Duration,
+) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let upstream = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
+        if let Some(client) = client_upgrade {
+            tokio::spawn(tunnel(client, upstream, read_timeout, in_flight));
+        }
+        // The 101 keeps its Connection and Upgrade headers.
+        return Response::from_parts(parts, Full::new(Bytes::new()).map_err(BoxError::from).boxed());
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    let body = Tracked { inner: body, ep: Some(ep), h1, _in_flight: in_flight, idle: read_timeout, timer: None };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Copies bytes both ways between the two upgraded connections until both sides close,
+/// or neither side sends anything for `idle`.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration, _in_flight: InFlight) {
+    let (client, upstream) = match tokio::join!(client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut a = TokioIo::new(client);
+    let mut b = TokioIo::new(upstream);
+    let (mut buf_a, mut buf_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                r = a.read(&mut buf_a), if a_open => match r {
+                    Ok(0) | Err(_) => { a_open = false; b.shutdown().await }
+                    Ok(n) => b.write_all(&buf_a[..n]).await,
+                },
+                r = b.read(&mut buf_b), if b_open => match r {
+                    Ok(0) | Err(_) => { b_open = false; a.shutdown().await }
+                    Ok(n) => a.write_all(&buf_b[..n]).await,
+                },
+            }
+        })
+        .await;
+        match step {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+}
+
+/// The upstream response body: returns the connection to the pool once read to the end,
+/// and enforces the read timeout between two chunks.
+struct Tracked {
+    inner: Incoming,
+    ep: Option<Arc<EndpointState>>,
+    h1: Option<http1::SendRequest<Body>>,
+    _in_flight: InFlight,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Tracked {
+    fn release(&mut self) {
+        if let (Some(ep), Some(s)) = (self.ep.take(), self.h1.take()) {
+            ep.pool.put(s, Instant::now());
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer = None;
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.h1 = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.h1 = None;
+                        Poll::Ready(Some(Err(Box::new(ProxyError::Timeout))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Records metrics and the access log line when the response is done (or dropped).
+struct RequestLog {
+    start: Instant,
+    method: Method,
+    path: String,
+    host: String,
+    client: SocketAddr,
+    upstream: String,
+    endpoint: Option<String>,
+    status: u16,
+    request_id: String,
+    stats: Option<Arc<RouteStats>>,
+    access_log: bool,
+}
+
+impl RequestLog {
+    fn finish(mut self, resp: Response<Body>) -> Response<Body> {
+        self.status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        if body.is_end_stream() {
+            drop(self);
+            return Response::from_parts(parts, body);
+        }
+        Response::from_parts(parts, Logged { inner: body, log: Some(self) }.boxed())
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if let Some(s) = &self.stats {
+            s.record(self.status, elapsed);
+        }
+        if self.access_log {
+            tracing::info!(
+                target: "raftgate::access",
+                client = %self.client,
+                method = %self.method,
+                host = %self.host,
+                path = %self.path,
+                status = self.status,
+                upstream = %self.upstream,
+                endpoint = self.endpoint.as_deref().unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %self.request_id,
+            );
+        }
+    }
+}
+
+struct Logged {
+    inner: Body,
+    log: Option<RequestLog>,
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) {
+            self.log = None;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+}
+
+fn authority_of(host: &str) -> &str {
+    if host.is_empty() { "localhost" } else { host }
+}
+
+fn wants_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn te_is_trailers(h: &HeaderMap) -> bool {
+    h.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
+    let ip = conn.client.ip().to_string();
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    let proto = if conn.tls { "https" } else { "http" };
+    let pairs = [
+        (&X_FORWARDED_FOR, xff),
+        (&X_REAL_IP, ip),
+        (&X_FORWARDED_PROTO, proto.to_string()),
+        (&X_SCHEME, proto.to_string()),
+        (&X_FORWARDED_HOST, crate::router::normalize_host(host).into_owned()),
+        (&X_FORWARDED_PORT, conn.local.port().to_string()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
+/// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's `$request_id`).
+fn ensure_request_id(h: &mut HeaderMap) -> String {
+    if let Some(id) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 200) {
+        return id.to_string();
+    }
+    let id = crate::id::request_id();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    id
+}
+
+fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<Body> {
+    let name = crate::router::normalize_host(host);
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = if https_port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{https_port}{path}") };
+    let mut resp = local(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// A short plain-text response made by the proxy itself.
+pub fn local(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(BoxError::from).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoEndpoints => "503 Service Unavailable: no ready endpoints\n",
+            ProxyError::Timeout => "504 Gateway Timeout\n",
+            ProxyError::BodyTooLarge => "413 Request Entity Too Large\n",
+            ProxyError::BadRequest => "400 Bad Request\n",
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
+        }
+    }
+
+    fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+        match self.side() {
+            ErrorSide::Upstream => Some(match self {
+                ProxyError::NoEndpoints => UpstreamErrorKind::NoEndpoints,
+                ProxyError::Timeout => UpstreamErrorKind::Timeout,
+                // Connect errors are counted per attempt, where they happen.
+                ProxyError::Connect(_) => return None,
+                _ => UpstreamErrorKind::Reset,
+            }),
+            _ => None,
+        }
+    }
+}

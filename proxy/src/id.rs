@@ -1,0 +1,38 @@
+//! Request ids: 32 random hex digits, like nginx's `$request_id`.
+
+use std::cell::Cell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+thread_local! {
+    static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+}
+
+fn next() -> u64 {
+    STATE.with(|s| {
+        // xorshift64*, seeded per thread from the OS-randomised hasher keys.
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A fresh request id.
+pub(crate) fn request_id() -> String {
+    format!("{:016x}{:016x}", next(), next())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_32_hex_digits_and_differ() {
+        let a = super::request_id();
+        let b = super::request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,160 @@
+//! Data-plane metrics: lock-free counters on the request path, rendered as Prometheus text.
+//!
+//! Labels are bounded: `host` and `route` come from the configured routes (requests that
+//! match none are counted under empty labels), and `status` is the status class (`2xx`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Histogram bucket bounds in seconds.
+pub const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// Counters for one (host, route).
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What went wrong talking to an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    NoEndpoints,
+}
+
+impl UpstreamErrorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::NoEndpoints => "no_endpoints",
+        }
+    }
+}
+
+/// All data-plane metrics of a node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    routes: Mutex<BTreeMap<(String, String), Arc<RouteStats>>>,
+    upstream_errors: Mutex<BTreeMap<(String, UpstreamErrorKind), u64>>,
+    pub connections_accepted: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub tls_handshake_errors: AtomicU64,
+    pub config_swaps: AtomicU64,
+}
+
+impl Metrics {
+    /// The stats of a route, created on first use. Callers cache the `Arc`.
+    pub fn route(&self, host: &str, route: &str) -> Arc<RouteStats> {
+        let Ok(mut map) = self.routes.lock() else { return Arc::default() };
+        map.entry((host.to_string(), route.to_string())).or_default().clone()
+    }
+
+    pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
+        if let Ok(mut map) = self.upstream_errors.lock() {
+            *map.entry((upstream.to_string(), kind)).or_default() += 1;
+        }
+    }
+
+    /// Prometheus text exposition of everything above.
+    pub fn render(&self, out: &mut String) {
+        let routes: Vec<_> = self.routes.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        out.push_str("# HELP raftgate_http_requests_total HTTP requests answered, by host, route and status class.\n");
+        out.push_str("# TYPE raftgate_http_requests_total counter\n");
+        for ((host, route), s) in &routes {
+            for (i, c) in s.by_class.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "raftgate_http_requests_total{{host=\"{}\",route=\"{}\",status=\"{}xx\"}} {n}",
+                        escape(host),
+                        escape(route),
+                        i + 1
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP raftgate_http_request_duration_seconds Time from request to the end of the response.\n");
+        out.push_str("# TYPE raftgate_http_request_duration_seconds histogram\n");
+        for ((host, route), s) in &routes {
+            let labels = format!("host=\"{}\",route=\"{}\"", escape(host), escape(route));
+            let mut cumulative = 0;
+            for (b, c) in BUCKETS.iter().zip(&s.buckets) {
+                cumulative += c.load(Ordering::Relaxed);
+                let _ = writeln!(out, "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+            }
+            let count = s.count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "raftgate_http_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "raftgate_http_request_duration_seconds_count{{{labels}}} {count}");
+        }
+        out.push_str("# HELP raftgate_upstream_errors_total Failed attempts to reach an upstream, by kind.\n");
+        out.push_str("# TYPE raftgate_upstream_errors_total counter\n");
+        if let Ok(map) = self.upstream_errors.lock() {
+            for ((up, kind), n) in map.iter() {
+                let _ = writeln!(out, "raftgate_upstream_errors_total{{upstream=\"{}\",kind=\"{}\"}} {n}", escape(up), kind.as_str());
+            }
+        }
+        let gauges = [
+            ("raftgate_connections_accepted_total", "counter", "Client connections accepted.", &self.connections_accepted),
+            ("raftgate_connections_active", "gauge", "Client connections open now.", &self.connections_active),
+            ("raftgate_tls_handshake_errors_total", "counter", "Failed TLS handshakes with clients.", &self.tls_handshake_errors),
+            ("raftgate_config_swaps_total", "counter", "Routing tables swapped into the data plane.", &self.config_swaps),
+        ];
+        for (name, kind, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts_buckets_and_escapes_labels() {
+        let m = Metrics::default();
+        let s = m.route("a.com", "/x\"y");
+        s.record(200, Duration::from_millis(3));
+        s.record(503, Duration::from_secs(10));
+        m.upstream_error("ns/svc:80", UpstreamErrorKind::Connect);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains(r#"raftgate_http_requests_total{host="a.com",route="/x\"y",status="2xx"} 1"#), "{out}");
+        assert!(out.contains(r#"status="5xx"} 1"#));
+        assert!(out.contains(r#"le="0.0025"} 0"#));
+        assert!(out.contains(r#"le="0.005"} 1"#));
+        assert!(out.contains(r#"le="+Inf"} 2"#));
+        assert!(out.contains(r#"raftgate_upstream_errors_total{upstream="ns/svc:80",kind="connect"} 1"#));
+    }
+}

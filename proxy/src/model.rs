@@ -1,0 +1,441 @@
+//! The routing model: plain, versioned data that the compiler produces and Raft will replicate.
+//!
+//! Nothing here does I/O or holds runtime state. A [`RoutingTable`] is a value:
+//! two tables compare with `==`, serialise with serde, and [`diff`] yields the
+//! smallest list of [`Delta`]s that turns one into the other. The data plane
+//! compiles a table into a [`crate::router::Router`] and swaps it in atomically.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+use serde::Serialize;
+
+/// The whole routing state a node serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// Grows with every change the source makes; members report the version they serve.
+    pub version: u64,
+    /// Virtual hosts keyed by host name: `foo.com`, `*.foo.com`, or [`ANY_HOST`].
+    pub vhosts: BTreeMap<String, VirtualHost>,
+    /// Upstreams keyed by their id (see [`UpstreamId`]).
+    pub upstreams: BTreeMap<String, Upstream>,
+    /// Certificates keyed by their id (`namespace/secret`).
+    pub certificates: BTreeMap<String, Certificate>,
+    /// SNI name (exact or `*.` wildcard) to certificate id.
+    pub sni: BTreeMap<String, String>,
+    /// Where a request goes when no virtual host or route matches.
+    pub default_backend: Option<Backend>,
+    /// Settings that apply to every route.
+    pub settings: GlobalSettings,
+}
+
+/// The key of the virtual host that serves rules without a host.
+pub const ANY_HOST: &str = "*";
+
+/// One host's routes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualHost {
+    /// Routes in precedence order: earlier routes win a conflict on the same path.
+    pub routes: Vec<Route>,
+    /// Where an unmatched path on this host goes (the owning Ingress's `defaultBackend`).
+    pub default_backend: Option<Backend>,
+    /// The host is listed in some Ingress's `spec.tls`.
+    pub tls: bool,
+}
+
+/// One path of one host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub path: PathMatch,
+    pub backend: Backend,
+    pub policy: RoutePolicy,
+    /// The object this route came from (`namespace/name`), for logs and metrics.
+    pub source: String,
+}
+
+/// How a route's path is matched.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum PathMatch {
+    /// Case-sensitive whole-path match.
+    Exact(String),
+    /// Element-wise prefix match on `/`; a trailing slash is ignored.
+    Prefix(String),
+    /// A regular expression anchored at the start of the path, case-insensitive (as
+    /// ingress-nginx's `location ~*`).
+    Regex(String),
+}
+
+impl PathMatch {
+    /// The path or pattern as written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) | PathMatch::Regex(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(p) => write!(f, "={p}"),
+            PathMatch::Prefix(p) => write!(f, "{p}"),
+            PathMatch::Regex(p) => write!(f, "~{p}"),
+        }
+    }
+}
+
+/// Where a matched request is sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// The upstream id; an id with no entry in [`RoutingTable::upstreams`] answers 503.
+    pub upstream: String,
+}
+
+/// Per-route behaviour, with ingress-nginx's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoutePolicy {
+    /// Redirect plain HTTP to HTTPS (308) when the host has TLS.
+    pub ssl_redirect: bool,
+    /// Largest request body in bytes; `None` means unlimited (`proxy-body-size: 0`).
+    pub max_body_bytes: Option<u64>,
+    /// Upstream connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Time allowed between two reads from the upstream (and the WebSocket idle timeout).
+    pub read_timeout_ms: u64,
+    /// Time allowed between two writes to the upstream.
+    pub send_timeout_ms: u64,
+    /// How many endpoints a failed connect is tried on, in all (ingress-nginx's
+    /// `proxy-next-upstream-tries`, default 3).
+    pub next_upstream_tries: u32,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            ssl_redirect: true,
+            max_body_bytes: Some(1024 * 1024),
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            next_upstream_tries: 3,
+        }
+    }
+}
+
+/// A set of endpoints that serve one Service port.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The conventional id of the upstream for a Service port and protocol.
+#[derive(Debug)]
+pub struct UpstreamId;
+
+impl UpstreamId {
+    /// `namespace/service:port`, with `|protocol` and `|balance` suffixes when not the defaults.
+    pub fn format(namespace: &str, service: &str, port: &str, protocol: Protocol, balance: Balance) -> String {
+        let mut id = format!("{namespace}/{service}:{port}");
+        if protocol != Protocol::Http {
+            id.push('|');
+            id.push_str(protocol.as_str());
+        }
+        if balance != Balance::RoundRobin {
+            id.push('|');
+            id.push_str(balance.as_str());
+        }
+        id
+    }
+}
+
+/// An address to connect to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// An IP address and port (from an EndpointSlice or Endpoints object).
+    Addr(SocketAddr),
+    /// A DNS name resolved when connecting (an `ExternalName` Service).
+    Dns { host: String, port: u16 },
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Addr(a) => write!(f, "{a}"),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// How an upstream's endpoint is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// The fewer requests in flight, the likelier (power of two choices).
+    LeastRequest,
+    /// Peak-EWMA latency times load (power of two choices).
+    Ewma,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequest => "least_request",
+            Balance::Ewma => "ewma",
+        }
+    }
+}
+
+/// The protocol spoken to an upstream (`backend-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 over plain TCP, with a keep-alive pool.
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS (the upstream's certificate is not verified, as in ingress-nginx).
+    Https,
+    /// HTTP/2 with prior knowledge over plain TCP (`HTTP2`, `GRPC`).
+    H2c,
+    /// HTTP/2 over TLS (`GRPCS`).
+    H2,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print a private key.
+        f.debug_struct("Certificate").field("cert_pem_len", &self.cert_pem.len()).finish_non_exhaustive()
+    }
+}
+
+/// Settings that apply to the whole table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GlobalSettings {
+    /// After this many consecutive failures an endpoint is ejected (nginx's `max_fails`).
+    pub upstream_max_fails: u32,
+    /// How long an ejected endpoint sits out (nginx's `fail_timeout`).
+    pub upstream_fail_timeout_ms: u64,
+    /// Write one access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for GlobalSettings {
+    fn default() -> Self {
+        GlobalSettings { upstream_max_fails: 1, upstream_fail_timeout_ms: 10_000, access_log: false }
+    }
+}
+
+/// One change from one table to the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delta {
+    Version(u64),
+    PutVhost(String, VirtualHost),
+    DelVhost(String),
+    PutUpstream(String, Upstream),
+    DelUpstream(String),
+    PutCertificate(String, Certificate),
+    DelCertificate(String),
+    PutSni(String, String),
+    DelSni(String),
+    DefaultBackend(Option<Backend>),
+    Settings(GlobalSettings),
+}
+
+/// The changes that turn `old` into `new`: `apply(old, diff(old, new)) == new`.
+pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<Delta> {
+    let mut out = Vec::new();
+    diff_map(&old.vhosts, &new.vhosts, &mut out, Delta::PutVhost, Delta::DelVhost);
+    diff_map(&old.upstreams, &new.upstreams, &mut out, Delta::PutUpstream, Delta::DelUpstream);
+    diff_map(&old.certificates, &new.certificates, &mut out, Delta::PutCertificate, Delta::DelCertificate);
+    diff_map(&old.sni, &new.sni, &mut out, Delta::PutSni, Delta::DelSni);
+    if old.default_backend != new.default_backend {
+        out.push(Delta::DefaultBackend(new.default_backend.clone()));
+    }
+    if old.settings != new.settings {
+        out.push(Delta::Settings(new.settings.clone()));
+    }
+    if old.version != new.version {
+        out.push(Delta::Version(new.version));
+    }
+    out
+}
+
+fn diff_map<V: Clone + PartialEq>(
+    old: &BTreeMap<String, V>,
+    new: &BTreeMap<String, V>,
+    out: &mut Vec<Delta>,
+    put: impl Fn(String, V) -> Delta,
+    del: impl Fn(String) -> Delta,
+) {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            out.push(put(k.clone(), v.clone()));
+        }
+    }
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.push(del(k.clone()));
+        }
+    }
+}
+
+impl RoutingTable {
+    /// Applies deltas in order.
+    pub fn apply(&mut self, deltas: impl IntoIterator<Item = Delta>) {
+        for d in deltas {
+            match d {
+                Delta::Version(v) => self.version = v,
+                Delta::PutVhost(k, v) => {
+                    self.vhosts.insert(k, v);
+                }
+                Delta::DelVhost(k) => {
+                    self.vhosts.remove(&k);
+                }
+                Delta::PutUpstream(k, v) => {
+                    self.upstreams.insert(k, v);
+                }
+                Delta::DelUpstream(k) => {
+                    self.upstreams.remove(&k);
+                }
+                Delta::PutCertificate(k, v) => {
+                    self.certificates.insert(k, v);
+                }
+                Delta::DelCertificate(k) => {
+                    self.certificates.remove(&k);
+                }
+                Delta::PutSni(k, v) => {
+                    self.sni.insert(k, v);
+                }
+                Delta::DelSni(k) => {
+                    self.sni.remove(&k);
+                }
+                Delta::DefaultBackend(b) => self.default_backend = b,
+                Delta::Settings(s) => self.settings = s,
+            }
+        }
+    }
+
+    /// The number of routes across all virtual hosts.
+    pub fn route_count(&self) -> usize {
+        self.vhosts.values().map(|v| v.routes.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_table() -> impl Strategy<Value = RoutingTable> {
+        let vhost = (prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3), any::<bool>()).prop_map(|(paths, tls)| {
+            VirtualHost {
+                routes: paths
+                    .into_iter()
+                    .map(|(p, u)| Route {
+                        path: PathMatch::Prefix(p),
+                        backend: Backend { upstream: u },
+                        policy: RoutePolicy::default(),
+                        source: "ns/ing".into(),
+                    })
+                    .collect(),
+                default_backend: None,
+                tls,
+            }
+        });
+        let upstream = prop::collection::vec(1u16..4, 0..3).prop_map(|ports| Upstream {
+            endpoints: ports.into_iter().map(|p| Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], p)))).collect(),
+            ..Upstream::default()
+        });
+        (
+            any::<u64>(),
+            prop::collection::btree_map("[a-d]", vhost, 0..4),
+            prop::collection::btree_map("[ab]", upstream, 0..3),
+            prop::collection::btree_map("[a-d]", "[xy]", 0..3),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(version, vhosts, upstreams, sni, default, log)| RoutingTable {
+                version,
+                vhosts,
+                upstreams,
+                certificates: BTreeMap::new(),
+                sni,
+                default_backend: default.then(|| Backend { upstream: "a".into() }),
+                settings: GlobalSettings { access_log: log, ..GlobalSettings::default() },
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn diff_then_apply_reproduces_the_new_table(old in arb_table(), new in arb_table()) {
+            let deltas = diff(&old, &new);
+            let mut t = old.clone();
+            t.apply(deltas.clone());
+            prop_assert_eq!(&t, &new);
+            // Only what changed is sent.
+            prop_assert_eq!(deltas.is_empty(), old == new);
+        }
+    }
+
+    #[test]
+    fn one_endpoint_change_is_one_small_delta() {
+        let mut old = RoutingTable::default();
+        for i in 0..1000 {
+            old.upstreams.insert(
+                format!("ns/svc{i}:80"),
+                Upstream {
+                    endpoints: vec![Endpoint::Addr(SocketAddr::from(([10, 0, 0, 1], 8080)))],
+                    ..Upstream::default()
+                },
+            );
+        }
+        let mut new = old.clone();
+        if let Some(u) = new.upstreams.get_mut("ns/svc7:80") {
+            u.endpoints.push(Endpoint::Addr(SocketAddr::from(([10, 0, 0, 2], 8080))));
+        }
+        let d = diff(&old, &new);
+        assert_eq!(d.len(), 1);
+        assert!(matches!(&d[0], Delta::PutUpstream(k, _) if k == "ns/svc7:80"));
+        assert!(serde_json::to_vec(&d).unwrap().len() < 1024);
+    }
+}

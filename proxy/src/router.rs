@@ -1,0 +1,317 @@
+//! Route lookup: the routing table compiled into hash maps, so a lookup costs a few hashes.
+//!
+//! ```text
+//! host ──► exact host map ──► wildcard map (first label stripped) ──► any-host vhost
+//!             │
+//!             ▼
+//! path ──► Exact map ──► Regex routes longer than the best prefix ──► Prefix map
+//!          (whole path)                                                (one probe per `/`)
+//! ```
+//!
+//! Semantics follow Kubernetes `networking.k8s.io/v1` Ingress exactly:
+//! * hosts match case-insensitively, ignoring a port and a trailing dot; `*.foo.com`
+//!   matches exactly one extra label;
+//! * `Exact` is a case-sensitive whole-path match; `Prefix` matches element-wise on `/`
+//!   with a trailing slash ignored; the longest match wins, and Exact wins a tie;
+//! * paths are normalised before matching as nginx does (percent-decoding, `.`/`..`
+//!   segments resolved, repeated slashes merged), while the upstream gets the original URI.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use regex::Regex;
+
+use crate::model::ANY_HOST;
+use crate::model::Backend;
+use crate::model::PathMatch;
+use crate::model::Route;
+use crate::model::RoutingTable;
+
+/// Why a table could not be compiled. The compiler validates first, so this is a bug guard.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("route {path} on host {host}: invalid regex: {source}")]
+    Regex {
+        host: String,
+        path: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// Index of a route in [`Router::routes`].
+pub type RouteId = usize;
+
+/// A route with what the data plane needs at request time.
+#[derive(Debug)]
+pub struct RouteEntry {
+    /// The virtual host's key, for metrics.
+    pub host: String,
+    pub route: Route,
+    /// The host has TLS configured, so plain HTTP may be redirected.
+    pub tls: bool,
+}
+
+#[derive(Debug, Default)]
+struct VhostIndex {
+    exact: HashMap<Box<str>, RouteId>,
+    /// Keyed by the prefix without its trailing slash (`/` becomes the empty string).
+    prefix: HashMap<Box<str>, RouteId>,
+    /// Sorted by pattern length, longest first.
+    regex: Vec<(usize, Regex, RouteId)>,
+    default_backend: Option<Backend>,
+    tls: bool,
+}
+
+/// The outcome of a lookup.
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    /// A route matched.
+    Route(&'a RouteEntry),
+    /// No route matched; this is the default backend that applies (the host's, then the global one).
+    Default { backend: &'a Backend, tls: bool },
+    /// Nothing matched and there is no default backend.
+    NotFound,
+}
+
+/// The compiled form of a [`RoutingTable`].
+#[derive(Debug, Default)]
+pub struct Router {
+    exact_hosts: HashMap<Box<str>, usize>,
+    wildcard_hosts: HashMap<Box<str>, usize>,
+    any_host: Option<usize>,
+    vhosts: Vec<VhostIndex>,
+    routes: Vec<RouteEntry>,
+    default_backend: Option<Backend>,
+}
+
+impl Router {
+    /// Compiles a table. Fails only on an invalid regex, which the compiler rejects earlier.
+    pub fn new(table: &RoutingTable) -> Result<Router, RouterError> {
+        let mut r = Router { default_backend: table.default_backend.clone(), ..Router::default() };
+        for (host, vhost) in &table.vhosts {
+            let idx = r.vhosts.len();
+            let mut index = VhostIndex {
+                default_backend: vhost.default_backend.clone(),
+                tls: vhost.tls,
+                ..VhostIndex::default()
+            };
+            for route in &vhost.routes {
+                let id = r.routes.len();
+                let inserted = match &route.path {
+                    PathMatch::Exact(p) => insert_first(&mut index.exact, p, id),
+                    PathMatch::Prefix(p) => insert_first(&mut index.prefix, prefix_key(p), id),
+                    PathMatch::Regex(p) => {
+                        let re = regex::RegexBuilder::new(&format!("^(?:{p})"))
+                            .case_insensitive(true)
+                            .build()
+                            .map_err(|source| RouterError::Regex { host: host.clone(), path: p.clone(), source })?;
+                        index.regex.push((p.len(), re, id));
+                        true
+                    }
+                };
+                if inserted {
+                    r.routes.push(RouteEntry { host: host.clone(), route: route.clone(), tls: vhost.tls });
+                }
+            }
+            // Stable sort: among equal lengths, the earlier (older) route stays first.
+            index.regex.sort_by(|a, b| b.0.cmp(&a.0));
+            if host == ANY_HOST {
+                r.any_host = Some(idx);
+            } else if let Some(suffix) = host.strip_prefix("*.") {
+                r.wildcard_hosts.insert(suffix.to_ascii_lowercase().into(), idx);
+            } else {
+                r.exact_hosts.insert(host.to_ascii_lowercase().into(), idx);
+            }
+            r.vhosts.push(index);
+        }
+        Ok(r)
+    }
+
+    /// All routes, in id order.
+    pub fn routes(&self) -> &[RouteEntry] {
+        &self.routes
+    }
+
+    /// Finds the route for a request. `host` is the raw `Host` header or `:authority`;
+    /// `path` is the raw request path without the query.
+    pub fn lookup(&self, host: &str, path: &str) -> Lookup<'_> {
+        let host = normalize_host(host);
+        let Some(vhost) = self.find_vhost(&host) else {
+            return match &self.default_backend {
+                Some(b) => Lookup::Default { backend: b, tls: false },
+                None => Lookup::NotFound,
+            };
+        };
+        let path = normalize_path(path);
+        if let Some(id) = vhost.find_route(&path) {
+            return Lookup::Route(&self.routes[id]);
+        }
+        match vhost.default_backend.as_ref().or(self.default_backend.as_ref()) {
+            Some(b) => Lookup::Default { backend: b, tls: vhost.tls },
+            None => Lookup::NotFound,
+        }
+    }
+
+    fn find_vhost(&self, host: &str) -> Option<&VhostIndex> {
+        if let Some(&i) = self.exact_hosts.get(host) {
+            return Some(&self.vhosts[i]);
+        }
+        if let Some((label, suffix)) = host.split_once('.') {
+            if !label.is_empty() {
+                if let Some(&i) = self.wildcard_hosts.get(suffix) {
+                    return Some(&self.vhosts[i]);
+                }
+            }
+        }
+        self.any_host.map(|i| &self.vhosts[i])
+    }
+
+    /// Whether a host (an SNI name or `Host`) has a virtual host of its own, ignoring the any-host one.
+    pub fn has_host(&self, host: &str) -> bool {
+        let host = normalize_host(host);
+        self.exact_hosts.contains_key(host.as_ref())
+            || host
+                .split_once('.')
+                .is_some_and(|(l, s)| !l.is_empty() && self.wildcard_hosts.contains_key(s))
+    }
+}
+
+impl VhostIndex {
+    fn find_route(&self, path: &str) -> Option<RouteId> {
+        if let Some(&id) = self.exact.get(path) {
+            return Some(id);
+        }
+        let best_prefix = self.longest_prefix(path);
+        let best_len = best_prefix.map(|(len, _)| len);
+        for (len, re, id) in &self.regex {
+            // A regex competes by the length of its pattern, like ingress-nginx's ordering.
+            if best_len.is_some_and(|b| *len <= b) {
+                break;
+            }
+            if re.is_match(path) {
+                return Some(*id);
+            }
+        }
+        best_prefix.map(|(_, id)| id)
+    }
+
+    /// The longest prefix route matching `path`, with the length of its key.
+    fn longest_prefix(&self, path: &str) -> Option<(usize, RouteId)> {
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // The whole path is a candidate unless it ends with '/' (keys never do)...
+        if !path.ends_with('/') {
+            if let Some(&id) = self.prefix.get(path) {
+                return Some((path.len(), id));
+            }
+        }
+        // ...then every prefix that ends just before a '/', longest first.
+        let bytes = path.as_bytes();
+        let mut end = bytes.len();
+        while let Some(slash) = bytes[..end].iter().rposition(|&b| b == b'/') {
+            if let Some(&id) = self.prefix.get(&path[..slash]) {
+                return Some((slash, id));
+            }
+            end = slash;
+        }
+        None
+    }
+}
+
+fn insert_first(map: &mut HashMap<Box<str>, RouteId>, key: &str, id: RouteId) -> bool {
+    if map.contains_key(key) {
+        return false;
+    }
+    map.insert(key.into(), id);
+    true
+}
+
+/// The map key of a Prefix path: the path without trailing slashes (`/` becomes ``).
+pub fn prefix_key(path: &str) -> &str {
+    path.trim_end_matches('/')
+}
+
+/// Lower-cases a host and strips a port and a trailing dot. `[::1]:80` becomes `[::1]`.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = if host.starts_with('[') {
+        match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(i) => &host[..i],
+            None => host,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// Normalises a request path for matching, as nginx does before choosing a location:
+/// percent-escapes are decoded, `.` and `..` segments resolved, and repeated slashes merged.
+/// A path that needs none of that is returned as is, without allocating.
+pub fn normalize_path(path: &str) -> Cow<'_, str> {
+    let path = if path.is_empty() { "/" } else { path };
+    let needs_work = path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
+    if !needs_work {
+        return Cow::Borrowed(path);
+    }
+    let decoded = percent_decode(path.as_bytes());
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! raftgate's Raft group: replicated, generic application state (openraft, sled, tonic). Not built yet.

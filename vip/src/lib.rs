@@ -1,0 +1,1 @@
+//! Floating IP ownership: a pure lease core and a netlink/ARP shell. Not built yet.
