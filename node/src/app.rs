@@ -1,0 +1,341 @@
+//! Wiring: bind the listeners, start the source → compiler → data plane loop, and drain.
+//!
+//! ```text
+//! manifests dir ──scan──► Objects ──compile──► RoutingTable ──install──► Dataplane (ArcSwap)
+//!                                     │                                     ▲
+//!                                     └─ problems ─► logs, /api/v1/status   │ every request
+//!                                                                   listeners (http, https)
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use raftgate_proxy::Dataplane;
+use raftgate_proxy::metrics::Metrics;
+use raftgate_proxy::server::ServerSettings;
+use raftgate_proxy::server::TlsAcceptor;
+use raftgate_proxy::server::Shared;
+use raftgate_proxy::tls::SniResolver;
+use raftgate_proxy::tls::TlsError;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::compiler::Compiler;
+use crate::compiler::Options;
+use crate::compiler::Problem;
+use crate::compiler::Severity;
+use crate::config::Config;
+use crate::config::Source;
+use crate::objects::Objects;
+use crate::source::manifests::ManifestDir;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("default certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// A listener as reported by the status API.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ListenerInfo {
+    pub name: &'static str,
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+/// What the admin API shows about a node.
+#[derive(Debug)]
+pub struct NodeState {
+    pub node_id: String,
+    pub listeners: Vec<ListenerInfo>,
+    pub dataplane: Arc<Dataplane>,
+    ready: AtomicBool,
+    ready_notify: Notify,
+    problems: Mutex<Vec<Problem>>,
+}
+
+impl NodeState {
+    /// The first table has been installed.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The problems of the last compilation.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    pub state: Arc<NodeState>,
+    pub http_addr: Option<SocketAddr>,
+    pub https_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    drain: watch::Sender<bool>,
+    shared: Shared,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Node {
+    /// Validates the config, binds every listener, and starts serving.
+    pub async fn start(cfg: Config) -> Result<Node, NodeError> {
+        cfg.validate()?;
+        let default_key = match (&cfg.tls.default_certificate, &cfg.tls.default_key) {
+            (Some(c), Some(k)) => {
+                let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| NodeError::Read { path: p.clone(), source });
+                raftgate_proxy::tls::certified_key(&read(c)?, &read(k)?)?
+            }
+            _ => {
+                let (c, k) = raftgate_proxy::tls::self_signed(&["ingress.local"])?;
+                raftgate_proxy::tls::certified_key(&c, &k)?
+            }
+        };
+        let resolver = Arc::new(SniResolver::new(default_key));
+        let tls_config = Arc::new(raftgate_proxy::tls::server_config(resolver.clone())?);
+        let dataplane = Arc::new(Dataplane::new(resolver, Arc::new(Metrics::default())));
+
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+        };
+        let admin = bind("admin", cfg.admin.listen).await?;
+        let http = match cfg.listen.http {
+            Some(a) => Some(bind("http", a).await?),
+            None => None,
+        };
+        let https = match cfg.listen.https {
+            Some(a) => Some(bind("https", a).await?),
+            None => None,
+        };
+        let addr = |l: &TcpListener, what, a| l.local_addr().map_err(|source| NodeError::Bind { what, addr: a, source });
+        let admin_addr = addr(&admin, "admin", cfg.admin.listen)?;
+        let http_addr = match (&http, cfg.listen.http) {
+            (Some(l), Some(a)) => Some(addr(l, "http", a)?),
+            _ => None,
+        };
+        let https_addr = match (&https, cfg.listen.https) {
+            (Some(l), Some(a)) => Some(addr(l, "https", a)?),
+            _ => None,
+        };
+        let mut listeners = vec![ListenerInfo { name: "admin", address: admin_addr, tls: false }];
+        listeners.extend(http_addr.map(|a| ListenerInfo { name: "http", address: a, tls: false }));
+        listeners.extend(https_addr.map(|a| ListenerInfo { name: "https", address: a, tls: true }));
+        for l in &listeners {
+            tracing::info!(listener = l.name, address = %l.address, tls = l.tls, "listening");
+        }
+
+        let node_id = cfg.node_id();
+        let state = Arc::new(NodeState {
+            node_id,
+            listeners,
+            dataplane: dataplane.clone(),
+            ready: AtomicBool::new(false),
+            ready_notify: Notify::new(),
+            problems: Mutex::new(Vec::new()),
+        });
+        let (drain, drain_rx) = watch::channel(false);
+        let settings = ServerSettings {
+            max_connections: cfg.http.max_connections,
+            header_read_timeout: cfg.http.header_read_timeout,
+            max_header_bytes: usize::try_from(cfg.http.max_header_bytes).unwrap_or(usize::MAX),
+            http2: cfg.http.http2,
+            https_port: https_addr.map_or(443, |a| a.port()),
+        };
+        let shared = Shared::new(dataplane.clone(), settings, drain_rx.clone());
+        let mut tasks = Vec::new();
+        if let Some(l) = http {
+            tasks.push(raftgate_proxy::server::spawn(l, None, shared.clone()));
+        }
+        if let Some(l) = https {
+            tasks.push(raftgate_proxy::server::spawn(l, Some(TlsAcceptor::from(tls_config)), shared.clone()));
+        }
+        tasks.push(tokio::spawn(crate::admin::serve(admin, state.clone(), drain_rx.clone())));
+
+        let compiler = Compiler::new(Options {
+            class: cfg.ingress_class.name.clone(),
+            watch_without_class: cfg.ingress_class.watch_without_class,
+            defaults: cfg.defaults.clone(),
+        });
+        let Source::Manifests { path, poll_interval } = cfg.source.clone();
+        let input = match path {
+            Some(p) => Input::Dir(ManifestDir::new(p)),
+            None => {
+                tracing::info!("no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)");
+                Input::Fixed(crate::demo::objects(admin_addr))
+            }
+        };
+        tasks.push(tokio::spawn(source_loop(input, poll_interval, compiler, state.clone(), drain_rx)));
+        Ok(Node { state, http_addr, https_addr, admin_addr, drain, shared, tasks, grace: cfg.http.drain_grace })
+    }
+
+    /// Waits until the first routing table is being served.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.state.ready_notify.notified();
+            if self.state.is_ready() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the drain grace, and stops.
+    /// Returns how many client connections were still open when the grace ran out.
+    pub async fn shutdown(self) -> usize {
+        let grace = self.grace;
+        self.shutdown_within(grace).await
+    }
+
+    pub async fn shutdown_within(self, grace: Duration) -> usize {
+        tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+        let _ = self.drain.send(true);
+        let left = self.shared.drained(grace).await;
+        for t in &self.tasks {
+            t.abort();
+        }
+        if left > 0 {
+            tracing::warn!(connections = left, "drain grace ran out; closing the rest");
+        }
+        left
+    }
+}
+
+enum Input {
+    Dir(ManifestDir),
+    Fixed(Objects),
+}
+
+async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, state: Arc<NodeState>, mut drain: watch::Receiver<bool>) {
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut first = true;
+    loop {
+        let objects = match &mut input {
+            Input::Fixed(o) => first.then(|| o.clone()),
+            Input::Dir(dir) => {
+                let scan = dir.scan();
+                for e in &scan.errors {
+                    tracing::error!(error = %e, "manifest rejected");
+                }
+                if scan.changed || first {
+                    let (objs, dup) = dir.objects();
+                    for e in dup {
+                        tracing::warn!(error = %e, "duplicate object");
+                    }
+                    Some(objs)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(objs) = objects {
+            let out = compiler.compile(&objs);
+            // Log each problem once, not on every recompilation.
+            let now: BTreeSet<String> = out.problems.iter().map(ToString::to_string).collect();
+            for p in &out.problems {
+                let line = p.to_string();
+                if !reported.contains(&line) {
+                    match p.severity {
+                        Severity::Rejected => tracing::error!(kind = p.kind, object = %p.object, reason = %p.reason, "object rejected"),
+                        Severity::Warning => tracing::warn!(kind = p.kind, object = %p.object, reason = %p.reason, "object served with a problem"),
+                    }
+                }
+            }
+            reported = now;
+            if let Ok(mut p) = state.problems.lock() {
+                *p = out.problems;
+            }
+            let dp = &state.dataplane;
+            let current = dp.snapshot();
+            let mut table = out.table;
+            table.version = current.table.version;
+            if first || table != *current.table {
+                table.version = current.table.version + 1;
+                let (version, routes) = (table.version, table.route_count());
+                match dp.install(table) {
+                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
+                    Err(e) => tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one"),
+                }
+            }
+            if first {
+                state.ready.store(true, Ordering::Release);
+                state.ready_notify.notify_waiters();
+                first = false;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = raftgate_proxy::server::draining(&mut drain) => return,
+        }
+    }
+}
+
+/// What `raftgate check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Files or objects that could not be read.
+    pub manifest_errors: Vec<String>,
+    /// Problems the compiler found.
+    pub problems: Vec<Problem>,
+    pub routes: usize,
+    pub hosts: usize,
+}
+
+impl CheckReport {
+    /// Anything rejected outright.
+    pub fn failed(&self) -> bool {
+        !self.manifest_errors.is_empty() || self.problems.iter().any(|p| p.severity == Severity::Rejected)
+    }
+}
+
+/// Reads and compiles the configured manifests once, without binding anything.
+pub fn check(cfg: &Config) -> CheckReport {
+    let mut compiler = Compiler::new(Options {
+        class: cfg.ingress_class.name.clone(),
+        watch_without_class: cfg.ingress_class.watch_without_class,
+        defaults: cfg.defaults.clone(),
+    });
+    let mut report = CheckReport::default();
+    let Source::Manifests { path, .. } = &cfg.source;
+    let objs = match path {
+        Some(p) => {
+            let mut dir = ManifestDir::new(p);
+            let scan = dir.scan();
+            report.manifest_errors.extend(scan.errors.iter().map(ToString::to_string));
+            let (objs, dup) = dir.objects();
+            report.manifest_errors.extend(dup.iter().map(ToString::to_string));
+            objs
+        }
+        None => crate::demo::objects(cfg.admin.listen),
+    };
+    let out = compiler.compile(&objs);
+    report.routes = out.table.route_count();
+    report.hosts = out.table.vhosts.len();
+    report.problems = out.problems;
+    report
+}

@@ -1,0 +1,611 @@
+//! The compiler: Kubernetes objects in, a [`RoutingTable`] and a list of problems out. No I/O.
+//!
+//! ```text
+//! Objects ─► our class? ─► oldest first ─► plan each Ingress ─► merge into vhosts ─► resolve
+//!                                           │ invalid?             (older wins a   upstreams and
+//!                                           ▼                       duplicate path)  certificates
+//!                              last valid version, or rejected
+//! ```
+//!
+//! Precedence is ingress-nginx's: Ingresses are ordered by `creationTimestamp`, then
+//! namespace and name, and the first to claim a host/path (or a TLS host, or a host's
+//! default backend) keeps it. A broken Ingress never takes the others down: it is rejected
+//! alone, and if an earlier version of it was valid, that version keeps serving.
+
+pub mod annotations;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::net::SocketAddr;
+
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::IngressBackend;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use raftgate_proxy::model::ANY_HOST;
+use raftgate_proxy::model::Backend;
+use raftgate_proxy::model::Balance;
+use raftgate_proxy::model::Certificate;
+use raftgate_proxy::model::Endpoint;
+use raftgate_proxy::model::GlobalSettings;
+use raftgate_proxy::model::PathMatch;
+use raftgate_proxy::model::Protocol;
+use raftgate_proxy::model::Route;
+use raftgate_proxy::model::RoutePolicy;
+use raftgate_proxy::model::RoutingTable;
+use raftgate_proxy::model::Upstream;
+use raftgate_proxy::model::UpstreamId;
+use raftgate_proxy::model::VirtualHost;
+use raftgate_proxy::router::prefix_key;
+
+use self::annotations::AnnotationError;
+use self::annotations::Annotations;
+use crate::config::RouteDefaults;
+use crate::objects::Key;
+use crate::objects::Objects;
+
+/// The controller value of IngressClass objects that name raftgate.
+pub const CONTROLLER: &str = "raftgate.io/ingress-controller";
+const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+
+/// Why an Ingress was rejected as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error(transparent)]
+    Annotation(#[from] AnnotationError),
+    #[error("rule host {host:?}: {reason}")]
+    Host { host: String, reason: &'static str },
+    #[error("path {path:?}: {reason}")]
+    Path { path: String, reason: String },
+    #[error("path {path:?}: only Service backends are supported")]
+    ResourceBackend { path: String },
+    #[error("backend service {service:?}: port needs a number or a name")]
+    NoPort { service: String },
+    #[error("spec has neither rules nor a defaultBackend")]
+    Empty,
+}
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The object is not served (or an older valid version of it is).
+    Rejected,
+    /// The object is served, but part of it does not work as written.
+    Warning,
+}
+
+/// A problem with one object, for logs, events and the status API.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub object: String,
+    pub severity: Severity,
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.object, self.reason)
+    }
+}
+
+/// What the compiler needs from the config.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub class: String,
+    pub watch_without_class: bool,
+    pub defaults: RouteDefaults,
+}
+
+/// The output of one compilation. `table.version` is left at 0 for the caller to set.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub table: RoutingTable,
+    pub problems: Vec<Problem>,
+}
+
+/// Compiles objects, remembering the last valid version of each Ingress.
+#[derive(Debug)]
+pub struct Compiler {
+    opts: Options,
+    last_good: BTreeMap<Key, Ingress>,
+}
+
+/// One Ingress, validated and translated, before merging.
+struct Plan {
+    key: Key,
+    rules: Vec<(String, Vec<Route>)>,
+    tls_hosts: Vec<(String, Option<String>)>,
+    default_backend: Option<Backend>,
+    upstreams: Vec<(String, UpstreamRef)>,
+}
+
+/// What an upstream id stands for, to resolve it against Services and endpoints.
+#[derive(Clone, Debug)]
+struct UpstreamRef {
+    namespace: String,
+    service: String,
+    port: PortRef,
+    protocol: Protocol,
+    balance: Balance,
+}
+
+#[derive(Clone, Debug)]
+enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+impl Compiler {
+    pub fn new(opts: Options) -> Compiler {
+        Compiler { opts, last_good: BTreeMap::new() }
+    }
+
+    /// Compiles everything. Deterministic: the same objects (and history) give the same table.
+    pub fn compile(&mut self, objs: &Objects) -> Output {
+        let mut out = Output::default();
+        let d = &self.opts.defaults;
+        out.table.settings = GlobalSettings {
+            upstream_max_fails: d.upstream_max_fails,
+            upstream_fail_timeout_ms: d.upstream_fail_timeout.as_millis() as u64,
+            access_log: d.access_log,
+        };
+        let default_class = self.default_class_is_ours(objs);
+        let mut ours: Vec<&Ingress> = objs.ingresses.values().filter(|i| self.is_ours(i, default_class)).collect();
+        ours.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        let keys: BTreeSet<Key> = ours.iter().map(|i| Key::of(&i.metadata)).collect();
+        self.last_good.retain(|k, _| keys.contains(k));
+
+        let mut plans = Vec::new();
+        for ing in ours {
+            let key = Key::of(&ing.metadata);
+            let problem = |severity, reason: String| Problem { kind: "Ingress", object: key.to_string(), severity, reason };
+            match self.plan(ing) {
+                Ok((plan, warnings)) => {
+                    out.problems.extend(warnings.into_iter().map(|w| problem(Severity::Warning, w)));
+                    self.last_good.insert(key.clone(), ing.clone());
+                    plans.push(plan);
+                }
+                Err(e) => {
+                    let fallback = self.last_good.get(&key).cloned().and_then(|old| self.plan(&old).ok());
+                    match fallback {
+                        Some((plan, _)) => {
+                            out.problems.push(problem(Severity::Rejected, format!("{e}; still serving its last valid version")));
+                            plans.push(plan);
+                        }
+                        None => out.problems.push(problem(Severity::Rejected, e.to_string())),
+                    }
+                }
+            }
+        }
+        merge(plans, objs, &mut out);
+        out
+    }
+
+    /// Whether the IngressClass named in the config is marked default, so class-less Ingresses are ours.
+    fn default_class_is_ours(&self, objs: &Objects) -> bool {
+        objs.classes.values().any(|c| {
+            c.metadata.name.as_deref() == Some(self.opts.class.as_str())
+                && c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true")
+        })
+    }
+
+    fn is_ours(&self, ing: &Ingress, default_class: bool) -> bool {
+        let class = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).or_else(|| {
+            ing.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).map(String::as_str)
+        });
+        match class {
+            Some(c) => c == self.opts.class,
+            None => default_class || self.opts.watch_without_class,
+        }
+    }
+
+    /// Validates and translates one Ingress. Errors reject it; warnings are returned beside.
+    fn plan(&self, ing: &Ingress) -> Result<(Plan, Vec<String>), CompileError> {
+        let key = Key::of(&ing.metadata);
+        let ns = key.namespace.clone();
+        let ann = Annotations::parse(ing.metadata.annotations.as_ref())?;
+        let mut warnings: Vec<String> =
+            ann.ignored_snippets.iter().map(|s| format!("annotation {}{s} ignored: snippets are never executed", annotations::PREFIX)).collect();
+        let d = &self.opts.defaults;
+        let policy = RoutePolicy {
+            ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
+            max_body_bytes: match ann.proxy_body_size.unwrap_or(d.proxy_body_size) {
+                0 => None,
+                n => Some(n),
+            },
+            connect_timeout_ms: ann.proxy_connect_timeout.unwrap_or(d.proxy_connect_timeout).as_millis() as u64,
+            read_timeout_ms: ann.proxy_read_timeout.unwrap_or(d.proxy_read_timeout).as_millis() as u64,
+            send_timeout_ms: ann.proxy_send_timeout.unwrap_or(d.proxy_send_timeout).as_millis() as u64,
+            next_upstream_tries: ann.proxy_next_upstream_tries.unwrap_or(d.proxy_next_upstream_tries),
+        };
+        let protocol = ann.backend_protocol.unwrap_or_default();
+        let balance = ann.load_balance.unwrap_or(d.load_balance);
+        let source = key.to_string();
+        let mut plan = Plan { key: key.clone(), rules: Vec::new(), tls_hosts: Vec::new(), default_backend: None, upstreams: Vec::new() };
+        let backend = |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
+            let Some(svc) = &b.service else { return Err(CompileError::ResourceBackend { path: path.into() }) };
+            let port = match (&svc.port.as_ref().and_then(|p| p.number), svc.port.as_ref().and_then(|p| p.name.clone())) {
+                (Some(n), _) => PortRef::Number(*n),
+                (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
+                _ => return Err(CompileError::NoPort { service: svc.name.clone() }),
+            };
+            let id = UpstreamId::format(&ns, &svc.name, &port.to_string(), protocol, balance);
+            plan.upstreams.push((id.clone(), UpstreamRef { namespace: ns.clone(), service: svc.name.clone(), port, protocol, balance }));
+            Ok(Backend { upstream: id })
+        };
+
+        let spec = ing.spec.clone().unwrap_or_default();
+        if let Some(b) = &spec.default_backend {
+            plan.default_backend = Some(backend(b, "defaultBackend", &mut plan)?);
+        }
+        let rules = spec.rules.unwrap_or_default();
+        if rules.is_empty() && plan.default_backend.is_none() {
+            return Err(CompileError::Empty);
+        }
+        for rule in &rules {
+            let host = match rule.host.as_deref() {
+                None | Some("") => ANY_HOST.to_string(),
+                Some(h) => {
+                    validate_host(h)?;
+                    h.to_string()
+                }
+            };
+            let mut routes = Vec::new();
+            for p in rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or_default() {
+                let raw = p.path.clone().unwrap_or_default();
+                let path = match p.path_type.as_str() {
+                    "Exact" => PathMatch::Exact(validate_path(&raw)?.to_string()),
+                    "Prefix" => PathMatch::Prefix(validate_path(&raw)?.to_string()),
+                    "ImplementationSpecific" if ann.use_regex => {
+                        let raw = if raw.is_empty() { "/".to_string() } else { raw };
+                        regex::RegexBuilder::new(&format!("^(?:{raw})"))
+                            .size_limit(1 << 20)
+                            .build()
+                            .map_err(|e| CompileError::Path { path: raw.clone(), reason: format!("invalid regex: {e}") })?;
+                        PathMatch::Regex(raw)
+                    }
+                    "ImplementationSpecific" => {
+                        let raw = if raw.is_empty() { "/".to_string() } else { raw };
+                        if !raw.starts_with('/') {
+                            return Err(CompileError::Path { path: raw, reason: "must start with '/'".into() });
+                        }
+                        PathMatch::Prefix(raw)
+                    }
+                    "" => return Err(CompileError::Path { path: raw, reason: "pathType is required".into() }),
+                    other => {
+                        return Err(CompileError::Path {
+                            path: raw,
+                            reason: format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"),
+                        });
+                    }
+                };
+                let b = backend(&p.backend, path.as_str(), &mut plan)?;
+                routes.push(Route { path, backend: b, policy: policy.clone(), source: source.clone() });
+            }
+            plan.rules.push((host, routes));
+        }
+        for tls in spec.tls.unwrap_or_default() {
+            let secret = tls.secret_name.filter(|s| !s.is_empty());
+            let hosts = tls.hosts.unwrap_or_default();
+            if hosts.is_empty() {
+                warnings.push("a spec.tls entry lists no hosts; it has no effect".into());
+            }
+            for h in hosts {
+                validate_host(&h)?;
+                plan.tls_hosts.push((h, secret.clone()));
+            }
+        }
+        Ok((plan, warnings))
+    }
+}
+
+/// Ingress precedence: oldest first; without a timestamp, after every timestamped one.
+fn order_key(i: &Ingress) -> (bool, Option<k8s_openapi::jiff::Timestamp>, Key) {
+    let ts = i.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    (ts.is_none(), ts, Key::of(&i.metadata))
+}
+
+fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
+    let t = &mut out.table;
+    // Who claimed a (host, path) first, for the duplicate warning.
+    let mut claimed: BTreeMap<(String, PathMatch), String> = BTreeMap::new();
+    let mut refs: BTreeMap<String, UpstreamRef> = BTreeMap::new();
+    let mut sni_secrets: BTreeMap<String, (String, Key)> = BTreeMap::new();
+    for plan in plans {
+        let owner = plan.key.to_string();
+        let warn = |out_problems: &mut Vec<Problem>, reason: String| {
+            out_problems.push(Problem { kind: "Ingress", object: owner.clone(), severity: Severity::Warning, reason })
+        };
+        let only_default = plan.rules.is_empty();
+        for (host, routes) in plan.rules {
+            let vhost = t.vhosts.entry(host.clone()).or_insert_with(VirtualHost::default);
+            if vhost.default_backend.is_none() {
+                vhost.default_backend = plan.default_backend.clone();
+            }
+            for r in routes {
+                let dedup = match &r.path {
+                    PathMatch::Prefix(p) => PathMatch::Prefix(prefix_key(p).to_string()),
+                    other => other.clone(),
+                };
+                match claimed.get(&(host.clone(), dedup.clone())) {
+                    Some(first) => warn(
+                        &mut out.problems,
+                        format!("host {host} path {} is already served by Ingress {first} (older); ignored here", r.path),
+                    ),
+                    None => {
+                        claimed.insert((host.clone(), dedup), owner.clone());
+                        vhost.routes.push(r);
+                    }
+                }
+            }
+        }
+        if only_default {
+            // An Ingress with only a defaultBackend sets the catch-all; the oldest wins.
+            if let Some(b) = &plan.default_backend {
+                if t.default_backend.is_none() {
+                    t.default_backend = Some(b.clone());
+                }
+            }
+        }
+        for (host, secret) in plan.tls_hosts {
+            let host = host.to_ascii_lowercase();
+            if let Some(secret) = secret {
+                let key = Key::new(&plan.key.namespace, &secret);
+                match sni_secrets.get(&host) {
+                    Some((first, k)) if *k != key => warn(
+                        &mut out.problems,
+                        format!("TLS host {host} already uses Secret {k} from Ingress {first} (older); {key} ignored for it"),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        sni_secrets.insert(host.clone(), (owner.clone(), key));
+                    }
+                }
+            }
+            // Every rule host this TLS name covers redirects to HTTPS.
+            for (name, vhost) in t.vhosts.iter_mut() {
+                if covers(&host, name) {
+                    vhost.tls = true;
+                }
+            }
+        }
+        for (id, r) in plan.upstreams {
+            refs.entry(id).or_insert(r);
+        }
+    }
+    // A host from a later Ingress may be covered by an earlier TLS entry.
+    for host in sni_secrets.keys() {
+        for (name, vhost) in t.vhosts.iter_mut() {
+            if covers(host, name) {
+                vhost.tls = true;
+            }
+        }
+    }
+    for (id, r) in refs {
+        let (upstream, warnings) = resolve(objs, &r);
+        for w in warnings {
+            out.problems.push(Problem {
+                kind: "Service",
+                object: format!("{}/{}", r.namespace, r.service),
+                severity: Severity::Warning,
+                reason: w,
+            });
+        }
+        t.upstreams.insert(id, upstream);
+    }
+    let mut loaded: BTreeMap<Key, bool> = BTreeMap::new();
+    for (host, (_, key)) in sni_secrets {
+        let ok = *loaded.entry(key.clone()).or_insert_with(|| match certificate(objs, &key) {
+            Ok(c) => {
+                t.certificates.insert(key.to_string(), c);
+                true
+            }
+            Err(reason) => {
+                out.problems.push(Problem {
+                    kind: "Secret",
+                    object: key.to_string(),
+                    severity: Severity::Warning,
+                    reason: format!("{reason}; the default certificate is served instead"),
+                });
+                false
+            }
+        });
+        if ok {
+            t.sni.insert(host, key.to_string());
+        }
+    }
+}
+
+/// Whether TLS name `tls` (exact or `*.` wildcard) covers rule host `host`.
+fn covers(tls: &str, host: &str) -> bool {
+    if tls.eq_ignore_ascii_case(host) {
+        return true;
+    }
+    match (tls.strip_prefix("*."), host.split_once('.')) {
+        (Some(suffix), Some((label, rest))) => !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix),
+        _ => false,
+    }
+}
+
+/// A Kubernetes rule host: a lower-case DNS subdomain, optionally with a leading `*.`.
+fn validate_host(h: &str) -> Result<(), CompileError> {
+    let err = |reason| Err(CompileError::Host { host: h.into(), reason });
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    if name.is_empty() || name.len() > 253 {
+        return err("must be 1 to 253 characters");
+    }
+    if h.parse::<IpAddr>().is_ok() {
+        return err("must be a DNS name, not an IP address");
+    }
+    for label in name.split('.') {
+        let b = label.as_bytes();
+        if b.is_empty() || b.len() > 63 {
+            return err("each label must be 1 to 63 characters");
+        }
+        if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') {
+            return err("must be lower-case letters, digits, '-' and '.', with '*.' only as a prefix");
+        }
+        if b[0] == b'-' || b[b.len() - 1] == b'-' {
+            return err("labels must start and end with a letter or digit");
+        }
+    }
+    Ok(())
+}
+
+/// A Kubernetes Exact or Prefix path: absolute, with no `//`, `.`/`..` segments, `%2F` or `#`.
+fn validate_path(p: &str) -> Result<&str, CompileError> {
+    let err = |reason: &str| Err(CompileError::Path { path: p.into(), reason: reason.into() });
+    if !p.starts_with('/') {
+        return err("must start with '/'");
+    }
+    for bad in ["//", "/./", "/../", "%2f", "%2F", "#"] {
+        if p.contains(bad) {
+            return err(&format!("must not contain {bad:?}"));
+        }
+    }
+    if p.ends_with("/..") || p.ends_with("/.") {
+        return err("must not end with '/.' or '/..'");
+    }
+    Ok(p)
+}
+
+/// The endpoints of one upstream, with warnings for whatever makes it unusable.
+fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
+    let mut up = Upstream { endpoints: Vec::new(), balance: r.balance, protocol: r.protocol };
+    let mut warnings = Vec::new();
+    let key = Key::new(&r.namespace, &r.service);
+    let Some(svc) = objs.services.get(&key) else {
+        warnings.push(format!("Service {key} not found; requests to it get 503"));
+        return (up, warnings);
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    let ports = spec.ports.clone().unwrap_or_default();
+    let found = ports.iter().find(|p| match &r.port {
+        PortRef::Number(n) => p.port == *n,
+        PortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
+    });
+    if spec.type_.as_deref() == Some("ExternalName") {
+        let Some(name) = spec.external_name.filter(|n| !n.is_empty()) else {
+            warnings.push("ExternalName Service has no spec.externalName".into());
+            return (up, warnings);
+        };
+        let port = match (found, &r.port) {
+            (Some(p), _) => match &p.target_port {
+                Some(IntOrString::Int(t)) if *t > 0 => *t,
+                _ => p.port,
+            },
+            (None, PortRef::Number(n)) => *n,
+            (None, PortRef::Name(n)) => {
+                warnings.push(format!("port {n:?} not found on the Service"));
+                return (up, warnings);
+            }
+        };
+        match u16::try_from(port) {
+            Ok(port) => up.endpoints.push(Endpoint::Dns { host: name.trim_end_matches('.').to_string(), port }),
+            Err(_) => warnings.push(format!("port {port} out of range")),
+        }
+        return (up, warnings);
+    }
+    let Some(sp) = found else {
+        warnings.push(format!("port {} not found on the Service; requests to it get 503", r.port));
+        return (up, warnings);
+    };
+    let sp_name = sp.name.clone().unwrap_or_default();
+    let target_num = match &sp.target_port {
+        Some(IntOrString::Int(n)) => Some(*n),
+        None => Some(sp.port),
+        Some(IntOrString::String(_)) => None,
+    };
+    let mut eps: BTreeSet<Endpoint> = BTreeSet::new();
+    let slices: Vec<_> = objs
+        .slices
+        .values()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(r.namespace.as_str())
+                && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&r.service)
+        })
+        .collect();
+    if !slices.is_empty() {
+        for s in slices {
+            if s.address_type == "FQDN" {
+                continue;
+            }
+            let Some(port) = s
+                .ports
+                .as_ref()
+                .and_then(|ps| ps.iter().find(|p| p.name.clone().unwrap_or_default() == sp_name))
+                .and_then(|p| p.port)
+            else {
+                continue;
+            };
+            for e in &s.endpoints {
+                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for a in &e.addresses {
+                    push_addr(&mut eps, a, port, &mut warnings);
+                }
+            }
+        }
+    } else if let Some(legacy) = objs.endpoints.get(&key) {
+        for subset in legacy.subsets.as_deref().unwrap_or_default() {
+            let ports = subset.ports.as_deref().unwrap_or_default();
+            let port = ports
+                .iter()
+                .find(|p| p.name.clone().unwrap_or_default() == sp_name)
+                .or_else(|| ports.iter().find(|p| Some(p.port) == target_num))
+                .or_else(|| if ports.len() == 1 && sp_name.is_empty() { ports.first() } else { None })
+                .map(|p| p.port);
+            let Some(port) = port else { continue };
+            for a in subset.addresses.as_deref().unwrap_or_default() {
+                push_addr(&mut eps, &a.ip, port, &mut warnings);
+            }
+        }
+    }
+    if eps.is_empty() {
+        warnings.push(format!("no ready endpoints for port {}; requests to it get 503", r.port));
+    }
+    up.endpoints = eps.into_iter().collect();
+    (up, warnings)
+}
+
+fn push_addr(eps: &mut BTreeSet<Endpoint>, ip: &str, port: i32, warnings: &mut Vec<String>) {
+    match (ip.parse::<IpAddr>(), u16::try_from(port)) {
+        (Ok(ip), Ok(port)) if port > 0 => {
+            eps.insert(Endpoint::Addr(SocketAddr::new(ip, port)));
+        }
+        _ => warnings.push(format!("endpoint {ip}:{port} is not a valid IP address and port; skipped")),
+    }
+}
+
+/// The certificate in a TLS Secret, checked.
+fn certificate(objs: &Objects, key: &Key) -> Result<Certificate, String> {
+    let Some(secret) = objs.secrets.get(key) else { return Err(format!("Secret {key} not found")) };
+    let get = |name: &str| -> Option<String> {
+        if let Some(s) = secret.string_data.as_ref().and_then(|d| d.get(name)) {
+            return Some(s.clone());
+        }
+        secret.data.as_ref().and_then(|d| d.get(name)).map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let (Some(cert_pem), Some(key_pem)) = (get("tls.crt"), get("tls.key")) else {
+        return Err("Secret has no tls.crt and tls.key".into());
+    };
+    raftgate_proxy::tls::certified_key(&cert_pem, &key_pem).map_err(|e| e.to_string())?;
+    Ok(Certificate { cert_pem, key_pem })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+//! The node's YAML config: every field, its default, and validation before anything binds.
+//!
+//! The field list with defaults is also in `docs/config.md`; keep the two in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use raftgate_proxy::model::Balance;
+use serde::Deserialize;
+use serde::Deserializer;
+use serde::Serialize;
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole config. Unknown fields are an error, so a typo never silently falls back to a default.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's name in logs, metrics and the status API. Default: the host name.
+    pub node_id: Option<String>,
+    /// Client listeners.
+    pub listen: Listen,
+    /// Admin API address (health, metrics, status). Default `127.0.0.1:10254`, as ingress-nginx.
+    pub admin: Admin,
+    /// Which Ingresses are ours.
+    pub ingress_class: IngressClassConfig,
+    /// Where routing objects come from.
+    pub source: Source,
+    /// The TLS certificate served when no Ingress certificate matches the SNI name.
+    pub tls: TlsConfig,
+    /// Client-side HTTP limits.
+    pub http: HttpConfig,
+    /// Defaults for every route, overridable per Ingress with annotations (ingress-nginx's ConfigMap keys).
+    pub defaults: RouteDefaults,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Client listeners.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Plain HTTP (HTTP/1.1 and h2c). Default `0.0.0.0:8080`; use `:80` in production.
+    pub http: Option<SocketAddr>,
+    /// HTTPS (HTTP/1.1 and h2 by ALPN). Default `0.0.0.0:8443`; use `:443` in production.
+    pub https: Option<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))), https: Some(SocketAddr::from(([0, 0, 0, 0], 8443))) }
+    }
+}
+
+/// Admin listener.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Default `127.0.0.1:10254`.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { listen: SocketAddr::from(([127, 0, 0, 1], 10254)) }
+    }
+}
+
+/// Ingress class selection.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressClassConfig {
+    /// The class served. Default `raftgate`; set `nginx` to take over an ingress-nginx class.
+    pub name: String,
+    /// Serve Ingresses with no class at all (ingress-nginx's `--watch-ingress-without-class`). Default false.
+    pub watch_without_class: bool,
+}
+
+impl Default for IngressClassConfig {
+    fn default() -> Self {
+        IngressClassConfig { name: "raftgate".into(), watch_without_class: false }
+    }
+}
+
+/// The config source.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// A directory of Kubernetes manifests, watched for changes.
+    Manifests {
+        /// The directory (read recursively; `*.yaml`, `*.yml`, `*.json`; hidden entries skipped).
+        /// Unset: a built-in demo that routes `demo.localhost` to the admin API.
+        #[serde(default)]
+        path: Option<PathBuf>,
+        /// How often the directory is checked. Default `250ms`.
+        #[serde(default = "default_poll", deserialize_with = "duration")]
+        poll_interval: Duration,
+    },
+}
+
+fn default_poll() -> Duration {
+    Duration::from_millis(250)
+}
+
+impl Default for Source {
+    fn default() -> Self {
+        Source::Manifests { path: None, poll_interval: default_poll() }
+    }
+}
+
+/// The default certificate.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain file. Unset: a self-signed certificate is generated at start.
+    pub default_certificate: Option<PathBuf>,
+    /// PEM private key file for `default_certificate`.
+    pub default_key: Option<PathBuf>,
+}
+
+/// Client-side limits.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Open client connections allowed at once. Default 16384.
+    pub max_connections: usize,
+    /// Time to receive a request's headers or finish a TLS handshake. Default `60s` (nginx's `client_header_timeout`).
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    /// Largest request head; larger gets 431. Default `32k`.
+    #[serde(deserialize_with = "size", serialize_with = "ser_size")]
+    pub max_header_bytes: u64,
+    /// Serve HTTP/2. Default true.
+    pub http2: bool,
+    /// On SIGTERM, how long in-flight requests get to finish. Default `30s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub drain_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            http2: true,
+            drain_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Route defaults (the ingress-nginx ConfigMap keys of the same names).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteDefaults {
+    /// Redirect HTTP to HTTPS (308) on hosts with TLS. Default true.
+    pub ssl_redirect: bool,
+    /// Largest request body; `0` is unlimited. Default `1m`.
+    #[serde(deserialize_with = "size", serialize_with = "ser_size")]
+    pub proxy_body_size: u64,
+    /// Default `5s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub proxy_connect_timeout: Duration,
+    /// Between two reads from the upstream; also the WebSocket idle timeout. Default `60s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub proxy_read_timeout: Duration,
+    /// Between two writes to the upstream. Default `60s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub proxy_send_timeout: Duration,
+    /// Endpoints a failed connect is tried on, in all. Default 3.
+    pub proxy_next_upstream_tries: u32,
+    /// Consecutive failures that eject an endpoint; 0 disables passive health. Default 1.
+    pub upstream_max_fails: u32,
+    /// How long an ejected endpoint sits out. Default `10s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub upstream_fail_timeout: Duration,
+    /// `round_robin` (default), `least_request` or `ewma`.
+    pub load_balance: Balance,
+    /// One structured log line per request (target `raftgate::access`). Default false.
+    pub access_log: bool,
+}
+
+impl Default for RouteDefaults {
+    fn default() -> Self {
+        RouteDefaults {
+            ssl_redirect: true,
+            proxy_body_size: 1024 * 1024,
+            proxy_connect_timeout: Duration::from_secs(5),
+            proxy_read_timeout: Duration::from_secs(60),
+            proxy_send_timeout: Duration::from_secs(60),
+            proxy_next_upstream_tries: 3,
+            upstream_max_fails: 1,
+            upstream_fail_timeout: Duration::from_secs(10),
+            load_balance: Balance::RoundRobin,
+            access_log: false,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `raftgate=debug`. `RUST_LOG` overrides it. Default `info`.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.listen.http.is_none() && self.listen.https.is_none() {
+            return bad("listen: at least one of http and https is needed");
+        }
+        if self.http.max_connections == 0 {
+            return bad("http.max_connections must be at least 1");
+        }
+        if self.ingress_class.name.is_empty() {
+            return bad("ingress_class.name must not be empty");
+        }
+        if self.tls.default_certificate.is_some() != self.tls.default_key.is_some() {
+            return bad("tls.default_certificate and tls.default_key go together");
+        }
+        if self.defaults.proxy_connect_timeout.is_zero() || self.defaults.proxy_read_timeout.is_zero() {
+            return bad("defaults: timeouts must be above zero");
+        }
+        let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];
+        for (i, a) in addrs.iter().enumerate() {
+            if let Some(a) = a {
+                if a.port() != 0 && addrs[i + 1..].iter().flatten().any(|b| b == a) {
+                    return bad(&format!("address {a} is used by two listeners"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node id, or the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "raftgate".into())
+        })
+    }
+}
+
+/// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds (as ingress-nginx annotations).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// Parses an nginx size: `0`, `512`, `8k`, `1m`, `1g` (either case).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last()?.to_ascii_lowercase() {
+        'k' => (&s[..s.len() - 1], 1024),
+        'm' => (&s[..s.len() - 1], 1024 * 1024),
+        'g' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Num(u64),
+    Str(String),
+}
+
+impl fmt::Display for NumOrStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NumOrStr::Num(n) => write!(f, "{n}"),
+            NumOrStr::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = NumOrStr::deserialize(d)?;
+    parse_duration(&v.to_string()).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {v:?}; use e.g. 250ms, 5s, 2m")))
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = NumOrStr::deserialize(d)?;
+    parse_size(&v.to_string()).ok_or_else(|| serde::de::Error::custom(format!("invalid size {v:?}; use e.g. 0, 512, 8k, 1m")))
+}
+
+impl fmt::Debug for NumOrStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{}ms", d.as_millis()))
+}
+
+fn ser_size<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(*n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c: Config = serde_yaml::from_str("{}").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+        assert_eq!(c.defaults.proxy_body_size, 1024 * 1024);
+        assert_eq!(c.admin.listen.port(), 10254);
+    }
+
+    #[test]
+    fn durations_and_sizes_parse_like_nginx() {
+        let c: Config = serde_yaml::from_str(
+            "defaults: {proxy_read_timeout: 3600, proxy_connect_timeout: 250ms, proxy_body_size: 8m}\nhttp: {max_header_bytes: 16k}",
+        )
+        .unwrap();
+        assert_eq!(c.defaults.proxy_read_timeout, Duration::from_secs(3600));
+        assert_eq!(c.defaults.proxy_connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.defaults.proxy_body_size, 8 * 1024 * 1024);
+        assert_eq!(c.http.max_header_bytes, 16 * 1024);
+        assert_eq!(parse_size("0"), Some(0));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1x"), None);
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("5 s"), None);
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_clear_errors() {
+        let e = serde_yaml::from_str::<Config>("listen: {htp: 1.2.3.4:80}").unwrap_err().to_string();
+        assert!(e.contains("unknown field `htp`"), "{e}");
+        let e = serde_yaml::from_str::<Config>("defaults: {proxy_read_timeout: soon}").unwrap_err().to_string();
+        assert!(e.contains("invalid duration"), "{e}");
+        let c: Config = serde_yaml::from_str("listen: {http: 127.0.0.1:80, https: 127.0.0.1:80}").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("used by two listeners"));
+        let c: Config = serde_yaml::from_str("tls: {default_certificate: /x.pem}").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn source_kinds() {
+        let c: Config = serde_yaml::from_str("source: {kind: manifests, path: /etc/raftgate/manifests, poll_interval: 1s}").unwrap();
+        assert_eq!(c.source, Source::Manifests { path: Some("/etc/raftgate/manifests".into()), poll_interval: Duration::from_secs(1) });
+        assert!(serde_yaml::from_str::<Config>("source: {kind: nope}").is_err());
+    }
+}

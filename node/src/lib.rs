@@ -1,0 +1,12 @@
+//! The raftgate node: config, config sources, the Ingress compiler, the admin API, and wiring.
+
+pub mod admin;
+pub mod app;
+pub mod compiler;
+pub mod config;
+pub mod demo;
+pub mod objects;
+pub mod source;
+
+pub use app::Node;
+pub use config::Config;

@@ -1,0 +1,3 @@
+//! Config sources: where the objects the compiler reads come from.
+
+pub mod manifests;
