@@ -86,6 +86,7 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "upstreams": snap.table.upstreams.len(),
                 "listeners": state.listeners,
                 "problems": state.problems(),
+                "source_errors": state.source_errors(),
             });
             let mut r = text(StatusCode::OK, format!("{body:#}\n"));
             r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));

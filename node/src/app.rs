@@ -76,12 +76,24 @@ pub struct NodeState {
     ready: AtomicBool,
     ready_notify: Notify,
     problems: Mutex<Vec<Problem>>,
+    source_errors: Mutex<Vec<String>>,
+    version: watch::Sender<u64>,
 }
 
 impl NodeState {
     /// The first table has been installed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Files or objects the source could not read, as of the last change.
+    pub fn source_errors(&self) -> Vec<String> {
+        self.source_errors.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Follows the version of the table being served.
+    pub fn versions(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// The problems of the last compilation.
@@ -158,6 +170,8 @@ impl Node {
             ready: AtomicBool::new(false),
             ready_notify: Notify::new(),
             problems: Mutex::new(Vec::new()),
+            source_errors: Mutex::new(Vec::new()),
+            version: watch::channel(0).0,
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {
@@ -205,6 +219,16 @@ impl Node {
         }
     }
 
+    /// Waits until the served version satisfies `f`.
+    pub async fn wait_version(&self, f: impl Fn(u64) -> bool) -> u64 {
+        let mut rx = self.state.versions();
+        let v = match rx.wait_for(|v| f(*v)).await {
+            Ok(v) => *v,
+            Err(_) => self.state.dataplane.version(),
+        };
+        v
+    }
+
     /// Stops accepting, lets in-flight requests finish within the drain grace, and stops.
     /// Returns how many client connections were still open when the grace ran out.
     pub async fn shutdown(self) -> usize {
@@ -242,6 +266,13 @@ async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, s
                 for e in &scan.errors {
                     tracing::error!(error = %e, "manifest rejected");
                 }
+                if !scan.errors.is_empty() {
+                    if let Ok(mut s) = state.source_errors.lock() {
+                        s.extend(scan.errors.iter().map(ToString::to_string));
+                        let excess = s.len().saturating_sub(100);
+                        s.drain(..excess);
+                    }
+                }
                 if scan.changed || first {
                     let (objs, dup) = dir.objects();
                     for e in dup {
@@ -278,7 +309,10 @@ async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, s
                 table.version = current.table.version + 1;
                 let (version, routes) = (table.version, table.route_count());
                 match dp.install(table) {
-                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
+                    Ok(()) => {
+                        tracing::info!(version, routes, "routing table applied");
+                        state.version.send_replace(version);
+                    }
                     Err(e) => tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one"),
                 }
             }

@@ -1,0 +1,222 @@
+//! Test harness: echo upstreams that say who served them, a node on port 0 fed from a temp
+//! manifests directory, and a real HTTP client.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http::Response;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use raftgate::Config;
+use raftgate::Node;
+use raftgate::config::Source;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+
+/// An upstream that answers every request with its name, the path and the headers it got.
+pub struct Echo {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Echo {
+    /// Starts an echo upstream on 127.0.0.1:0. `delay` holds each response back.
+    pub async fn start(name: &str) -> Echo {
+        Echo::start_with(name, Duration::ZERO).await
+    }
+
+    pub async fn start_with(name: &str, delay: Duration) -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h) = (name.to_string(), hits.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (n, h) = (n.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (n, h) = (n.clone(), h.clone());
+                        async move {
+                            h.fetch_add(1, Ordering::Relaxed);
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let headers: BTreeMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                .collect();
+                            let method = req.method().to_string();
+                            let uri = req.uri().to_string();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                            let json = serde_json::json!({"backend": n, "method": method, "uri": uri, "headers": headers, "body_len": body});
+                            let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+                            resp.headers_mut().insert("x-backend", n.parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Echo { name: name.into(), addr, hits, task }
+    }
+}
+
+/// A Service plus EndpointSlice pointing at the given upstreams (port name `http`, port 80).
+pub fn service(ns: &str, name: &str, backends: &[&Echo]) -> String {
+    // One slice per distinct port, since an EndpointSlice has one port list.
+    let mut by_port: BTreeMap<u16, Vec<&Echo>> = BTreeMap::new();
+    for b in backends {
+        by_port.entry(b.addr.port()).or_default().push(b);
+    }
+    let mut yaml = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{name: http, port: 80, targetPort: http}}]}}\n"
+    );
+    for (i, (port, bs)) in by_port.iter().enumerate() {
+        yaml += &format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n"
+        );
+        for b in bs {
+            yaml += &format!("- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n", b.addr.ip());
+        }
+    }
+    yaml
+}
+
+/// An Ingress of class `raftgate` with one rule: `host` (empty for none), paths as (path, pathType, service).
+pub fn ingress(ns: &str, name: &str, host: &str, paths: &[(&str, &str, &str)], extra_meta: &str) -> String {
+    let paths: String = paths
+        .iter()
+        .map(|(p, t, s)| format!("      - path: \"{p}\"\n        pathType: {t}\n        backend: {{service: {{name: {s}, port: {{name: http}}}}}}\n"))
+        .collect();
+    let rule = if host.is_empty() {
+        format!("  - http:\n      paths:\n{paths}")
+    } else {
+        format!("  - host: \"{host}\"\n    http:\n      paths:\n{paths}")
+    };
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: {ns}\n{extra_meta}spec:\n  ingressClassName: raftgate\n  rules:\n{rule}"
+    )
+}
+
+/// A node serving a temp manifests directory, on loopback port 0.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub node: Node,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.node_id = Some("test".into());
+        cfg.listen.http = Some("127.0.0.1:0".parse().unwrap());
+        cfg.listen.https = Some("127.0.0.1:0".parse().unwrap());
+        cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.source = Source::Manifests { path: Some(dir.path().to_path_buf()), poll_interval: Duration::from_millis(20) };
+        tweak(&mut cfg);
+        let node = Node::start(cfg).await.unwrap();
+        node.ready().await;
+        Harness { dir, node }
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        self.node.http_addr.unwrap()
+    }
+
+    pub fn https(&self) -> SocketAddr {
+        self.node.https_addr.unwrap()
+    }
+
+    /// Writes a manifest file and waits until a new table version is served.
+    pub async fn apply(&self, file: &str, yaml: &str) -> u64 {
+        let before = self.node.state.dataplane.version();
+        write_atomically(&self.dir.path().join(file), yaml);
+        match tokio::time::timeout(Duration::from_secs(10), self.node.wait_version(|v| v > before)).await {
+            Ok(v) => v,
+            Err(_) => panic!(
+                "no new table within 10s; problems: {:#?}; source errors: {:#?}",
+                self.node.state.problems(),
+                self.node.state.source_errors()
+            ),
+        }
+    }
+
+    /// Writes a file without waiting for a new version (for changes that must not produce one).
+    pub fn write(&self, file: &str, yaml: &str) {
+        write_atomically(&self.dir.path().join(file), yaml);
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A response, read to the end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The echo upstream's name, if an echo upstream answered.
+    pub fn backend(&self) -> Option<&str> {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends one HTTP/1.1 request on a new connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    send(addr, Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    read(resp).await
+}
+
+pub async fn read(resp: Response<Incoming>) -> Reply {
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+}

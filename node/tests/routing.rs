@@ -1,0 +1,233 @@
+//! End-to-end routing through real sockets: the Kubernetes host and path table, default
+//! backends, class filtering, error statuses, forwarded headers and live changes.
+
+mod common;
+
+use std::time::Duration;
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http::StatusCode;
+use http_body_util::Full;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_path_and_host_table_end_to_end() {
+    let (root, aaa, bbb, exact, wild, any) = (
+        Echo::start("root").await,
+        Echo::start("aaa").await,
+        Echo::start("bbb").await,
+        Echo::start("exact").await,
+        Echo::start("wild").await,
+        Echo::start("any").await,
+    );
+    let h = Harness::start().await;
+    let mut m = String::new();
+    for (n, e) in [("root", &root), ("aaa", &aaa), ("bbb", &bbb), ("exact", &exact), ("wild", &wild), ("any", &any)] {
+        m += &service("shop", n, &[e]);
+    }
+    m += &ingress(
+        "shop",
+        "main",
+        "foo.com",
+        &[("/", "Prefix", "root"), ("/aaa", "Prefix", "aaa"), ("/aaa/bbb/", "Prefix", "bbb"), ("/aaa", "Exact", "exact")],
+        "",
+    );
+    m += &ingress("shop", "wild", "*.foo.com", &[("/", "Prefix", "wild")], "");
+    m += &ingress("shop", "any", "", &[("/nacos", "Prefix", "any")], "");
+    h.apply("shop.yaml", &m).await;
+
+    let cases = [
+        ("foo.com", "/", Some("root")),
+        ("foo.com", "/aaa", Some("exact")),
+        ("foo.com", "/aaa/", Some("aaa")),
+        ("foo.com", "/aaaccc", Some("root")),
+        ("foo.com", "/aaa/bbb", Some("bbb")),
+        ("foo.com", "/aaa/bbb/", Some("bbb")),
+        ("foo.com", "/aaa/bbbxyz", Some("aaa")),
+        ("foo.com", "/aaa/bbb/c?q=1", Some("bbb")),
+        ("FOO.com:8080", "/aaa/x", Some("aaa")),
+        ("bar.foo.com", "/x", Some("wild")),
+        ("a.bar.foo.com", "/nacos/x", Some("any")),
+        ("10.1.2.3", "/nacos", Some("any")),
+        ("10.1.2.3", "/other", None),
+    ];
+    for (host, path, want) in cases {
+        let r = get(h.http(), host, path).await;
+        assert_eq!(r.backend(), want, "{host}{path}: {} {}", r.status, r.body);
+        if want.is_none() {
+            assert_eq!(r.status, StatusCode::NOT_FOUND);
+            assert!(r.body.len() < 100, "short 404 body");
+        }
+    }
+    // The upstream gets the original URI, query included.
+    assert_eq!(get(h.http(), "foo.com", "/aaa/bbb/c?q=1").await.json()["uri"], "/aaa/bbb/c?q=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backends_and_class_filtering() {
+    let (web, fallback) = (Echo::start("web").await, Echo::start("fallback").await);
+    let h = Harness::start().await;
+    let mut m = service("app", "web", &[&web]) + &service("app", "fallback", &[&fallback]);
+    m += &ingress("app", "web", "web.com", &[("/app", "Prefix", "web")], "");
+    m += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: catchall, namespace: app}\nspec:\n  ingressClassName: raftgate\n  defaultBackend: {service: {name: fallback, port: {name: http}}}\n";
+    m += &ingress("app", "other-class", "other.com", &[("/", "Prefix", "web")], "").replace("ingressClassName: raftgate", "ingressClassName: traefik");
+    h.apply("app.yaml", &m).await;
+
+    assert_eq!(get(h.http(), "web.com", "/app/1").await.backend(), Some("web"));
+    assert_eq!(get(h.http(), "web.com", "/nope").await.backend(), Some("fallback"));
+    assert_eq!(get(h.http(), "unknown.com", "/").await.backend(), Some("fallback"));
+    assert_eq!(get(h.http(), "other.com", "/").await.backend(), Some("fallback"), "another class's Ingress is not served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoints_is_503_unreachable_is_502_and_slow_is_504() {
+    let slow = Echo::start_with("slow", Duration::from_secs(5)).await;
+    let h = Harness::start().await;
+    // A port nothing listens on: bind, read the port, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut m = String::new();
+    m += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: e}\nspec: {ports: [{name: http, port: 80}]}\n";
+    m += &format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: dead, namespace: e}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: dead, namespace: e}}\nsubsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: http, port: {}}}]}}]\n",
+        dead.port()
+    );
+    m += &service("e", "slow", &[&slow]);
+    m += &ingress("e", "a", "empty.com", &[("/", "Prefix", "empty")], "");
+    m += &ingress("e", "b", "dead.com", &[("/", "Prefix", "dead")], "");
+    m += &ingress("e", "c", "slow.com", &[("/", "Prefix", "slow")], "  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}\n");
+    m += &ingress("e", "d", "ghost.com", &[("/", "Prefix", "missing-service")], "");
+    h.apply("e.yaml", &m).await;
+
+    assert_eq!(get(h.http(), "empty.com", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(h.http(), "ghost.com", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(h.http(), "dead.com", "/").await.status, StatusCode::BAD_GATEWAY);
+    let t = Instant::now();
+    assert_eq!(get(h.http(), "slow.com", "/").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(t.elapsed() < Duration::from_secs(4), "the 1s read timeout applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_connect_is_retried_on_another_endpoint() {
+    let live = Echo::start("live").await;
+    let h = Harness::start().await;
+    let dead = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap();
+    // Both endpoints in one Endpoints object: the dead one first.
+    let m = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: mix, namespace: r}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: mix, namespace: r}}\nsubsets:\n- addresses: [{{ip: 127.0.0.2}}]\n  ports: [{{name: http, port: {}}}]\n- addresses: [{{ip: 127.0.0.1}}]\n  ports: [{{name: http, port: {}}}]\n",
+        dead.port(),
+        live.addr.port()
+    ) + &ingress("r", "mix", "mix.com", &[("/", "Prefix", "mix")], "");
+    h.apply("r.yaml", &m).await;
+    for _ in 0..20 {
+        let r = get(h.http(), "mix.com", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.backend(), Some("live"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_host_and_request_id() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    h.apply("a.yaml", &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], ""))).await;
+    let req = Request::get("/x")
+        .header("host", "web.com")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h.http(), req).await;
+    let hd = &r.json()["headers"];
+    assert_eq!(hd["host"], "web.com", "Host is preserved");
+    assert_eq!(hd["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "appended");
+    assert_eq!(hd["x-real-ip"], "127.0.0.1");
+    assert_eq!(hd["x-forwarded-proto"], "http");
+    assert_eq!(hd["x-forwarded-host"], "web.com");
+    assert_eq!(hd["x-forwarded-port"], h.http().port().to_string());
+    let id = hd["x-request-id"].as_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert!(hd.get("x-secret").is_none() && hd.get("keep-alive").is_none(), "hop-by-hop headers stripped: {hd}");
+    // An incoming request id is kept.
+    let req = Request::get("/").header("host", "web.com").header("x-request-id", "abc-123").body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(h.http(), req).await.json()["headers"]["x-request-id"], "abc-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_and_header_limits() {
+    let web = Echo::start("web").await;
+    let h = Harness::start_with(|c| c.http.max_header_bytes = 8 * 1024).await;
+    let m = service("a", "web", &[&web])
+        + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: 1k}\n");
+    h.apply("a.yaml", &m).await;
+    let post = |n: usize| Request::post("/").header("host", "web.com").body(Full::new(Bytes::from(vec![b'x'; n]))).unwrap();
+    assert_eq!(send(h.http(), post(1024)).await.json()["body_len"], 1024);
+    assert_eq!(send(h.http(), post(1025)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let big = Request::get("/").header("host", "web.com").header("x-big", "y".repeat(16 * 1024)).body(Full::new(Bytes::new())).unwrap();
+    assert_eq!(send(h.http(), big).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_apply_live_and_a_bad_object_leaves_the_rest_serving() {
+    let (v1, v2) = (Echo::start("v1").await, Echo::start("v2").await);
+    let h = Harness::start().await;
+    // Services alone change no route, so they produce no new version.
+    h.write("svc.yaml", &(service("a", "v1", &[&v1]) + &service("a", "v2", &[&v2])));
+    h.apply("ing.yaml", &ingress("a", "web", "web.com", &[("/", "Prefix", "v1")], "")).await;
+    assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v1"));
+
+    let t = Instant::now();
+    h.apply("ing.yaml", &ingress("a", "web", "web.com", &[("/", "Prefix", "v2")], "")).await;
+    assert!(t.elapsed() < Duration::from_secs(1), "applied within 1s: {:?}", t.elapsed());
+    assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
+
+    // A garbage file and an invalid Ingress: both reported, neither disturbs web.com.
+    h.write("garbage.yaml", "kind: [this is not yaml");
+    let bad = ingress("a", "bad", "bad.com", &[("/(", "ImplementationSpecific", "v1")], "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"}\n");
+    h.apply("bad.yaml", &(bad + &ingress("a", "good", "good.com", &[("/", "Prefix", "v1")], ""))).await;
+    assert_eq!(get(h.http(), "good.com", "/").await.backend(), Some("v1"));
+    assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
+    assert_eq!(get(h.http(), "bad.com", "/").await.status, StatusCode::NOT_FOUND);
+    let problems = h.node.state.problems();
+    assert!(problems.iter().any(|p| p.object == "a/bad" && p.reason.contains("invalid regex")), "{problems:?}");
+
+    // A broken edit of the whole ingress file keeps what it held.
+    h.write("ing.yaml", "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: a\n");
+    h.apply("more.yaml", &ingress("a", "more", "more.com", &[("/", "Prefix", "v1")], "")).await;
+    assert_eq!(get(h.http(), "more.com", "/").await.backend(), Some("v1"));
+    assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_requests_over_endpoints() {
+    let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+    let h = Harness::start().await;
+    // Same IP, different ports: two slices.
+    h.apply("a.yaml", &(service("a", "web", &[&a, &b]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], ""))).await;
+    for _ in 0..10 {
+        assert_eq!(get(h.http(), "web.com", "/").await.status, StatusCode::OK);
+    }
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::Relaxed), 5);
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drain_finishes_in_flight_requests_and_stops_accepting() {
+    let slow = Echo::start_with("slow", Duration::from_millis(500)).await;
+    let h = Harness::start().await;
+    h.apply("a.yaml", &(service("a", "slow", &[&slow]) + &ingress("a", "slow", "slow.com", &[("/", "Prefix", "slow")], ""))).await;
+    let addr = h.http();
+    let in_flight = tokio::spawn(async move { get(addr, "slow.com", "/").await });
+    // Wait until the upstream has the request, then drain.
+    while slow.hits.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let Harness { dir: _dir, node } = h;
+    let left = node.shutdown_within(Duration::from_secs(5)).await;
+    assert_eq!(left, 0);
+    assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
