@@ -40,14 +40,19 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&state, &req)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
 fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -55,7 +60,10 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             if state.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no routing table yet\n".into())
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no routing table yet\n".into(),
+                )
             }
         }
         "/metrics" => {
@@ -63,16 +71,44 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             state.dataplane.metrics().render(&mut out);
             let problems = state.problems();
             let count = |s| problems.iter().filter(|p| p.severity == s).count();
-            let _ = writeln!(out, "# HELP raftgate_config_version Version of the routing table this node serves.");
-            let _ = writeln!(out, "# TYPE raftgate_config_version gauge\nraftgate_config_version {}", state.dataplane.version());
-            let _ = writeln!(out, "# HELP raftgate_config_problems Objects rejected or served with a problem in the last compilation.");
+            let _ = writeln!(
+                out,
+                "# HELP raftgate_config_version Version of the routing table this node serves."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE raftgate_config_version gauge\nraftgate_config_version {}",
+                state.dataplane.version()
+            );
+            let _ = writeln!(
+                out,
+                "# HELP raftgate_config_problems Objects rejected or served with a problem in the last compilation."
+            );
             let _ = writeln!(out, "# TYPE raftgate_config_problems gauge");
-            let _ = writeln!(out, "raftgate_config_problems{{severity=\"rejected\"}} {}", count(Severity::Rejected));
-            let _ = writeln!(out, "raftgate_config_problems{{severity=\"warning\"}} {}", count(Severity::Warning));
-            let _ = writeln!(out, "# HELP raftgate_build_info Build information.\n# TYPE raftgate_build_info gauge");
-            let _ = writeln!(out, "raftgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+            let _ = writeln!(
+                out,
+                "raftgate_config_problems{{severity=\"rejected\"}} {}",
+                count(Severity::Rejected)
+            );
+            let _ = writeln!(
+                out,
+                "raftgate_config_problems{{severity=\"warning\"}} {}",
+                count(Severity::Warning)
+            );
+            let _ = writeln!(
+                out,
+                "# HELP raftgate_build_info Build information.\n# TYPE raftgate_build_info gauge"
+            );
+            let _ = writeln!(
+                out,
+                "raftgate_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            );
             let mut r = text(StatusCode::OK, out);
-            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             r
         }
         "/api/v1/status" => {
@@ -89,7 +125,10 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "source_errors": state.source_errors(),
             });
             let mut r = text(StatusCode::OK, format!("{body:#}\n"));
-            r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
@@ -99,6 +138,9 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

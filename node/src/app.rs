@@ -19,8 +19,8 @@ use std::time::Duration;
 use raftgate_proxy::Dataplane;
 use raftgate_proxy::metrics::Metrics;
 use raftgate_proxy::server::ServerSettings;
-use raftgate_proxy::server::TlsAcceptor;
 use raftgate_proxy::server::Shared;
+use raftgate_proxy::server::TlsAcceptor;
 use raftgate_proxy::tls::SniResolver;
 use raftgate_proxy::tls::TlsError;
 use tokio::net::TcpListener;
@@ -88,7 +88,10 @@ impl NodeState {
 
     /// Files or objects the source could not read, as of the last change.
     pub fn source_errors(&self) -> Vec<String> {
-        self.source_errors.lock().map(|p| p.clone()).unwrap_or_default()
+        self.source_errors
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Follows the version of the table being served.
@@ -121,7 +124,12 @@ impl Node {
         cfg.validate()?;
         let default_key = match (&cfg.tls.default_certificate, &cfg.tls.default_key) {
             (Some(c), Some(k)) => {
-                let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(|source| NodeError::Read { path: p.clone(), source });
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p).map_err(|source| NodeError::Read {
+                        path: p.clone(),
+                        source,
+                    })
+                };
                 raftgate_proxy::tls::certified_key(&read(c)?, &read(k)?)?
             }
             _ => {
@@ -134,7 +142,9 @@ impl Node {
         let dataplane = Arc::new(Dataplane::new(resolver, Arc::new(Metrics::default())));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { what, addr, source })
         };
         let admin = bind("admin", cfg.admin.listen).await?;
         let http = match cfg.listen.http {
@@ -145,7 +155,13 @@ impl Node {
             Some(a) => Some(bind("https", a).await?),
             None => None,
         };
-        let addr = |l: &TcpListener, what, a| l.local_addr().map_err(|source| NodeError::Bind { what, addr: a, source });
+        let addr = |l: &TcpListener, what, a| {
+            l.local_addr().map_err(|source| NodeError::Bind {
+                what,
+                addr: a,
+                source,
+            })
+        };
         let admin_addr = addr(&admin, "admin", cfg.admin.listen)?;
         let http_addr = match (&http, cfg.listen.http) {
             (Some(l), Some(a)) => Some(addr(l, "http", a)?),
@@ -155,9 +171,21 @@ impl Node {
             (Some(l), Some(a)) => Some(addr(l, "https", a)?),
             _ => None,
         };
-        let mut listeners = vec![ListenerInfo { name: "admin", address: admin_addr, tls: false }];
-        listeners.extend(http_addr.map(|a| ListenerInfo { name: "http", address: a, tls: false }));
-        listeners.extend(https_addr.map(|a| ListenerInfo { name: "https", address: a, tls: true }));
+        let mut listeners = vec![ListenerInfo {
+            name: "admin",
+            address: admin_addr,
+            tls: false,
+        }];
+        listeners.extend(http_addr.map(|a| ListenerInfo {
+            name: "http",
+            address: a,
+            tls: false,
+        }));
+        listeners.extend(https_addr.map(|a| ListenerInfo {
+            name: "https",
+            address: a,
+            tls: true,
+        }));
         for l in &listeners {
             tracing::info!(listener = l.name, address = %l.address, tls = l.tls, "listening");
         }
@@ -187,25 +215,53 @@ impl Node {
             tasks.push(raftgate_proxy::server::spawn(l, None, shared.clone()));
         }
         if let Some(l) = https {
-            tasks.push(raftgate_proxy::server::spawn(l, Some(TlsAcceptor::from(tls_config)), shared.clone()));
+            tasks.push(raftgate_proxy::server::spawn(
+                l,
+                Some(TlsAcceptor::from(tls_config)),
+                shared.clone(),
+            ));
         }
-        tasks.push(tokio::spawn(crate::admin::serve(admin, state.clone(), drain_rx.clone())));
+        tasks.push(tokio::spawn(crate::admin::serve(
+            admin,
+            state.clone(),
+            drain_rx.clone(),
+        )));
 
         let compiler = Compiler::new(Options {
             class: cfg.ingress_class.name.clone(),
             watch_without_class: cfg.ingress_class.watch_without_class,
             defaults: cfg.defaults.clone(),
         });
-        let Source::Manifests { path, poll_interval } = cfg.source.clone();
+        let Source::Manifests {
+            path,
+            poll_interval,
+        } = cfg.source.clone();
         let input = match path {
             Some(p) => Input::Dir(ManifestDir::new(p)),
             None => {
-                tracing::info!("no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)");
+                tracing::info!(
+                    "no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)"
+                );
                 Input::Fixed(crate::demo::objects(admin_addr))
             }
         };
-        tasks.push(tokio::spawn(source_loop(input, poll_interval, compiler, state.clone(), drain_rx)));
-        Ok(Node { state, http_addr, https_addr, admin_addr, drain, shared, tasks, grace: cfg.http.drain_grace })
+        tasks.push(tokio::spawn(source_loop(
+            input,
+            poll_interval,
+            compiler,
+            state.clone(),
+            drain_rx,
+        )));
+        Ok(Node {
+            state,
+            http_addr,
+            https_addr,
+            admin_addr,
+            drain,
+            shared,
+            tasks,
+            grace: cfg.http.drain_grace,
+        })
     }
 
     /// Waits until the first routing table is being served.
@@ -222,11 +278,10 @@ impl Node {
     /// Waits until the served version satisfies `f`.
     pub async fn wait_version(&self, f: impl Fn(u64) -> bool) -> u64 {
         let mut rx = self.state.versions();
-        let v = match rx.wait_for(|v| f(*v)).await {
+        match rx.wait_for(|v| f(*v)).await {
             Ok(v) => *v,
             Err(_) => self.state.dataplane.version(),
-        };
-        v
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish within the drain grace, and stops.
@@ -255,7 +310,13 @@ enum Input {
     Fixed(Objects),
 }
 
-async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, state: Arc<NodeState>, mut drain: watch::Receiver<bool>) {
+async fn source_loop(
+    mut input: Input,
+    poll: Duration,
+    mut compiler: Compiler,
+    state: Arc<NodeState>,
+    mut drain: watch::Receiver<bool>,
+) {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut first = true;
     loop {
@@ -292,8 +353,12 @@ async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, s
                 let line = p.to_string();
                 if !reported.contains(&line) {
                     match p.severity {
-                        Severity::Rejected => tracing::error!(kind = p.kind, object = %p.object, reason = %p.reason, "object rejected"),
-                        Severity::Warning => tracing::warn!(kind = p.kind, object = %p.object, reason = %p.reason, "object served with a problem"),
+                        Severity::Rejected => {
+                            tracing::error!(kind = p.kind, object = %p.object, reason = %p.reason, "object rejected")
+                        }
+                        Severity::Warning => {
+                            tracing::warn!(kind = p.kind, object = %p.object, reason = %p.reason, "object served with a problem")
+                        }
                     }
                 }
             }
@@ -313,7 +378,9 @@ async fn source_loop(mut input: Input, poll: Duration, mut compiler: Compiler, s
                         tracing::info!(version, routes, "routing table applied");
                         state.version.send_replace(version);
                     }
-                    Err(e) => tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
+                    }
                 }
             }
             if first {
@@ -343,7 +410,11 @@ pub struct CheckReport {
 impl CheckReport {
     /// Anything rejected outright.
     pub fn failed(&self) -> bool {
-        !self.manifest_errors.is_empty() || self.problems.iter().any(|p| p.severity == Severity::Rejected)
+        !self.manifest_errors.is_empty()
+            || self
+                .problems
+                .iter()
+                .any(|p| p.severity == Severity::Rejected)
     }
 }
 
@@ -360,9 +431,13 @@ pub fn check(cfg: &Config) -> CheckReport {
         Some(p) => {
             let mut dir = ManifestDir::new(p);
             let scan = dir.scan();
-            report.manifest_errors.extend(scan.errors.iter().map(ToString::to_string));
+            report
+                .manifest_errors
+                .extend(scan.errors.iter().map(ToString::to_string));
             let (objs, dup) = dir.objects();
-            report.manifest_errors.extend(dup.iter().map(ToString::to_string));
+            report
+                .manifest_errors
+                .extend(dup.iter().map(ToString::to_string));
             objs
         }
         None => crate::demo::objects(cfg.admin.listen),

@@ -68,7 +68,10 @@ pub struct Listen {
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))), https: Some(SocketAddr::from(([0, 0, 0, 0], 8443))) }
+        Listen {
+            http: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            https: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+        }
     }
 }
 
@@ -82,7 +85,9 @@ pub struct Admin {
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { listen: SocketAddr::from(([127, 0, 0, 1], 10254)) }
+        Admin {
+            listen: SocketAddr::from(([127, 0, 0, 1], 10254)),
+        }
     }
 }
 
@@ -98,7 +103,10 @@ pub struct IngressClassConfig {
 
 impl Default for IngressClassConfig {
     fn default() -> Self {
-        IngressClassConfig { name: "raftgate".into(), watch_without_class: false }
+        IngressClassConfig {
+            name: "raftgate".into(),
+            watch_without_class: false,
+        }
     }
 }
 
@@ -124,7 +132,10 @@ fn default_poll() -> Duration {
 
 impl Default for Source {
     fn default() -> Self {
-        Source::Manifests { path: None, poll_interval: default_poll() }
+        Source::Manifests {
+            path: None,
+            poll_interval: default_poll(),
+        }
     }
 }
 
@@ -229,7 +240,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Text }
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -244,8 +258,14 @@ pub enum LogFormat {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: Config = serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -265,7 +285,9 @@ impl Config {
         if self.tls.default_certificate.is_some() != self.tls.default_key.is_some() {
             return bad("tls.default_certificate and tls.default_key go together");
         }
-        if self.defaults.proxy_connect_timeout.is_zero() || self.defaults.proxy_read_timeout.is_zero() {
+        if self.defaults.proxy_connect_timeout.is_zero()
+            || self.defaults.proxy_read_timeout.is_zero()
+        {
             return bad("defaults: timeouts must be above zero");
         }
         let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];
@@ -294,7 +316,9 @@ impl Config {
 /// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds (as ingress-nginx annotations).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().ok()?;
     Some(match unit {
         "" | "s" => Duration::from_secs(n),
@@ -335,12 +359,16 @@ impl fmt::Display for NumOrStr {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = NumOrStr::deserialize(d)?;
-    parse_duration(&v.to_string()).ok_or_else(|| serde::de::Error::custom(format!("invalid duration {v:?}; use e.g. 250ms, 5s, 2m")))
+    parse_duration(&v.to_string()).ok_or_else(|| {
+        serde::de::Error::custom(format!("invalid duration {v:?}; use e.g. 250ms, 5s, 2m"))
+    })
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = NumOrStr::deserialize(d)?;
-    parse_size(&v.to_string()).ok_or_else(|| serde::de::Error::custom(format!("invalid size {v:?}; use e.g. 0, 512, 8k, 1m")))
+    parse_size(&v.to_string()).ok_or_else(|| {
+        serde::de::Error::custom(format!("invalid size {v:?}; use e.g. 0, 512, 8k, 1m"))
+    })
 }
 
 impl fmt::Debug for NumOrStr {
@@ -389,20 +417,39 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_clear_errors() {
-        let e = serde_yaml::from_str::<Config>("listen: {htp: 1.2.3.4:80}").unwrap_err().to_string();
+        let e = serde_yaml::from_str::<Config>("listen: {htp: 1.2.3.4:80}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `htp`"), "{e}");
-        let e = serde_yaml::from_str::<Config>("defaults: {proxy_read_timeout: soon}").unwrap_err().to_string();
+        let e = serde_yaml::from_str::<Config>("defaults: {proxy_read_timeout: soon}")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid duration"), "{e}");
-        let c: Config = serde_yaml::from_str("listen: {http: 127.0.0.1:80, https: 127.0.0.1:80}").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("used by two listeners"));
+        let c: Config =
+            serde_yaml::from_str("listen: {http: 127.0.0.1:80, https: 127.0.0.1:80}").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("used by two listeners")
+        );
         let c: Config = serde_yaml::from_str("tls: {default_certificate: /x.pem}").unwrap();
         assert!(c.validate().is_err());
     }
 
     #[test]
     fn source_kinds() {
-        let c: Config = serde_yaml::from_str("source: {kind: manifests, path: /etc/raftgate/manifests, poll_interval: 1s}").unwrap();
-        assert_eq!(c.source, Source::Manifests { path: Some("/etc/raftgate/manifests".into()), poll_interval: Duration::from_secs(1) });
+        let c: Config = serde_yaml::from_str(
+            "source: {kind: manifests, path: /etc/raftgate/manifests, poll_interval: 1s}",
+        )
+        .unwrap();
+        assert_eq!(
+            c.source,
+            Source::Manifests {
+                path: Some("/etc/raftgate/manifests".into()),
+                poll_interval: Duration::from_secs(1)
+            }
+        );
         assert!(serde_yaml::from_str::<Config>("source: {kind: nope}").is_err());
     }
 }

@@ -7,7 +7,11 @@ use crate::objects::Objects;
 
 /// The demo objects, pointing at the admin listener actually bound.
 pub fn objects(admin: SocketAddr) -> Objects {
-    let ip = if admin.ip().is_unspecified() { "127.0.0.1".to_string() } else { admin.ip().to_string() };
+    let ip = if admin.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        admin.ip().to_string()
+    };
     let port = admin.port();
     let yaml = format!(
         r#"

@@ -11,7 +11,11 @@ use raftgate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "raftgate", version, about = "A highly available ingress tier for bare-metal Kubernetes")]
+#[command(
+    name = "raftgate",
+    version,
+    about = "A highly available ingress tier for bare-metal Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,10 @@ fn main() -> anyhow::Result<()> {
                 None => Config::default(),
             };
             init_logging(&cfg);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("start the runtime")?;
             rt.block_on(run(cfg))
         }
         Command::Check { config } => {
@@ -58,7 +65,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let node = Node::start(cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         r = tokio::signal::ctrl_c() => { r.context("wait for SIGINT")?; tracing::info!("SIGINT") }
@@ -84,8 +92,11 @@ fn print_report(r: &raftgate::app::CheckReport) {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

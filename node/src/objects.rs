@@ -26,7 +26,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(namespace: &str, name: &str) -> Key {
-        Key { namespace: namespace.into(), name: name.into() }
+        Key {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     pub fn of(meta: &ObjectMeta) -> Key {
@@ -39,12 +42,18 @@ impl Key {
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.namespace.is_empty() { f.write_str(&self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
     }
 }
 
-/// One object of a kind we use.
+/// One object of a kind we use. Short-lived (parsed, then moved into [`Objects`]), so the
+/// size difference between variants costs nothing worth a box.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Object {
     Ingress(Ingress),
     IngressClass(IngressClass),
@@ -152,7 +161,11 @@ pub enum ManifestError {
     #[error("not valid YAML or JSON: {0}")]
     Syntax(#[source] serde_yaml::Error),
     #[error("{kind} {name}: {reason}")]
-    Object { kind: String, name: String, reason: String },
+    Object {
+        kind: String,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Parses a manifest file's text. The outer error means the file as a whole is unreadable;
@@ -174,7 +187,11 @@ fn flatten(value: serde_yaml::Value, out: &mut Vec<Result<Object, ManifestError>
     if value.is_null() {
         return;
     }
-    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
     if kind == "List" || kind.ends_with("List") && value.get("items").is_some() {
         if let Some(serde_yaml::Value::Sequence(items)) = value.get("items").cloned() {
             for item in items {
@@ -189,15 +206,27 @@ fn flatten(value: serde_yaml::Value, out: &mut Vec<Result<Object, ManifestError>
 }
 
 fn object(value: serde_yaml::Value, kind: &str) -> Option<Result<Object, ManifestError>> {
-    let api = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or_default().to_string();
+    let api = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_string();
     let meta = value.get("metadata");
-    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(|v| v.as_str()).map(str::to_string);
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let name = match (field("namespace"), field("name")) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
         (None, Some(n)) => n,
         (_, None) => "<unnamed>".into(),
     };
-    let err = |reason: String| ManifestError::Object { kind: kind.to_string(), name: name.clone(), reason };
+    let err = |reason: String| ManifestError::Object {
+        kind: kind.to_string(),
+        name: name.clone(),
+        reason,
+    };
     fn de<T: serde::de::DeserializeOwned>(v: serde_yaml::Value) -> Result<T, String> {
         serde_yaml::from_value(v).map_err(|e| e.to_string())
     }
@@ -209,15 +238,19 @@ fn object(value: serde_yaml::Value, kind: &str) -> Option<Result<Object, Manifes
         ("discovery.k8s.io/v1", "EndpointSlice") => de(value).map(Object::EndpointSlice),
         ("v1", "Secret") => de(value).map(Object::Secret),
         ("v1", "ConfigMap") => de(value).map(Object::ConfigMap),
-        (_, "Ingress" | "IngressClass") if api != "networking.k8s.io/v1" => {
-            Err(format!("apiVersion {api:?} is not served; use networking.k8s.io/v1 (extensions/v1beta1 was removed in Kubernetes 1.22)"))
-        }
+        (_, "Ingress" | "IngressClass") if api != "networking.k8s.io/v1" => Err(format!(
+            "apiVersion {api:?} is not served; use networking.k8s.io/v1 (extensions/v1beta1 was removed in Kubernetes 1.22)"
+        )),
         ("", _) => Err("missing apiVersion or kind".into()),
         _ => return None,
     };
     Some(parsed.map_err(err).and_then(|mut o| {
         if o.meta().name.as_deref().unwrap_or_default().is_empty() {
-            return Err(ManifestError::Object { kind: kind.into(), name, reason: "metadata.name is missing".into() });
+            return Err(ManifestError::Object {
+                kind: kind.into(),
+                name,
+                reason: "metadata.name is missing".into(),
+            });
         }
         // Namespaced objects without a namespace land in `default`, as with `kubectl apply`.
         if !matches!(o, Object::IngressClass(_)) && o.meta().namespace.is_none() {
@@ -261,28 +294,49 @@ items:
     fn multi_document_lists_and_per_object_errors() {
         let objs = parse(MIXED).unwrap();
         assert_eq!(objs.len(), 3, "the Deployment is skipped");
-        assert!(matches!(&objs[0], Ok(Object::Service(s)) if s.metadata.namespace.as_deref() == Some("shop")));
-        let Err(e) = &objs[1] else { panic!("an Ingress of the wrong shape must fail") };
+        assert!(
+            matches!(&objs[0], Ok(Object::Service(s)) if s.metadata.namespace.as_deref() == Some("shop"))
+        );
+        let Err(e) = &objs[1] else {
+            panic!("an Ingress of the wrong shape must fail")
+        };
         let msg = e.to_string();
-        assert!(msg.contains("Ingress default/broken") || msg.contains("Ingress broken"), "{msg}");
+        assert!(
+            msg.contains("Ingress default/broken") || msg.contains("Ingress broken"),
+            "{msg}"
+        );
         assert!(msg.contains("invalid type"), "{msg}");
-        let Ok(Object::Secret(s)) = &objs[2] else { panic!("secret from List") };
+        let Ok(Object::Secret(s)) = &objs[2] else {
+            panic!("secret from List")
+        };
         assert_eq!(s.metadata.namespace.as_deref(), Some("default"));
         assert_eq!(s.data.as_ref().unwrap()["tls.crt"].0, b"hello");
     }
 
     #[test]
     fn garbage_is_a_file_error_and_old_api_versions_are_explained() {
-        assert!(matches!(parse("kind: [unclosed"), Err(ManifestError::Syntax(_))));
-        let objs = parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n").unwrap();
-        assert!(objs[0].as_ref().unwrap_err().to_string().contains("extensions/v1beta1 was removed"));
+        assert!(matches!(
+            parse("kind: [unclosed"),
+            Err(ManifestError::Syntax(_))
+        ));
+        let objs = parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n")
+            .unwrap();
+        assert!(
+            objs[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("extensions/v1beta1 was removed")
+        );
         assert!(parse("").unwrap().is_empty());
         assert!(parse("---\n---\n").unwrap().is_empty());
     }
 
     #[test]
     fn json_manifests_parse_too() {
-        let objs = parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{}}"#).unwrap();
+        let objs =
+            parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{}}"#)
+                .unwrap();
         assert!(matches!(&objs[0], Ok(Object::Service(_))));
     }
 }

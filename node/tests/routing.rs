@@ -24,14 +24,26 @@ async fn the_kubernetes_path_and_host_table_end_to_end() {
     );
     let h = Harness::start().await;
     let mut m = String::new();
-    for (n, e) in [("root", &root), ("aaa", &aaa), ("bbb", &bbb), ("exact", &exact), ("wild", &wild), ("any", &any)] {
+    for (n, e) in [
+        ("root", &root),
+        ("aaa", &aaa),
+        ("bbb", &bbb),
+        ("exact", &exact),
+        ("wild", &wild),
+        ("any", &any),
+    ] {
         m += &service("shop", n, &[e]);
     }
     m += &ingress(
         "shop",
         "main",
         "foo.com",
-        &[("/", "Prefix", "root"), ("/aaa", "Prefix", "aaa"), ("/aaa/bbb/", "Prefix", "bbb"), ("/aaa", "Exact", "exact")],
+        &[
+            ("/", "Prefix", "root"),
+            ("/aaa", "Prefix", "aaa"),
+            ("/aaa/bbb/", "Prefix", "bbb"),
+            ("/aaa", "Exact", "exact"),
+        ],
         "",
     );
     m += &ingress("shop", "wild", "*.foo.com", &[("/", "Prefix", "wild")], "");
@@ -62,7 +74,10 @@ async fn the_kubernetes_path_and_host_table_end_to_end() {
         }
     }
     // The upstream gets the original URI, query included.
-    assert_eq!(get(h.http(), "foo.com", "/aaa/bbb/c?q=1").await.json()["uri"], "/aaa/bbb/c?q=1");
+    assert_eq!(
+        get(h.http(), "foo.com", "/aaa/bbb/c?q=1").await.json()["uri"],
+        "/aaa/bbb/c?q=1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,13 +87,33 @@ async fn default_backends_and_class_filtering() {
     let mut m = service("app", "web", &[&web]) + &service("app", "fallback", &[&fallback]);
     m += &ingress("app", "web", "web.com", &[("/app", "Prefix", "web")], "");
     m += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: catchall, namespace: app}\nspec:\n  ingressClassName: raftgate\n  defaultBackend: {service: {name: fallback, port: {name: http}}}\n";
-    m += &ingress("app", "other-class", "other.com", &[("/", "Prefix", "web")], "").replace("ingressClassName: raftgate", "ingressClassName: traefik");
+    m += &ingress(
+        "app",
+        "other-class",
+        "other.com",
+        &[("/", "Prefix", "web")],
+        "",
+    )
+    .replace("ingressClassName: raftgate", "ingressClassName: traefik");
     h.apply("app.yaml", &m).await;
 
-    assert_eq!(get(h.http(), "web.com", "/app/1").await.backend(), Some("web"));
-    assert_eq!(get(h.http(), "web.com", "/nope").await.backend(), Some("fallback"));
-    assert_eq!(get(h.http(), "unknown.com", "/").await.backend(), Some("fallback"));
-    assert_eq!(get(h.http(), "other.com", "/").await.backend(), Some("fallback"), "another class's Ingress is not served");
+    assert_eq!(
+        get(h.http(), "web.com", "/app/1").await.backend(),
+        Some("web")
+    );
+    assert_eq!(
+        get(h.http(), "web.com", "/nope").await.backend(),
+        Some("fallback")
+    );
+    assert_eq!(
+        get(h.http(), "unknown.com", "/").await.backend(),
+        Some("fallback")
+    );
+    assert_eq!(
+        get(h.http(), "other.com", "/").await.backend(),
+        Some("fallback"),
+        "another class's Ingress is not served"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +121,10 @@ async fn no_endpoints_is_503_unreachable_is_502_and_slow_is_504() {
     let slow = Echo::start_with("slow", Duration::from_secs(5)).await;
     let h = Harness::start().await;
     // A port nothing listens on: bind, read the port, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut m = String::new();
     m += "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: e}\nspec: {ports: [{name: http, port: 80}]}\n";
     m += &format!(
@@ -96,23 +134,53 @@ async fn no_endpoints_is_503_unreachable_is_502_and_slow_is_504() {
     m += &service("e", "slow", &[&slow]);
     m += &ingress("e", "a", "empty.com", &[("/", "Prefix", "empty")], "");
     m += &ingress("e", "b", "dead.com", &[("/", "Prefix", "dead")], "");
-    m += &ingress("e", "c", "slow.com", &[("/", "Prefix", "slow")], "  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}\n");
-    m += &ingress("e", "d", "ghost.com", &[("/", "Prefix", "missing-service")], "");
+    m += &ingress(
+        "e",
+        "c",
+        "slow.com",
+        &[("/", "Prefix", "slow")],
+        "  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}\n",
+    );
+    m += &ingress(
+        "e",
+        "d",
+        "ghost.com",
+        &[("/", "Prefix", "missing-service")],
+        "",
+    );
     h.apply("e.yaml", &m).await;
 
-    assert_eq!(get(h.http(), "empty.com", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(get(h.http(), "ghost.com", "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(get(h.http(), "dead.com", "/").await.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        get(h.http(), "empty.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(h.http(), "ghost.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get(h.http(), "dead.com", "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
     let t = Instant::now();
-    assert_eq!(get(h.http(), "slow.com", "/").await.status, StatusCode::GATEWAY_TIMEOUT);
-    assert!(t.elapsed() < Duration::from_secs(4), "the 1s read timeout applied");
+    assert_eq!(
+        get(h.http(), "slow.com", "/").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the 1s read timeout applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_on_another_endpoint() {
     let live = Echo::start("live").await;
     let h = Harness::start().await;
-    let dead = std::net::TcpListener::bind("127.0.0.2:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     // Both endpoints in one Endpoints object: the dead one first.
     let m = format!(
         "---\napiVersion: v1\nkind: Service\nmetadata: {{name: mix, namespace: r}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: mix, namespace: r}}\nsubsets:\n- addresses: [{{ip: 127.0.0.2}}]\n  ports: [{{name: http, port: {}}}]\n- addresses: [{{ip: 127.0.0.1}}]\n  ports: [{{name: http, port: {}}}]\n",
@@ -131,7 +199,12 @@ async fn a_failed_connect_is_retried_on_another_endpoint() {
 async fn forwarded_headers_host_and_request_id() {
     let web = Echo::start("web").await;
     let h = Harness::start().await;
-    h.apply("a.yaml", &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], ""))).await;
+    h.apply(
+        "a.yaml",
+        &(service("a", "web", &[&web])
+            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+    )
+    .await;
     let req = Request::get("/x")
         .header("host", "web.com")
         .header("x-forwarded-for", "203.0.113.9")
@@ -150,10 +223,20 @@ async fn forwarded_headers_host_and_request_id() {
     assert_eq!(hd["x-forwarded-port"], h.http().port().to_string());
     let id = hd["x-request-id"].as_str().unwrap();
     assert_eq!(id.len(), 32);
-    assert!(hd.get("x-secret").is_none() && hd.get("keep-alive").is_none(), "hop-by-hop headers stripped: {hd}");
+    assert!(
+        hd.get("x-secret").is_none() && hd.get("keep-alive").is_none(),
+        "hop-by-hop headers stripped: {hd}"
+    );
     // An incoming request id is kept.
-    let req = Request::get("/").header("host", "web.com").header("x-request-id", "abc-123").body(Full::new(Bytes::new())).unwrap();
-    assert_eq!(send(h.http(), req).await.json()["headers"]["x-request-id"], "abc-123");
+    let req = Request::get("/")
+        .header("host", "web.com")
+        .header("x-request-id", "abc-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(h.http(), req).await.json()["headers"]["x-request-id"],
+        "abc-123"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,13 +244,34 @@ async fn body_and_header_limits() {
     let web = Echo::start("web").await;
     let h = Harness::start_with(|c| c.http.max_header_bytes = 8 * 1024).await;
     let m = service("a", "web", &[&web])
-        + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: 1k}\n");
+        + &ingress(
+            "a",
+            "web",
+            "web.com",
+            &[("/", "Prefix", "web")],
+            "  annotations: {nginx.ingress.kubernetes.io/proxy-body-size: 1k}\n",
+        );
     h.apply("a.yaml", &m).await;
-    let post = |n: usize| Request::post("/").header("host", "web.com").body(Full::new(Bytes::from(vec![b'x'; n]))).unwrap();
+    let post = |n: usize| {
+        Request::post("/")
+            .header("host", "web.com")
+            .body(Full::new(Bytes::from(vec![b'x'; n])))
+            .unwrap()
+    };
     assert_eq!(send(h.http(), post(1024)).await.json()["body_len"], 1024);
-    assert_eq!(send(h.http(), post(1025)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
-    let big = Request::get("/").header("host", "web.com").header("x-big", "y".repeat(16 * 1024)).body(Full::new(Bytes::new())).unwrap();
-    assert_eq!(send(h.http(), big).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        send(h.http(), post(1025)).await.status,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let big = Request::get("/")
+        .header("host", "web.com")
+        .header("x-big", "y".repeat(16 * 1024))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send(h.http(), big).await.status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,28 +279,68 @@ async fn changes_apply_live_and_a_bad_object_leaves_the_rest_serving() {
     let (v1, v2) = (Echo::start("v1").await, Echo::start("v2").await);
     let h = Harness::start().await;
     // Services alone change no route, so they produce no new version.
-    h.write("svc.yaml", &(service("a", "v1", &[&v1]) + &service("a", "v2", &[&v2])));
-    h.apply("ing.yaml", &ingress("a", "web", "web.com", &[("/", "Prefix", "v1")], "")).await;
+    h.write(
+        "svc.yaml",
+        &(service("a", "v1", &[&v1]) + &service("a", "v2", &[&v2])),
+    );
+    h.apply(
+        "ing.yaml",
+        &ingress("a", "web", "web.com", &[("/", "Prefix", "v1")], ""),
+    )
+    .await;
     assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v1"));
 
     let t = Instant::now();
-    h.apply("ing.yaml", &ingress("a", "web", "web.com", &[("/", "Prefix", "v2")], "")).await;
-    assert!(t.elapsed() < Duration::from_secs(1), "applied within 1s: {:?}", t.elapsed());
+    h.apply(
+        "ing.yaml",
+        &ingress("a", "web", "web.com", &[("/", "Prefix", "v2")], ""),
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "applied within 1s: {:?}",
+        t.elapsed()
+    );
     assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
 
     // A garbage file and an invalid Ingress: both reported, neither disturbs web.com.
     h.write("garbage.yaml", "kind: [this is not yaml");
-    let bad = ingress("a", "bad", "bad.com", &[("/(", "ImplementationSpecific", "v1")], "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"}\n");
-    h.apply("bad.yaml", &(bad + &ingress("a", "good", "good.com", &[("/", "Prefix", "v1")], ""))).await;
+    let bad = ingress(
+        "a",
+        "bad",
+        "bad.com",
+        &[("/(", "ImplementationSpecific", "v1")],
+        "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"}\n",
+    );
+    h.apply(
+        "bad.yaml",
+        &(bad + &ingress("a", "good", "good.com", &[("/", "Prefix", "v1")], "")),
+    )
+    .await;
     assert_eq!(get(h.http(), "good.com", "/").await.backend(), Some("v1"));
     assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
-    assert_eq!(get(h.http(), "bad.com", "/").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(h.http(), "bad.com", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
     let problems = h.node.state.problems();
-    assert!(problems.iter().any(|p| p.object == "a/bad" && p.reason.contains("invalid regex")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.object == "a/bad" && p.reason.contains("invalid regex")),
+        "{problems:?}"
+    );
 
     // A broken edit of the whole ingress file keeps what it held.
-    h.write("ing.yaml", "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: a\n");
-    h.apply("more.yaml", &ingress("a", "more", "more.com", &[("/", "Prefix", "v1")], "")).await;
+    h.write(
+        "ing.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: a\n",
+    );
+    h.apply(
+        "more.yaml",
+        &ingress("a", "more", "more.com", &[("/", "Prefix", "v1")], ""),
+    )
+    .await;
     assert_eq!(get(h.http(), "more.com", "/").await.backend(), Some("v1"));
     assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
 }
@@ -206,7 +350,12 @@ async fn round_robin_spreads_requests_over_endpoints() {
     let (a, b) = (Echo::start("a").await, Echo::start("b").await);
     let h = Harness::start().await;
     // Same IP, different ports: two slices.
-    h.apply("a.yaml", &(service("a", "web", &[&a, &b]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], ""))).await;
+    h.apply(
+        "a.yaml",
+        &(service("a", "web", &[&a, &b])
+            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(get(h.http(), "web.com", "/").await.status, StatusCode::OK);
     }
@@ -218,7 +367,12 @@ async fn round_robin_spreads_requests_over_endpoints() {
 async fn sigterm_drain_finishes_in_flight_requests_and_stops_accepting() {
     let slow = Echo::start_with("slow", Duration::from_millis(500)).await;
     let h = Harness::start().await;
-    h.apply("a.yaml", &(service("a", "slow", &[&slow]) + &ingress("a", "slow", "slow.com", &[("/", "Prefix", "slow")], ""))).await;
+    h.apply(
+        "a.yaml",
+        &(service("a", "slow", &[&slow])
+            + &ingress("a", "slow", "slow.com", &[("/", "Prefix", "slow")], "")),
+    )
+    .await;
     let addr = h.http();
     let in_flight = tokio::spawn(async move { get(addr, "slow.com", "/").await });
     // Wait until the upstream has the request, then drain.
@@ -229,5 +383,48 @@ async fn sigterm_drain_finishes_in_flight_requests_and_stops_accepting() {
     let left = node.shutdown_within(Duration::from_secs(5)).await;
     assert_eq!(left, 0);
     assert_eq!(in_flight.await.unwrap().status, StatusCode::OK);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_backend_protocol_speaks_http2_upstream() {
+    let web = Echo::start("h2").await;
+    let h = Harness::start().await;
+    let m = service("g", "h2", &[&web])
+        + &ingress("g", "h2", "grpc.com", &[("/", "Prefix", "h2")], "  annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPC}\n")
+        + &service("g", "h1", &[&web])
+        + &ingress("g", "h1", "plain.com", &[("/", "Prefix", "h1")], "");
+    h.apply("g.yaml", &m).await;
+    let r = get(h.http(), "grpc.com", "/pkg.Service/Method").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+    assert_eq!(r.json()["uri"], "http://grpc.com/pkg.Service/Method");
+    assert_eq!(get(h.http(), "plain.com", "/").await.json()["version"], "HTTP/1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reports_status_and_metrics() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let v = h.apply("a.yaml", &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/api", "Prefix", "web")], ""))).await;
+    for _ in 0..3 {
+        assert_eq!(get(h.http(), "web.com", "/api/x").await.status, StatusCode::OK);
+    }
+    assert_eq!(get(h.http(), "web.com", "/nope").await.status, StatusCode::NOT_FOUND);
+    let admin = h.node.admin_addr;
+    assert_eq!(get(admin, "x", "/healthz").await.status, StatusCode::OK);
+    assert_eq!(get(admin, "x", "/readyz").await.status, StatusCode::OK);
+    let status = get(admin, "x", "/api/v1/status").await.json();
+    assert_eq!(status["node_id"], "test");
+    assert_eq!(status["config_version"], v);
+    assert_eq!(status["routes"], 1);
+    assert_eq!(status["listeners"].as_array().unwrap().len(), 3);
+    let metrics = get(admin, "x", "/metrics").await.body;
+    assert!(metrics.contains("raftgate_http_requests_total{host=\"web.com\",route=\"/api\",status=\"2xx\"} 3"), "{metrics}");
+    assert!(metrics.contains("raftgate_http_requests_total{host=\"\",route=\"\",status=\"4xx\"} 1"), "{metrics}");
+    assert!(metrics.contains(&format!("raftgate_config_version {v}")), "{metrics}");
+    assert!(metrics.contains("raftgate_http_request_duration_seconds_count{host=\"web.com\",route=\"/api\"} 3"), "{metrics}");
 }

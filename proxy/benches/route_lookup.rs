@@ -23,12 +23,21 @@ fn table(hosts: usize) -> RoutingTable {
                 } else {
                     PathMatch::Prefix(format!("/svc{p}/api"))
                 },
-                backend: Backend { upstream: format!("ns/svc{h}-{p}:80") },
+                backend: Backend {
+                    upstream: format!("ns/svc{h}-{p}:80"),
+                },
                 policy: RoutePolicy::default(),
                 source: format!("ns/ing{h}"),
             })
             .collect();
-        t.vhosts.insert(format!("host{h}.example.com"), VirtualHost { routes, default_backend: None, tls: false });
+        t.vhosts.insert(
+            format!("host{h}.example.com"),
+            VirtualHost {
+                routes,
+                default_backend: None,
+                tls: false,
+            },
+        );
     }
     t
 }

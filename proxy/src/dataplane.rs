@@ -36,7 +36,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn empty() -> Snapshot {
-        Snapshot { table: Arc::default(), router: Router::default(), upstreams: HashMap::new(), route_stats: Vec::new() }
+        Snapshot {
+            table: Arc::default(),
+            router: Router::default(),
+            upstreams: HashMap::new(),
+            route_stats: Vec::new(),
+        }
     }
 
     /// The metric handle of route `id`.
@@ -64,7 +69,12 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn new(resolver: Arc<SniResolver>, metrics: Arc<Metrics>) -> Dataplane {
-        Dataplane { current: ArcSwap::from_pointee(Snapshot::empty()), resolver, metrics, install: Mutex::new(()) }
+        Dataplane {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            resolver,
+            metrics,
+            install: Mutex::new(()),
+        }
     }
 
     /// The snapshot to serve one request with.
@@ -105,8 +115,15 @@ impl Dataplane {
         // Certificates first, so a host that just gained TLS never meets a router without them.
         let certs = CertStore::build(&table, &self.resolver.store());
         self.resolver.install(certs);
-        let route_stats = (0..router.routes().len()).map(|_| OnceLock::new()).collect();
-        self.current.store(Arc::new(Snapshot { table: Arc::new(table), router, upstreams, route_stats }));
+        let route_stats = (0..router.routes().len())
+            .map(|_| OnceLock::new())
+            .collect();
+        self.current.store(Arc::new(Snapshot {
+            table: Arc::new(table),
+            router,
+            upstreams,
+            route_stats,
+        }));
         self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -85,7 +85,11 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
 
 /// Serves one request. Never fails: every error becomes a response.
-pub async fn handle(dp: Arc<Dataplane>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    dp: Arc<Dataplane>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let snap = dp.snapshot();
     let host = request_host(&req).unwrap_or_default();
@@ -105,9 +109,16 @@ pub async fn handle(dp: Arc<Dataplane>, conn: Arc<ConnInfo>, req: Request<Incomi
     let (backend, policy, tls, route_id) = match snap.router.lookup(&host, req.uri().path()) {
         Lookup::Route(e) => {
             let id = snap.router.routes().iter().position(|r| std::ptr::eq(r, e));
-            (e.route.backend.upstream.clone(), e.route.policy.clone(), e.tls, id)
+            (
+                e.route.backend.upstream.clone(),
+                e.route.policy.clone(),
+                e.tls,
+                id,
+            )
         }
-        Lookup::Default { backend, tls } => (backend.upstream.clone(), RoutePolicy::default(), tls, None),
+        Lookup::Default { backend, tls } => {
+            (backend.upstream.clone(), RoutePolicy::default(), tls, None)
+        }
         Lookup::NotFound => {
             log.stats = Some(dp.metrics().route("", ""));
             return Ok(log.finish(local(StatusCode::NOT_FOUND, "404 page not found\n")));
@@ -123,9 +134,16 @@ pub async fn handle(dp: Arc<Dataplane>, conn: Arc<ConnInfo>, req: Request<Incomi
         return Ok(log.finish(redirect_to_https(&req, &host, conn.https_port)));
     }
     if let Some(max) = policy.max_body_bytes {
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Ok(log.finish(local(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large\n")));
+            return Ok(log.finish(local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "413 Request Entity Too Large\n",
+            )));
         }
     }
     let response = proxy(&dp, &snap, &conn, req, &backend, &policy, &host, &mut log).await;
@@ -152,7 +170,11 @@ async fn proxy(
     host: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
-    let Some(upstream) = snap.upstreams.get(upstream_id).filter(|u| !u.endpoints.is_empty()) else {
+    let Some(upstream) = snap
+        .upstreams
+        .get(upstream_id)
+        .filter(|u| !u.endpoints.is_empty())
+    else {
         return Err(ProxyError::NoEndpoints);
     };
     let settings = &snap.table.settings;
@@ -170,23 +192,38 @@ async fn proxy(
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
     *out.headers_mut() = parts.headers;
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
     *out.uri_mut() = if protocol.is_h2() {
         let scheme = if protocol.is_tls() { "https" } else { "http" };
-        Uri::try_from(format!("{scheme}://{}{path_and_query}", authority_of(host))).map_err(|_| ProxyError::BadRequest)?
+        Uri::try_from(format!("{scheme}://{}{path_and_query}", authority_of(host)))
+            .map_err(|_| ProxyError::BadRequest)?
     } else {
         Uri::try_from(path_and_query).map_err(|_| ProxyError::BadRequest)?
     };
-    *out.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
+    *out.version_mut() = if protocol.is_h2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     let keep_te_trailers = protocol.is_h2() && te_is_trailers(out.headers());
-    let upgrade_proto = if is_upgrade { out.headers().get(header::UPGRADE).cloned() } else { None };
+    let upgrade_proto = if is_upgrade {
+        out.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(out.headers_mut());
     if let Some(proto) = upgrade_proto {
-        out.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         out.headers_mut().insert(header::UPGRADE, proto);
     }
     if keep_te_trailers {
-        out.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+        out.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if protocol.is_h2() {
         out.headers_mut().remove(header::HOST);
@@ -205,7 +242,9 @@ async fn proxy(
     let mut req = out;
     while tried.len() < tries {
         let now = Instant::now();
-        let Some(idx) = upstream.pick(now, &tried) else { break };
+        let Some(idx) = upstream.pick(now, &tried) else {
+            break;
+        };
         let ep = upstream.endpoints[idx].clone();
         tried.push(idx);
         log.endpoint = Some(ep.endpoint.to_string());
@@ -221,7 +260,8 @@ async fn proxy(
                     Err(e) => {
                         tracing::debug!(endpoint = %ep.endpoint, error = %e, "connect failed");
                         ep.record_failure(Instant::now(), settings);
-                        dp.metrics().upstream_error(upstream_id, UpstreamErrorKind::Connect);
+                        dp.metrics()
+                            .upstream_error(upstream_id, UpstreamErrorKind::Connect);
                         last_err = ProxyError::Connect(e);
                         break;
                     }
@@ -231,10 +271,17 @@ async fn proxy(
             match send(conn, req, read_timeout).await {
                 Ok((resp, h1)) => {
                     ep.record_success(Instant::now(), sent_at.elapsed());
-                    return Ok(respond(resp, h1, ep, in_flight, client_upgrade, read_timeout));
+                    return Ok(respond(
+                        resp,
+                        h1,
+                        ep,
+                        in_flight,
+                        client_upgrade,
+                        read_timeout,
+                    ));
                 }
                 Err(SendError::NotSent(back, e)) => {
-                    req = back;
+                    req = *back;
                     if fresh {
                         // A brand-new connection refused the request: count it against the endpoint.
                         ep.record_failure(Instant::now(), settings);
@@ -255,7 +302,7 @@ async fn proxy(
 
 enum SendError {
     /// The request was never written: it may be sent again elsewhere.
-    NotSent(Request<Body>, hyper::Error),
+    NotSent(Box<Request<Body>>, hyper::Error),
     /// The request may have reached the upstream: no retry.
     Failed(ProxyError),
 }
@@ -268,28 +315,28 @@ async fn send(
     match conn {
         Conn::H1(mut sender) => {
             if let Err(e) = sender.ready().await {
-                return Err(SendError::NotSent(req, e));
+                return Err(SendError::NotSent(Box::new(req), e));
             }
             let fut = sender.try_send_request(req);
             match tokio::time::timeout(read_timeout, fut).await {
                 Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
                 Ok(Ok(resp)) => Ok((resp, Some(sender))),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(req, e.into_error())),
+                    Some(req) => Err(SendError::NotSent(Box::new(req), e.into_error())),
                     None => Err(SendError::Failed(classify(e.into_error()))),
                 },
             }
         }
         Conn::H2(mut sender) => {
             if let Err(e) = sender.ready().await {
-                return Err(SendError::NotSent(req, e));
+                return Err(SendError::NotSent(Box::new(req), e));
             }
             let fut = sender.try_send_request(req);
             match tokio::time::timeout(read_timeout, fut).await {
                 Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
                 Ok(Ok(resp)) => Ok((resp, None)),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(req, e.into_error())),
+                    Some(req) => Err(SendError::NotSent(Box::new(req), e.into_error())),
                     None => Err(SendError::Failed(classify(e.into_error()))),
                 },
             }
@@ -326,16 +373,31 @@ fn respond(
             tokio::spawn(tunnel(client, upstream, read_timeout, in_flight));
         }
         // The 101 keeps its Connection and Upgrade headers.
-        return Response::from_parts(parts, Full::new(Bytes::new()).map_err(BoxError::from).boxed());
+        return Response::from_parts(
+            parts,
+            Full::new(Bytes::new()).map_err(BoxError::from).boxed(),
+        );
     }
     strip_hop_by_hop(&mut parts.headers);
-    let body = Tracked { inner: body, ep: Some(ep), h1, _in_flight: in_flight, idle: read_timeout, timer: None };
+    let body = Tracked {
+        inner: body,
+        ep: Some(ep),
+        h1,
+        _in_flight: in_flight,
+        idle: read_timeout,
+        timer: None,
+    };
     Response::from_parts(parts, body.boxed())
 }
 
 /// Copies bytes both ways between the two upgraded connections until both sides close,
 /// or neither side sends anything for `idle`.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, idle: Duration, _in_flight: InFlight) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    _in_flight: InFlight,
+) {
     let (client, upstream) = match tokio::join!(client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => {
@@ -391,7 +453,10 @@ impl http_body::Body for Tracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
@@ -411,7 +476,9 @@ impl http_body::Body for Tracked {
             }
             Poll::Pending => {
                 let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.h1 = None;
@@ -455,7 +522,14 @@ impl RequestLog {
             drop(self);
             return Response::from_parts(parts, body);
         }
-        Response::from_parts(parts, Logged { inner: body, log: Some(self) }.boxed())
+        Response::from_parts(
+            parts,
+            Logged {
+                inner: body,
+                log: Some(self),
+            }
+            .boxed(),
+        )
     }
 }
 
@@ -491,7 +565,10 @@ impl http_body::Body for Logged {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(r, Poll::Ready(None)) {
             self.log = None;
@@ -513,7 +590,10 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str().to_string());
     }
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string)
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
 }
 
 fn authority_of(host: &str) -> &str {
@@ -530,7 +610,11 @@ fn wants_upgrade(h: &HeaderMap) -> bool {
 }
 
 fn te_is_trailers(h: &HeaderMap) -> bool {
-    h.get_all(header::TE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+    h.get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -562,7 +646,10 @@ fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
         (&X_REAL_IP, ip),
         (&X_FORWARDED_PROTO, proto.to_string()),
         (&X_SCHEME, proto.to_string()),
-        (&X_FORWARDED_HOST, crate::router::normalize_host(host).into_owned()),
+        (
+            &X_FORWARDED_HOST,
+            crate::router::normalize_host(host).into_owned(),
+        ),
         (&X_FORWARDED_PORT, conn.local.port().to_string()),
     ];
     for (name, value) in pairs {
@@ -574,7 +661,11 @@ fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
 
 /// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's `$request_id`).
 fn ensure_request_id(h: &mut HeaderMap) -> String {
-    if let Some(id) = h.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 200) {
+    if let Some(id) = h
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+    {
         return id.to_string();
     }
     let id = crate::id::request_id();
@@ -586,8 +677,16 @@ fn ensure_request_id(h: &mut HeaderMap) -> String {
 
 fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<Body> {
     let name = crate::router::normalize_host(host);
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let location = if https_port == 443 { format!("https://{name}{path}") } else { format!("https://{name}:{https_port}{path}") };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = if https_port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{https_port}{path}")
+    };
     let mut resp = local(StatusCode::PERMANENT_REDIRECT, "308 Permanent Redirect\n");
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -597,9 +696,16 @@ fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Respon
 
 /// A short plain-text response made by the proxy itself.
 pub fn local(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(BoxError::from).boxed());
+    let mut resp = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(BoxError::from)
+            .boxed(),
+    );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 

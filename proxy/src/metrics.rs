@@ -12,7 +12,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Histogram bucket bounds in seconds.
-pub const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// Counters for one (host, route).
 #[derive(Debug, Default)]
@@ -32,7 +34,8 @@ impl RouteStats {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -70,8 +73,12 @@ pub struct Metrics {
 impl Metrics {
     /// The stats of a route, created on first use. Callers cache the `Arc`.
     pub fn route(&self, host: &str, route: &str) -> Arc<RouteStats> {
-        let Ok(mut map) = self.routes.lock() else { return Arc::default() };
-        map.entry((host.to_string(), route.to_string())).or_default().clone()
+        let Ok(mut map) = self.routes.lock() else {
+            return Arc::default();
+        };
+        map.entry((host.to_string(), route.to_string()))
+            .or_default()
+            .clone()
     }
 
     pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
@@ -82,7 +89,11 @@ impl Metrics {
 
     /// Prometheus text exposition of everything above.
     pub fn render(&self, out: &mut String) {
-        let routes: Vec<_> = self.routes.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let routes: Vec<_> = self
+            .routes
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         out.push_str("# HELP raftgate_http_requests_total HTTP requests answered, by host, route and status class.\n");
         out.push_str("# TYPE raftgate_http_requests_total counter\n");
         for ((host, route), s) in &routes {
@@ -106,35 +117,78 @@ impl Metrics {
             let mut cumulative = 0;
             for (b, c) in BUCKETS.iter().zip(&s.buckets) {
                 cumulative += c.load(Ordering::Relaxed);
-                let _ = writeln!(out, "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {cumulative}"
+                );
             }
             let count = s.count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+            let _ = writeln!(
+                out,
+                "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+            );
             let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "raftgate_http_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "raftgate_http_request_duration_seconds_count{{{labels}}} {count}");
+            let _ = writeln!(
+                out,
+                "raftgate_http_request_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "raftgate_http_request_duration_seconds_count{{{labels}}} {count}"
+            );
         }
         out.push_str("# HELP raftgate_upstream_errors_total Failed attempts to reach an upstream, by kind.\n");
         out.push_str("# TYPE raftgate_upstream_errors_total counter\n");
         if let Ok(map) = self.upstream_errors.lock() {
             for ((up, kind), n) in map.iter() {
-                let _ = writeln!(out, "raftgate_upstream_errors_total{{upstream=\"{}\",kind=\"{}\"}} {n}", escape(up), kind.as_str());
+                let _ = writeln!(
+                    out,
+                    "raftgate_upstream_errors_total{{upstream=\"{}\",kind=\"{}\"}} {n}",
+                    escape(up),
+                    kind.as_str()
+                );
             }
         }
         let gauges = [
-            ("raftgate_connections_accepted_total", "counter", "Client connections accepted.", &self.connections_accepted),
-            ("raftgate_connections_active", "gauge", "Client connections open now.", &self.connections_active),
-            ("raftgate_tls_handshake_errors_total", "counter", "Failed TLS handshakes with clients.", &self.tls_handshake_errors),
-            ("raftgate_config_swaps_total", "counter", "Routing tables swapped into the data plane.", &self.config_swaps),
+            (
+                "raftgate_connections_accepted_total",
+                "counter",
+                "Client connections accepted.",
+                &self.connections_accepted,
+            ),
+            (
+                "raftgate_connections_active",
+                "gauge",
+                "Client connections open now.",
+                &self.connections_active,
+            ),
+            (
+                "raftgate_tls_handshake_errors_total",
+                "counter",
+                "Failed TLS handshakes with clients.",
+                &self.tls_handshake_errors,
+            ),
+            (
+                "raftgate_config_swaps_total",
+                "counter",
+                "Routing tables swapped into the data plane.",
+                &self.config_swaps,
+            ),
         ];
         for (name, kind, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -150,11 +204,20 @@ mod tests {
         m.upstream_error("ns/svc:80", UpstreamErrorKind::Connect);
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains(r#"raftgate_http_requests_total{host="a.com",route="/x\"y",status="2xx"} 1"#), "{out}");
+        assert!(
+            out.contains(
+                r#"raftgate_http_requests_total{host="a.com",route="/x\"y",status="2xx"} 1"#
+            ),
+            "{out}"
+        );
         assert!(out.contains(r#"status="5xx"} 1"#));
         assert!(out.contains(r#"le="0.0025"} 0"#));
         assert!(out.contains(r#"le="0.005"} 1"#));
         assert!(out.contains(r#"le="+Inf"} 2"#));
-        assert!(out.contains(r#"raftgate_upstream_errors_total{upstream="ns/svc:80",kind="connect"} 1"#));
+        assert!(
+            out.contains(
+                r#"raftgate_upstream_errors_total{upstream="ns/svc:80",kind="connect"} 1"#
+            )
+        );
     }
 }

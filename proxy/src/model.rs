@@ -142,7 +142,13 @@ pub struct UpstreamId;
 
 impl UpstreamId {
     /// `namespace/service:port`, with `|protocol` and `|balance` suffixes when not the defaults.
-    pub fn format(namespace: &str, service: &str, port: &str, protocol: Protocol, balance: Balance) -> String {
+    pub fn format(
+        namespace: &str,
+        service: &str,
+        port: &str,
+        protocol: Protocol,
+        balance: Balance,
+    ) -> String {
         let mut id = format!("{namespace}/{service}:{port}");
         if protocol != Protocol::Http {
             id.push('|');
@@ -241,7 +247,9 @@ pub struct Certificate {
 impl fmt::Debug for Certificate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print a private key.
-        f.debug_struct("Certificate").field("cert_pem_len", &self.cert_pem.len()).finish_non_exhaustive()
+        f.debug_struct("Certificate")
+            .field("cert_pem_len", &self.cert_pem.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -259,7 +267,11 @@ pub struct GlobalSettings {
 
 impl Default for GlobalSettings {
     fn default() -> Self {
-        GlobalSettings { upstream_max_fails: 1, upstream_fail_timeout_ms: 10_000, access_log: false }
+        GlobalSettings {
+            upstream_max_fails: 1,
+            upstream_fail_timeout_ms: 10_000,
+            access_log: false,
+        }
     }
 }
 
@@ -283,9 +295,27 @@ pub enum Delta {
 /// The changes that turn `old` into `new`: `apply(old, diff(old, new)) == new`.
 pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<Delta> {
     let mut out = Vec::new();
-    diff_map(&old.vhosts, &new.vhosts, &mut out, Delta::PutVhost, Delta::DelVhost);
-    diff_map(&old.upstreams, &new.upstreams, &mut out, Delta::PutUpstream, Delta::DelUpstream);
-    diff_map(&old.certificates, &new.certificates, &mut out, Delta::PutCertificate, Delta::DelCertificate);
+    diff_map(
+        &old.vhosts,
+        &new.vhosts,
+        &mut out,
+        Delta::PutVhost,
+        Delta::DelVhost,
+    );
+    diff_map(
+        &old.upstreams,
+        &new.upstreams,
+        &mut out,
+        Delta::PutUpstream,
+        Delta::DelUpstream,
+    );
+    diff_map(
+        &old.certificates,
+        &new.certificates,
+        &mut out,
+        Delta::PutCertificate,
+        Delta::DelCertificate,
+    );
     diff_map(&old.sni, &new.sni, &mut out, Delta::PutSni, Delta::DelSni);
     if old.default_backend != new.default_backend {
         out.push(Delta::DefaultBackend(new.default_backend.clone()));
@@ -367,8 +397,11 @@ mod tests {
     use super::*;
 
     fn arb_table() -> impl Strategy<Value = RoutingTable> {
-        let vhost = (prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3), any::<bool>()).prop_map(|(paths, tls)| {
-            VirtualHost {
+        let vhost = (
+            prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(|(paths, tls)| VirtualHost {
                 routes: paths
                     .into_iter()
                     .map(|(p, u)| Route {
@@ -380,10 +413,12 @@ mod tests {
                     .collect(),
                 default_backend: None,
                 tls,
-            }
-        });
+            });
         let upstream = prop::collection::vec(1u16..4, 0..3).prop_map(|ports| Upstream {
-            endpoints: ports.into_iter().map(|p| Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], p)))).collect(),
+            endpoints: ports
+                .into_iter()
+                .map(|p| Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], p))))
+                .collect(),
             ..Upstream::default()
         });
         (
@@ -394,15 +429,22 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
         )
-            .prop_map(|(version, vhosts, upstreams, sni, default, log)| RoutingTable {
-                version,
-                vhosts,
-                upstreams,
-                certificates: BTreeMap::new(),
-                sni,
-                default_backend: default.then(|| Backend { upstream: "a".into() }),
-                settings: GlobalSettings { access_log: log, ..GlobalSettings::default() },
-            })
+            .prop_map(
+                |(version, vhosts, upstreams, sni, default, log)| RoutingTable {
+                    version,
+                    vhosts,
+                    upstreams,
+                    certificates: BTreeMap::new(),
+                    sni,
+                    default_backend: default.then(|| Backend {
+                        upstream: "a".into(),
+                    }),
+                    settings: GlobalSettings {
+                        access_log: log,
+                        ..GlobalSettings::default()
+                    },
+                },
+            )
     }
 
     proptest! {
@@ -431,7 +473,8 @@ mod tests {
         }
         let mut new = old.clone();
         if let Some(u) = new.upstreams.get_mut("ns/svc7:80") {
-            u.endpoints.push(Endpoint::Addr(SocketAddr::from(([10, 0, 0, 2], 8080))));
+            u.endpoints
+                .push(Endpoint::Addr(SocketAddr::from(([10, 0, 0, 2], 8080))));
         }
         let d = diff(&old, &new);
         assert_eq!(d.len(), 1);

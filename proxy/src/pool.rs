@@ -83,14 +83,22 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(endpoint: Endpoint, protocol: Protocol) -> Pool {
-        Pool { endpoint, protocol, idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        Pool {
+            endpoint,
+            protocol,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+        }
     }
 
     /// A pooled connection, if one is open: for HTTP/1.1 an idle one, for HTTP/2 the shared one.
     pub fn reuse(&self, now: Instant) -> Option<Conn> {
         if self.protocol.is_h2() {
             let guard = self.h2.lock().ok()?;
-            return guard.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()));
+            return guard
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .map(|s| Conn::H2(s.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some((s, since)) = idle.pop() {
@@ -123,14 +131,20 @@ impl Pool {
         let name = self.endpoint.to_string();
         let io = tokio::time::timeout(timeout, self.open())
             .await
-            .map_err(|_| ConnectError::Timeout { endpoint: name.clone(), timeout })??;
+            .map_err(|_| ConnectError::Timeout {
+                endpoint: name.clone(),
+                timeout,
+            })??;
         if self.protocol.is_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|source| ConnectError::Handshake { endpoint: name.clone(), source })?;
+                .map_err(|source| ConnectError::Handshake {
+                    endpoint: name.clone(),
+                    source,
+                })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection closed");
@@ -144,7 +158,10 @@ impl Pool {
             let (sender, conn) = http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|source| ConnectError::Handshake { endpoint: name, source })?;
+                .map_err(|source| ConnectError::Handshake {
+                    endpoint: name,
+                    source,
+                })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection closed");
@@ -160,11 +177,21 @@ impl Pool {
             Endpoint::Addr(a) => *a,
             Endpoint::Dns { host, port } => tokio::net::lookup_host((host.as_str(), *port))
                 .await
-                .map_err(|source| ConnectError::Io { endpoint: name.clone(), source })?
+                .map_err(|source| ConnectError::Io {
+                    endpoint: name.clone(),
+                    source,
+                })?
                 .next()
-                .ok_or_else(|| ConnectError::NoAddress { endpoint: name.clone() })?,
+                .ok_or_else(|| ConnectError::NoAddress {
+                    endpoint: name.clone(),
+                })?,
         };
-        let tcp = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io { endpoint: name.clone(), source })?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Io {
+                endpoint: name.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         if !self.protocol.is_tls() {
             return Ok(Io::Plain(tcp));
@@ -172,16 +199,25 @@ impl Pool {
         // No SNI and no verification, as ingress-nginx's defaults (`proxy-ssl-verify: off`).
         let server_name = match &self.endpoint {
             Endpoint::Addr(a) => ServerName::IpAddress(a.ip().into()),
-            Endpoint::Dns { host, .. } => ServerName::try_from(host.clone())
-                .map_err(|e| ConnectError::Tls { endpoint: name.clone(), source: io::Error::other(e) })?,
+            Endpoint::Dns { host, .. } => {
+                ServerName::try_from(host.clone()).map_err(|e| ConnectError::Tls {
+                    endpoint: name.clone(),
+                    source: io::Error::other(e),
+                })?
+            }
         };
-        let config = upstream_tls_config(self.protocol)
-            .map_err(|e| ConnectError::Tls { endpoint: name.clone(), source: io::Error::other(e) })?;
+        let config = upstream_tls_config(self.protocol).map_err(|e| ConnectError::Tls {
+            endpoint: name.clone(),
+            source: io::Error::other(e),
+        })?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let tls = connector
             .connect(server_name, tcp)
             .await
-            .map_err(|source| ConnectError::Tls { endpoint: name, source })?;
+            .map_err(|source| ConnectError::Tls {
+                endpoint: name,
+                source,
+            })?;
         Ok(Io::Tls(Box::new(tls)))
     }
 }
@@ -189,7 +225,11 @@ impl Pool {
 fn upstream_tls_config(protocol: Protocol) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     static H1: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     static H2: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    let (slot, alpn): (_, &[u8]) = if protocol.is_h2() { (&H2, b"h2") } else { (&H1, b"http/1.1") };
+    let (slot, alpn): (_, &[u8]) = if protocol.is_h2() {
+        (&H2, b"h2")
+    } else {
+        (&H1, b"http/1.1")
+    };
     if let Some(cfg) = slot.get() {
         return Ok(cfg.clone());
     }
@@ -226,7 +266,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -235,7 +280,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -251,7 +301,11 @@ pub enum Io {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -260,7 +314,11 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -88,7 +88,10 @@ pub struct Router {
 impl Router {
     /// Compiles a table. Fails only on an invalid regex, which the compiler rejects earlier.
     pub fn new(table: &RoutingTable) -> Result<Router, RouterError> {
-        let mut r = Router { default_backend: table.default_backend.clone(), ..Router::default() };
+        let mut r = Router {
+            default_backend: table.default_backend.clone(),
+            ..Router::default()
+        };
         for (host, vhost) in &table.vhosts {
             let idx = r.vhosts.len();
             let mut index = VhostIndex {
@@ -105,21 +108,30 @@ impl Router {
                         let re = regex::RegexBuilder::new(&format!("^(?:{p})"))
                             .case_insensitive(true)
                             .build()
-                            .map_err(|source| RouterError::Regex { host: host.clone(), path: p.clone(), source })?;
+                            .map_err(|source| RouterError::Regex {
+                                host: host.clone(),
+                                path: p.clone(),
+                                source,
+                            })?;
                         index.regex.push((p.len(), re, id));
                         true
                     }
                 };
                 if inserted {
-                    r.routes.push(RouteEntry { host: host.clone(), route: route.clone(), tls: vhost.tls });
+                    r.routes.push(RouteEntry {
+                        host: host.clone(),
+                        route: route.clone(),
+                        tls: vhost.tls,
+                    });
                 }
             }
             // Stable sort: among equal lengths, the earlier (older) route stays first.
-            index.regex.sort_by(|a, b| b.0.cmp(&a.0));
+            index.regex.sort_by_key(|r| std::cmp::Reverse(r.0));
             if host == ANY_HOST {
                 r.any_host = Some(idx);
             } else if let Some(suffix) = host.strip_prefix("*.") {
-                r.wildcard_hosts.insert(suffix.to_ascii_lowercase().into(), idx);
+                r.wildcard_hosts
+                    .insert(suffix.to_ascii_lowercase().into(), idx);
             } else {
                 r.exact_hosts.insert(host.to_ascii_lowercase().into(), idx);
             }
@@ -139,7 +151,10 @@ impl Router {
         let host = normalize_host(host);
         let Some(vhost) = self.find_vhost(&host) else {
             return match &self.default_backend {
-                Some(b) => Lookup::Default { backend: b, tls: false },
+                Some(b) => Lookup::Default {
+                    backend: b,
+                    tls: false,
+                },
                 None => Lookup::NotFound,
             };
         };
@@ -147,8 +162,15 @@ impl Router {
         if let Some(id) = vhost.find_route(&path) {
             return Lookup::Route(&self.routes[id]);
         }
-        match vhost.default_backend.as_ref().or(self.default_backend.as_ref()) {
-            Some(b) => Lookup::Default { backend: b, tls: vhost.tls },
+        match vhost
+            .default_backend
+            .as_ref()
+            .or(self.default_backend.as_ref())
+        {
+            Some(b) => Lookup::Default {
+                backend: b,
+                tls: vhost.tls,
+            },
             None => Lookup::NotFound,
         }
     }
@@ -259,7 +281,8 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
 /// A path that needs none of that is returned as is, without allocating.
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
     let path = if path.is_empty() { "/" } else { path };
-    let needs_work = path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
+    let needs_work =
+        path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
     if !needs_work {
         return Cow::Borrowed(path);
     }

@@ -63,9 +63,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(dataplane: Arc<Dataplane>, settings: ServerSettings, drain: watch::Receiver<bool>) -> Shared {
+    pub fn new(
+        dataplane: Arc<Dataplane>,
+        settings: ServerSettings,
+        drain: watch::Receiver<bool>,
+    ) -> Shared {
         let connections = Arc::new(Semaphore::new(settings.max_connections));
-        Shared { dataplane, settings, connections, drain }
+        Shared {
+            dataplane,
+            settings,
+            connections,
+            drain,
+        }
     }
 
     /// Waits until every client connection has closed, or `grace` has passed. Returns how
@@ -127,18 +136,33 @@ pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) ->
     })
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, shared: Shared, builder: Arc<auto::Builder<TokioExecutor>>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Shared,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+) {
     let metrics = shared.dataplane.metrics().clone();
     metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
     metrics.connections_active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(metrics.clone());
     let _ = stream.set_nodelay(true);
-    let Ok(local) = stream.local_addr() else { return };
-    let info = ConnInfo { client: peer, local, tls: tls.is_some(), https_port: shared.settings.https_port };
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let info = ConnInfo {
+        client: peer,
+        local,
+        tls: tls.is_some(),
+        https_port: shared.settings.https_port,
+    };
     match tls {
         None => serve(stream, info, shared, &builder).await,
         Some(acceptor) => {
-            match tokio::time::timeout(shared.settings.header_read_timeout, acceptor.accept(stream)).await {
+            match tokio::time::timeout(shared.settings.header_read_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(s)) => serve(s, info, shared, &builder).await,
                 Ok(Err(e)) => {
                     metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);

@@ -47,8 +47,12 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsE
     if chain.is_empty() {
         return Err(TlsError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::KeyPem(e.to_string()))?;
-    let signing = provider().key_provider.load_private_key(key).map_err(TlsError::KeyType)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| TlsError::KeyPem(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(TlsError::KeyType)?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) => Ok(ck),
@@ -95,7 +99,9 @@ impl CertStore {
             store.loaded.insert(id.clone(), (pem.clone(), key));
         }
         for (name, id) in &table.sni {
-            let Some((_, key)) = store.loaded.get(id) else { continue };
+            let Some((_, key)) = store.loaded.get(id) else {
+                continue;
+            };
             let name = name.to_ascii_lowercase();
             match name.strip_prefix("*.") {
                 Some(suffix) => store.wildcard.insert(suffix.to_string(), key.clone()),
@@ -128,7 +134,10 @@ pub struct SniResolver {
 
 impl SniResolver {
     pub fn new(default: CertifiedKey) -> SniResolver {
-        SniResolver { store: ArcSwap::from_pointee(CertStore::default()), default: Arc::new(default) }
+        SniResolver {
+            store: ArcSwap::from_pointee(CertStore::default()),
+            default: Arc::new(default),
+        }
     }
 
     /// Swaps in a new store; handshakes already under way keep the old one.
@@ -164,7 +173,13 @@ mod tests {
 
     fn table_with(id: &str, pem: (String, String), names: &[&str]) -> RoutingTable {
         let mut t = RoutingTable::default();
-        t.certificates.insert(id.into(), Certificate { cert_pem: pem.0, key_pem: pem.1 });
+        t.certificates.insert(
+            id.into(),
+            Certificate {
+                cert_pem: pem.0,
+                key_pem: pem.1,
+            },
+        );
         for n in names {
             t.sni.insert((*n).into(), id.into());
         }
@@ -173,7 +188,11 @@ mod tests {
 
     #[test]
     fn exact_then_one_label_wildcard() {
-        let t = table_with("ns/wild", self_signed(&["*.foo.com"]).unwrap(), &["*.foo.com", "exact.com"]);
+        let t = table_with(
+            "ns/wild",
+            self_signed(&["*.foo.com"]).unwrap(),
+            &["*.foo.com", "exact.com"],
+        );
         let s = CertStore::build(&t, &CertStore::default());
         assert!(s.find("a.foo.com").is_some());
         assert!(s.find("A.FOO.COM.").is_some());
@@ -187,7 +206,10 @@ mod tests {
         let t = table_with("ns/c", self_signed(&["a.com"]).unwrap(), &["a.com"]);
         let s1 = CertStore::build(&t, &CertStore::default());
         let s2 = CertStore::build(&t, &s1);
-        assert!(Arc::ptr_eq(&s1.find("a.com").unwrap(), &s2.find("a.com").unwrap()));
+        assert!(Arc::ptr_eq(
+            &s1.find("a.com").unwrap(),
+            &s2.find("a.com").unwrap()
+        ));
     }
 
     #[test]
@@ -196,8 +218,14 @@ mod tests {
         let (_, k2) = self_signed(&["b.com"]).unwrap();
         assert!(certified_key(&c1, &k1).is_ok());
         assert!(matches!(certified_key(&c1, &k2), Err(TlsError::Mismatch)));
-        assert!(matches!(certified_key("garbage", &k1), Err(TlsError::NoCertificate)));
-        assert!(matches!(certified_key(&c1, "garbage"), Err(TlsError::KeyPem(_))));
+        assert!(matches!(
+            certified_key("garbage", &k1),
+            Err(TlsError::NoCertificate)
+        ));
+        assert!(matches!(
+            certified_key(&c1, "garbage"),
+            Err(TlsError::KeyPem(_))
+        ));
         let truncated = &c1[..c1.len() / 2];
         assert!(certified_key(truncated, &k1).is_err());
     }

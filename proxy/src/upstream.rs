@@ -53,7 +53,11 @@ impl EndpointState {
             protocol,
             in_flight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
-            health: Mutex::new(Health { ejected_until: None, ewma_ns: EWMA_INITIAL_NS as f64, ewma_at: None }),
+            health: Mutex::new(Health {
+                ejected_until: None,
+                ewma_ns: EWMA_INITIAL_NS as f64,
+                ewma_at: None,
+            }),
         }
     }
 
@@ -64,7 +68,10 @@ impl EndpointState {
 
     /// Whether passive health has taken the endpoint out at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
-        self.health.lock().map(|h| h.ejected_until.is_some_and(|t| t > now)).unwrap_or(false)
+        self.health
+            .lock()
+            .map(|h| h.ejected_until.is_some_and(|t| t > now))
+            .unwrap_or(false)
     }
 
     /// Records a failed attempt (connect error, reset, or timeout). Returns true if this ejects it.
@@ -86,7 +93,10 @@ impl EndpointState {
         if let Ok(mut h) = self.health.lock() {
             h.ejected_until = None;
             let sample = latency.as_nanos() as f64;
-            let elapsed = h.ewma_at.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
+            let elapsed = h
+                .ewma_at
+                .map(|t| now.saturating_duration_since(t))
+                .unwrap_or_default();
             h.ewma_at = Some(now);
             // Peak EWMA: jump up to a slow sample at once, decay towards fast ones.
             if sample > h.ewma_ns {
@@ -99,7 +109,11 @@ impl EndpointState {
     }
 
     fn ewma_cost(&self) -> f64 {
-        let ewma = self.health.lock().map(|h| h.ewma_ns).unwrap_or(EWMA_INITIAL_NS as f64);
+        let ewma = self
+            .health
+            .lock()
+            .map(|h| h.ewma_ns)
+            .unwrap_or(EWMA_INITIAL_NS as f64);
         ewma * (self.in_flight() as f64 + 1.0)
     }
 
@@ -131,7 +145,10 @@ pub struct UpstreamState {
 
 impl UpstreamState {
     /// Builds the live upstream, reusing endpoint state from `previous` where the endpoint is kept.
-    pub fn new(up: &Upstream, previous: &HashMap<(Endpoint, Protocol), Arc<EndpointState>>) -> UpstreamState {
+    pub fn new(
+        up: &Upstream,
+        previous: &HashMap<(Endpoint, Protocol), Arc<EndpointState>>,
+    ) -> UpstreamState {
         let endpoints = up
             .endpoints
             .iter()
@@ -142,19 +159,34 @@ impl UpstreamState {
                     .unwrap_or_else(|| Arc::new(EndpointState::new(e.clone(), up.protocol)))
             })
             .collect();
-        UpstreamState { endpoints, balance: up.balance, next: AtomicUsize::new(0), rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15) }
+        UpstreamState {
+            endpoints,
+            balance: up.balance,
+            next: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
     }
 
     /// Picks an endpoint, skipping `tried` ones and ejected ones. When every untried endpoint
     /// is ejected it picks among those anyway (panic mode), so an upstream never goes dark
     /// just because passive health got pessimistic.
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| !tried.contains(i)).collect();
+        let candidates: Vec<usize> = (0..self.endpoints.len())
+            .filter(|i| !tried.contains(i))
+            .collect();
         if candidates.is_empty() {
             return None;
         }
-        let healthy: Vec<usize> = candidates.iter().copied().filter(|&i| !self.endpoints[i].is_ejected(now)).collect();
-        let pool = if healthy.is_empty() { &candidates } else { &healthy };
+        let healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| !self.endpoints[i].is_ejected(now))
+            .collect();
+        let pool = if healthy.is_empty() {
+            &candidates
+        } else {
+            &healthy
+        };
         Some(match self.balance {
             Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
             Balance::LeastRequest => self.p2c(pool, |e| e.in_flight() as f64),
@@ -174,7 +206,11 @@ impl UpstreamState {
             b += 1;
         }
         let (a, b) = (pool[a], pool[b]);
-        if cost(&self.endpoints[b]) < cost(&self.endpoints[a]) { b } else { a }
+        if cost(&self.endpoints[b]) < cost(&self.endpoints[a]) {
+            b
+        } else {
+            a
+        }
     }
 
     /// xorshift64*: fast, lock-free, and good enough to spread load.
@@ -196,7 +232,9 @@ mod tests {
 
     fn upstream(n: u16, balance: Balance) -> UpstreamState {
         let up = Upstream {
-            endpoints: (0..n).map(|i| Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 1000 + i)))).collect(),
+            endpoints: (0..n)
+                .map(|i| Endpoint::Addr(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
+                .collect(),
             balance,
             protocol: Protocol::Http,
         };
@@ -223,7 +261,11 @@ mod tests {
     #[test]
     fn a_failed_endpoint_sits_out_its_fail_timeout_then_returns() {
         let u = upstream(2, Balance::RoundRobin);
-        let s = GlobalSettings { upstream_max_fails: 2, upstream_fail_timeout_ms: 1000, access_log: false };
+        let s = GlobalSettings {
+            upstream_max_fails: 2,
+            upstream_fail_timeout_ms: 1000,
+            access_log: false,
+        };
         let t0 = Instant::now();
         assert!(!u.endpoints[0].record_failure(t0, &s));
         assert!(u.endpoints[0].record_failure(t0, &s));
@@ -270,8 +312,15 @@ mod tests {
     fn kept_endpoints_keep_their_state_across_swaps() {
         let u = upstream(2, Balance::RoundRobin);
         let _f = u.endpoints[1].start();
-        let prev: HashMap<_, _> = u.endpoints.iter().map(|e| ((e.endpoint.clone(), e.protocol), e.clone())).collect();
-        let next = Upstream { endpoints: vec![u.endpoints[1].endpoint.clone()], ..Upstream::default() };
+        let prev: HashMap<_, _> = u
+            .endpoints
+            .iter()
+            .map(|e| ((e.endpoint.clone(), e.protocol), e.clone()))
+            .collect();
+        let next = Upstream {
+            endpoints: vec![u.endpoints[1].endpoint.clone()],
+            ..Upstream::default()
+        };
         let n = UpstreamState::new(&next, &prev);
         assert!(Arc::ptr_eq(&n.endpoints[0], &u.endpoints[1]));
         assert_eq!(n.endpoints[0].in_flight(), 1);

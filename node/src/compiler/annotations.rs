@@ -45,28 +45,55 @@ impl Annotations {
         let mut a = Annotations::default();
         let Some(all) = all else { return Ok(a) };
         for (full, value) in all {
-            let Some(key) = full.strip_prefix(PREFIX) else { continue };
-            let err = |reason: &str| AnnotationError { key: key.into(), value: value.clone(), reason: reason.into() };
+            let Some(key) = full.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let err = |reason: &str| AnnotationError {
+                key: key.into(),
+                value: value.clone(),
+                reason: reason.into(),
+            };
             let v = value.trim();
             match key {
-                "use-regex" => a.use_regex = boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?,
-                "ssl-redirect" => a.ssl_redirect = Some(boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?),
+                "use-regex" => {
+                    a.use_regex = boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?
+                }
+                "ssl-redirect" => {
+                    a.ssl_redirect =
+                        Some(boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?)
+                }
                 "backend-protocol" => {
                     a.backend_protocol = Some(match v.to_ascii_uppercase().as_str() {
                         "HTTP" => Protocol::Http,
                         "HTTPS" => Protocol::Https,
                         "GRPC" | "HTTP2" | "H2C" => Protocol::H2c,
                         "GRPCS" => Protocol::H2,
-                        "AJP" | "FCGI" => return Err(err("AJP and FCGI backends are not supported")),
+                        "AJP" | "FCGI" => {
+                            return Err(err("AJP and FCGI backends are not supported"));
+                        }
                         _ => return Err(err("expected HTTP, HTTPS, GRPC, GRPCS or HTTP2")),
                     })
                 }
-                "proxy-body-size" => a.proxy_body_size = Some(parse_size(v).ok_or_else(|| err("expected a size such as 0, 8k, 1m"))?),
-                "proxy-connect-timeout" => a.proxy_connect_timeout = Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?),
-                "proxy-read-timeout" => a.proxy_read_timeout = Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?),
-                "proxy-send-timeout" => a.proxy_send_timeout = Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?),
+                "proxy-body-size" => {
+                    a.proxy_body_size = Some(
+                        parse_size(v).ok_or_else(|| err("expected a size such as 0, 8k, 1m"))?,
+                    )
+                }
+                "proxy-connect-timeout" => {
+                    a.proxy_connect_timeout =
+                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
+                }
+                "proxy-read-timeout" => {
+                    a.proxy_read_timeout =
+                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
+                }
+                "proxy-send-timeout" => {
+                    a.proxy_send_timeout =
+                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
+                }
                 "proxy-next-upstream-tries" => {
-                    a.proxy_next_upstream_tries = Some(v.parse().map_err(|_| err("expected a whole number"))?)
+                    a.proxy_next_upstream_tries =
+                        Some(v.parse().map_err(|_| err("expected a whole number"))?)
                 }
                 "load-balance" => {
                     a.load_balance = Some(match v {
@@ -76,8 +103,12 @@ impl Annotations {
                         _ => return Err(err("expected round_robin, least_conn or ewma")),
                     })
                 }
-                k if k.ends_with("-snippet") || k == "configuration-snippet" => a.ignored_snippets.push(k.to_string()),
-                _ => tracing::debug!(annotation = %full, "annotation not supported by raftgate; ignored"),
+                k if k.ends_with("-snippet") || k == "configuration-snippet" => {
+                    a.ignored_snippets.push(k.to_string())
+                }
+                _ => {
+                    tracing::debug!(annotation = %full, "annotation not supported by raftgate; ignored")
+                }
             }
         }
         Ok(a)
@@ -103,7 +134,10 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> Result<Annotations, AnnotationError> {
-        let m: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string())).collect();
+        let m: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+            .collect();
         Annotations::parse(Some(&m))
     }
 
@@ -132,15 +166,26 @@ mod tests {
         assert_eq!(e.key, "proxy-body-size");
         assert!(e.to_string().contains("\"big\""));
         assert!(ann(&[("use-regex", "yes")]).is_err());
-        assert!(ann(&[("backend-protocol", "FCGI")]).unwrap_err().reason.contains("not supported"));
+        assert!(
+            ann(&[("backend-protocol", "FCGI")])
+                .unwrap_err()
+                .reason
+                .contains("not supported")
+        );
         assert!(ann(&[("proxy-read-timeout", "0")]).is_err());
     }
 
     #[test]
     fn other_prefixes_and_unknown_keys_are_ignored() {
         let mut m = BTreeMap::new();
-        m.insert("kubernetes.io/ingress.class".to_string(), "nginx".to_string());
+        m.insert(
+            "kubernetes.io/ingress.class".to_string(),
+            "nginx".to_string(),
+        );
         m.insert(format!("{PREFIX}some-future-thing"), "x".to_string());
-        assert_eq!(Annotations::parse(Some(&m)).unwrap(), Annotations::default());
+        assert_eq!(
+            Annotations::parse(Some(&m)).unwrap(),
+            Annotations::default()
+        );
     }
 }

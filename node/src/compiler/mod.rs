@@ -36,7 +36,6 @@ use raftgate_proxy::model::RoutePolicy;
 use raftgate_proxy::model::RoutingTable;
 use raftgate_proxy::model::Upstream;
 use raftgate_proxy::model::UpstreamId;
-use raftgate_proxy::model::VirtualHost;
 use raftgate_proxy::router::prefix_key;
 
 use self::annotations::AnnotationError;
@@ -150,7 +149,10 @@ impl fmt::Display for PortRef {
 
 impl Compiler {
     pub fn new(opts: Options) -> Compiler {
-        Compiler { opts, last_good: BTreeMap::new() }
+        Compiler {
+            opts,
+            last_good: BTreeMap::new(),
+        }
     }
 
     /// Compiles everything. Deterministic: the same objects (and history) give the same table.
@@ -163,29 +165,48 @@ impl Compiler {
             access_log: d.access_log,
         };
         let default_class = self.default_class_is_ours(objs);
-        let mut ours: Vec<&Ingress> = objs.ingresses.values().filter(|i| self.is_ours(i, default_class)).collect();
-        ours.sort_by(|a, b| order_key(a).cmp(&order_key(b)));
+        let mut ours: Vec<&Ingress> = objs
+            .ingresses
+            .values()
+            .filter(|i| self.is_ours(i, default_class))
+            .collect();
+        ours.sort_by_key(|i| order_key(i));
         let keys: BTreeSet<Key> = ours.iter().map(|i| Key::of(&i.metadata)).collect();
         self.last_good.retain(|k, _| keys.contains(k));
 
         let mut plans = Vec::new();
         for ing in ours {
             let key = Key::of(&ing.metadata);
-            let problem = |severity, reason: String| Problem { kind: "Ingress", object: key.to_string(), severity, reason };
+            let problem = |severity, reason: String| Problem {
+                kind: "Ingress",
+                object: key.to_string(),
+                severity,
+                reason,
+            };
             match self.plan(ing) {
                 Ok((plan, warnings)) => {
-                    out.problems.extend(warnings.into_iter().map(|w| problem(Severity::Warning, w)));
+                    out.problems
+                        .extend(warnings.into_iter().map(|w| problem(Severity::Warning, w)));
                     self.last_good.insert(key.clone(), ing.clone());
                     plans.push(plan);
                 }
                 Err(e) => {
-                    let fallback = self.last_good.get(&key).cloned().and_then(|old| self.plan(&old).ok());
+                    let fallback = self
+                        .last_good
+                        .get(&key)
+                        .cloned()
+                        .and_then(|old| self.plan(&old).ok());
                     match fallback {
                         Some((plan, _)) => {
-                            out.problems.push(problem(Severity::Rejected, format!("{e}; still serving its last valid version")));
+                            out.problems.push(problem(
+                                Severity::Rejected,
+                                format!("{e}; still serving its last valid version"),
+                            ));
                             plans.push(plan);
                         }
-                        None => out.problems.push(problem(Severity::Rejected, e.to_string())),
+                        None => out
+                            .problems
+                            .push(problem(Severity::Rejected, e.to_string())),
                     }
                 }
             }
@@ -198,14 +219,26 @@ impl Compiler {
     fn default_class_is_ours(&self, objs: &Objects) -> bool {
         objs.classes.values().any(|c| {
             c.metadata.name.as_deref() == Some(self.opts.class.as_str())
-                && c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).is_some_and(|v| v == "true")
+                && c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                    .is_some_and(|v| v == "true")
         })
     }
 
     fn is_ours(&self, ing: &Ingress, default_class: bool) -> bool {
-        let class = ing.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref()).or_else(|| {
-            ing.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).map(String::as_str)
-        });
+        let class = ing
+            .spec
+            .as_ref()
+            .and_then(|s| s.ingress_class_name.as_deref())
+            .or_else(|| {
+                ing.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+                    .map(String::as_str)
+            });
         match class {
             Some(c) => c == self.opts.class,
             None => default_class || self.opts.watch_without_class,
@@ -217,8 +250,16 @@ impl Compiler {
         let key = Key::of(&ing.metadata);
         let ns = key.namespace.clone();
         let ann = Annotations::parse(ing.metadata.annotations.as_ref())?;
-        let mut warnings: Vec<String> =
-            ann.ignored_snippets.iter().map(|s| format!("annotation {}{s} ignored: snippets are never executed", annotations::PREFIX)).collect();
+        let mut warnings: Vec<String> = ann
+            .ignored_snippets
+            .iter()
+            .map(|s| {
+                format!(
+                    "annotation {}{s} ignored: snippets are never executed",
+                    annotations::PREFIX
+                )
+            })
+            .collect();
         let d = &self.opts.defaults;
         let policy = RoutePolicy {
             ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
@@ -226,26 +267,62 @@ impl Compiler {
                 0 => None,
                 n => Some(n),
             },
-            connect_timeout_ms: ann.proxy_connect_timeout.unwrap_or(d.proxy_connect_timeout).as_millis() as u64,
-            read_timeout_ms: ann.proxy_read_timeout.unwrap_or(d.proxy_read_timeout).as_millis() as u64,
-            send_timeout_ms: ann.proxy_send_timeout.unwrap_or(d.proxy_send_timeout).as_millis() as u64,
-            next_upstream_tries: ann.proxy_next_upstream_tries.unwrap_or(d.proxy_next_upstream_tries),
+            connect_timeout_ms: ann
+                .proxy_connect_timeout
+                .unwrap_or(d.proxy_connect_timeout)
+                .as_millis() as u64,
+            read_timeout_ms: ann
+                .proxy_read_timeout
+                .unwrap_or(d.proxy_read_timeout)
+                .as_millis() as u64,
+            send_timeout_ms: ann
+                .proxy_send_timeout
+                .unwrap_or(d.proxy_send_timeout)
+                .as_millis() as u64,
+            next_upstream_tries: ann
+                .proxy_next_upstream_tries
+                .unwrap_or(d.proxy_next_upstream_tries),
         };
         let protocol = ann.backend_protocol.unwrap_or_default();
         let balance = ann.load_balance.unwrap_or(d.load_balance);
         let source = key.to_string();
-        let mut plan = Plan { key: key.clone(), rules: Vec::new(), tls_hosts: Vec::new(), default_backend: None, upstreams: Vec::new() };
-        let backend = |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
-            let Some(svc) = &b.service else { return Err(CompileError::ResourceBackend { path: path.into() }) };
-            let port = match (&svc.port.as_ref().and_then(|p| p.number), svc.port.as_ref().and_then(|p| p.name.clone())) {
-                (Some(n), _) => PortRef::Number(*n),
-                (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
-                _ => return Err(CompileError::NoPort { service: svc.name.clone() }),
-            };
-            let id = UpstreamId::format(&ns, &svc.name, &port.to_string(), protocol, balance);
-            plan.upstreams.push((id.clone(), UpstreamRef { namespace: ns.clone(), service: svc.name.clone(), port, protocol, balance }));
-            Ok(Backend { upstream: id })
+        let mut plan = Plan {
+            key: key.clone(),
+            rules: Vec::new(),
+            tls_hosts: Vec::new(),
+            default_backend: None,
+            upstreams: Vec::new(),
         };
+        let backend =
+            |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
+                let Some(svc) = &b.service else {
+                    return Err(CompileError::ResourceBackend { path: path.into() });
+                };
+                let port = match (
+                    &svc.port.as_ref().and_then(|p| p.number),
+                    svc.port.as_ref().and_then(|p| p.name.clone()),
+                ) {
+                    (Some(n), _) => PortRef::Number(*n),
+                    (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
+                    _ => {
+                        return Err(CompileError::NoPort {
+                            service: svc.name.clone(),
+                        });
+                    }
+                };
+                let id = UpstreamId::format(&ns, &svc.name, &port.to_string(), protocol, balance);
+                plan.upstreams.push((
+                    id.clone(),
+                    UpstreamRef {
+                        namespace: ns.clone(),
+                        service: svc.name.clone(),
+                        port,
+                        protocol,
+                        balance,
+                    },
+                ));
+                Ok(Backend { upstream: id })
+            };
 
         let spec = ing.spec.clone().unwrap_or_default();
         if let Some(b) = &spec.default_backend {
@@ -264,7 +341,12 @@ impl Compiler {
                 }
             };
             let mut routes = Vec::new();
-            for p in rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or_default() {
+            for p in rule
+                .http
+                .as_ref()
+                .map(|h| h.paths.as_slice())
+                .unwrap_or_default()
+            {
                 let raw = p.path.clone().unwrap_or_default();
                 let path = match p.path_type.as_str() {
                     "Exact" => PathMatch::Exact(validate_path(&raw)?.to_string()),
@@ -274,26 +356,44 @@ impl Compiler {
                         regex::RegexBuilder::new(&format!("^(?:{raw})"))
                             .size_limit(1 << 20)
                             .build()
-                            .map_err(|e| CompileError::Path { path: raw.clone(), reason: format!("invalid regex: {e}") })?;
+                            .map_err(|e| CompileError::Path {
+                                path: raw.clone(),
+                                reason: format!("invalid regex: {e}"),
+                            })?;
                         PathMatch::Regex(raw)
                     }
                     "ImplementationSpecific" => {
                         let raw = if raw.is_empty() { "/".to_string() } else { raw };
                         if !raw.starts_with('/') {
-                            return Err(CompileError::Path { path: raw, reason: "must start with '/'".into() });
+                            return Err(CompileError::Path {
+                                path: raw,
+                                reason: "must start with '/'".into(),
+                            });
                         }
                         PathMatch::Prefix(raw)
                     }
-                    "" => return Err(CompileError::Path { path: raw, reason: "pathType is required".into() }),
+                    "" => {
+                        return Err(CompileError::Path {
+                            path: raw,
+                            reason: "pathType is required".into(),
+                        });
+                    }
                     other => {
                         return Err(CompileError::Path {
                             path: raw,
-                            reason: format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"),
+                            reason: format!(
+                                "pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"
+                            ),
                         });
                     }
                 };
                 let b = backend(&p.backend, path.as_str(), &mut plan)?;
-                routes.push(Route { path, backend: b, policy: policy.clone(), source: source.clone() });
+                routes.push(Route {
+                    path,
+                    backend: b,
+                    policy: policy.clone(),
+                    source: source.clone(),
+                });
             }
             plan.rules.push((host, routes));
         }
@@ -327,11 +427,19 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
     for plan in plans {
         let owner = plan.key.to_string();
         let warn = |out_problems: &mut Vec<Problem>, reason: String| {
-            out_problems.push(Problem { kind: "Ingress", object: owner.clone(), severity: Severity::Warning, reason })
+            out_problems.push(Problem {
+                kind: "Ingress",
+                object: owner.clone(),
+                severity: Severity::Warning,
+                reason,
+            })
         };
         let only_default = plan.rules.is_empty();
         for (host, routes) in plan.rules {
-            let vhost = t.vhosts.entry(host.clone()).or_insert_with(VirtualHost::default);
+            let vhost = t
+                .vhosts
+                .entry(host.clone())
+                .or_default();
             if vhost.default_backend.is_none() {
                 vhost.default_backend = plan.default_backend.clone();
             }
@@ -343,7 +451,10 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                 match claimed.get(&(host.clone(), dedup.clone())) {
                     Some(first) => warn(
                         &mut out.problems,
-                        format!("host {host} path {} is already served by Ingress {first} (older); ignored here", r.path),
+                        format!(
+                            "host {host} path {} is already served by Ingress {first} (older); ignored here",
+                            r.path
+                        ),
                     ),
                     None => {
                         claimed.insert((host.clone(), dedup), owner.clone());
@@ -367,7 +478,9 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                 match sni_secrets.get(&host) {
                     Some((first, k)) if *k != key => warn(
                         &mut out.problems,
-                        format!("TLS host {host} already uses Secret {k} from Ingress {first} (older); {key} ignored for it"),
+                        format!(
+                            "TLS host {host} already uses Secret {k} from Ingress {first} (older); {key} ignored for it"
+                        ),
                     ),
                     Some(_) => {}
                     None => {
@@ -408,21 +521,23 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
     }
     let mut loaded: BTreeMap<Key, bool> = BTreeMap::new();
     for (host, (_, key)) in sni_secrets {
-        let ok = *loaded.entry(key.clone()).or_insert_with(|| match certificate(objs, &key) {
-            Ok(c) => {
-                t.certificates.insert(key.to_string(), c);
-                true
-            }
-            Err(reason) => {
-                out.problems.push(Problem {
-                    kind: "Secret",
-                    object: key.to_string(),
-                    severity: Severity::Warning,
-                    reason: format!("{reason}; the default certificate is served instead"),
-                });
-                false
-            }
-        });
+        let ok = *loaded
+            .entry(key.clone())
+            .or_insert_with(|| match certificate(objs, &key) {
+                Ok(c) => {
+                    t.certificates.insert(key.to_string(), c);
+                    true
+                }
+                Err(reason) => {
+                    out.problems.push(Problem {
+                        kind: "Secret",
+                        object: key.to_string(),
+                        severity: Severity::Warning,
+                        reason: format!("{reason}; the default certificate is served instead"),
+                    });
+                    false
+                }
+            });
         if ok {
             t.sni.insert(host, key.to_string());
         }
@@ -435,14 +550,21 @@ fn covers(tls: &str, host: &str) -> bool {
         return true;
     }
     match (tls.strip_prefix("*."), host.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix),
+        (Some(suffix), Some((label, rest))) => {
+            !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix)
+        }
         _ => false,
     }
 }
 
 /// A Kubernetes rule host: a lower-case DNS subdomain, optionally with a leading `*.`.
 fn validate_host(h: &str) -> Result<(), CompileError> {
-    let err = |reason| Err(CompileError::Host { host: h.into(), reason });
+    let err = |reason| {
+        Err(CompileError::Host {
+            host: h.into(),
+            reason,
+        })
+    };
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.is_empty() || name.len() > 253 {
         return err("must be 1 to 253 characters");
@@ -455,8 +577,13 @@ fn validate_host(h: &str) -> Result<(), CompileError> {
         if b.is_empty() || b.len() > 63 {
             return err("each label must be 1 to 63 characters");
         }
-        if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') {
-            return err("must be lower-case letters, digits, '-' and '.', with '*.' only as a prefix");
+        if !b
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        {
+            return err(
+                "must be lower-case letters, digits, '-' and '.', with '*.' only as a prefix",
+            );
         }
         if b[0] == b'-' || b[b.len() - 1] == b'-' {
             return err("labels must start and end with a letter or digit");
@@ -467,7 +594,12 @@ fn validate_host(h: &str) -> Result<(), CompileError> {
 
 /// A Kubernetes Exact or Prefix path: absolute, with no `//`, `.`/`..` segments, `%2F` or `#`.
 fn validate_path(p: &str) -> Result<&str, CompileError> {
-    let err = |reason: &str| Err(CompileError::Path { path: p.into(), reason: reason.into() });
+    let err = |reason: &str| {
+        Err(CompileError::Path {
+            path: p.into(),
+            reason: reason.into(),
+        })
+    };
     if !p.starts_with('/') {
         return err("must start with '/'");
     }
@@ -484,7 +616,11 @@ fn validate_path(p: &str) -> Result<&str, CompileError> {
 
 /// The endpoints of one upstream, with warnings for whatever makes it unusable.
 fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
-    let mut up = Upstream { endpoints: Vec::new(), balance: r.balance, protocol: r.protocol };
+    let mut up = Upstream {
+        endpoints: Vec::new(),
+        balance: r.balance,
+        protocol: r.protocol,
+    };
     let mut warnings = Vec::new();
     let key = Key::new(&r.namespace, &r.service);
     let Some(svc) = objs.services.get(&key) else {
@@ -514,13 +650,19 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             }
         };
         match u16::try_from(port) {
-            Ok(port) => up.endpoints.push(Endpoint::Dns { host: name.trim_end_matches('.').to_string(), port }),
+            Ok(port) => up.endpoints.push(Endpoint::Dns {
+                host: name.trim_end_matches('.').to_string(),
+                port,
+            }),
             Err(_) => warnings.push(format!("port {port} out of range")),
         }
         return (up, warnings);
     }
     let Some(sp) = found else {
-        warnings.push(format!("port {} not found on the Service; requests to it get 503", r.port));
+        warnings.push(format!(
+            "port {} not found on the Service; requests to it get 503",
+            r.port
+        ));
         return (up, warnings);
     };
     let sp_name = sp.name.clone().unwrap_or_default();
@@ -535,7 +677,11 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
         .values()
         .filter(|s| {
             s.metadata.namespace.as_deref() == Some(r.namespace.as_str())
-                && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) == Some(&r.service)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    == Some(&r.service)
         })
         .collect();
     if !slices.is_empty() {
@@ -546,7 +692,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             let Some(port) = s
                 .ports
                 .as_ref()
-                .and_then(|ps| ps.iter().find(|p| p.name.clone().unwrap_or_default() == sp_name))
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p.name.clone().unwrap_or_default() == sp_name)
+                })
                 .and_then(|p| p.port)
             else {
                 continue;
@@ -567,7 +716,13 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
                 .iter()
                 .find(|p| p.name.clone().unwrap_or_default() == sp_name)
                 .or_else(|| ports.iter().find(|p| Some(p.port) == target_num))
-                .or_else(|| if ports.len() == 1 && sp_name.is_empty() { ports.first() } else { None })
+                .or_else(|| {
+                    if ports.len() == 1 && sp_name.is_empty() {
+                        ports.first()
+                    } else {
+                        None
+                    }
+                })
                 .map(|p| p.port);
             let Some(port) = port else { continue };
             for a in subset.addresses.as_deref().unwrap_or_default() {
@@ -576,7 +731,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
         }
     }
     if eps.is_empty() {
-        warnings.push(format!("no ready endpoints for port {}; requests to it get 503", r.port));
+        warnings.push(format!(
+            "no ready endpoints for port {}; requests to it get 503",
+            r.port
+        ));
     }
     up.endpoints = eps.into_iter().collect();
     (up, warnings)
@@ -587,18 +745,26 @@ fn push_addr(eps: &mut BTreeSet<Endpoint>, ip: &str, port: i32, warnings: &mut V
         (Ok(ip), Ok(port)) if port > 0 => {
             eps.insert(Endpoint::Addr(SocketAddr::new(ip, port)));
         }
-        _ => warnings.push(format!("endpoint {ip}:{port} is not a valid IP address and port; skipped")),
+        _ => warnings.push(format!(
+            "endpoint {ip}:{port} is not a valid IP address and port; skipped"
+        )),
     }
 }
 
 /// The certificate in a TLS Secret, checked.
 fn certificate(objs: &Objects, key: &Key) -> Result<Certificate, String> {
-    let Some(secret) = objs.secrets.get(key) else { return Err(format!("Secret {key} not found")) };
+    let Some(secret) = objs.secrets.get(key) else {
+        return Err(format!("Secret {key} not found"));
+    };
     let get = |name: &str| -> Option<String> {
         if let Some(s) = secret.string_data.as_ref().and_then(|d| d.get(name)) {
             return Some(s.clone());
         }
-        secret.data.as_ref().and_then(|d| d.get(name)).map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
     };
     let (Some(cert_pem), Some(key_pem)) = (get("tls.crt"), get("tls.key")) else {
         return Err("Secret has no tls.crt and tls.key".into());

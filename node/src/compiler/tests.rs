@@ -11,7 +11,11 @@ fn objects(yaml: &str) -> Objects {
 }
 
 fn compiler(class: &str) -> Compiler {
-    Compiler::new(Options { class: class.into(), watch_without_class: false, defaults: RouteDefaults::default() })
+    Compiler::new(Options {
+        class: class.into(),
+        watch_without_class: false,
+        defaults: RouteDefaults::default(),
+    })
 }
 
 fn compile(yaml: &str) -> Output {
@@ -66,19 +70,34 @@ fn rule(host: &str, path: &str, path_type: &str, service: &str) -> String {
 }
 
 fn rejected(out: &Output) -> Vec<String> {
-    out.problems.iter().filter(|p| p.severity == Severity::Rejected).map(|p| p.to_string()).collect()
+    out.problems
+        .iter()
+        .filter(|p| p.severity == Severity::Rejected)
+        .map(|p| p.to_string())
+        .collect()
 }
 
 #[test]
 fn a_simple_ingress_compiles_to_a_host_route_and_ready_endpoints() {
-    let out = compile(&(svc("web", "10.0.0.1") + &ingress("web", "2024-01-01T00:00:00Z", &rule("shop.example.com", "/", "Prefix", "web"))));
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &ingress(
+                "web",
+                "2024-01-01T00:00:00Z",
+                &rule("shop.example.com", "/", "Prefix", "web"),
+            )),
+    );
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     let vh = &out.table.vhosts["shop.example.com"];
     assert_eq!(vh.routes.len(), 1);
     assert_eq!(vh.routes[0].path, PathMatch::Prefix("/".into()));
     assert_eq!(vh.routes[0].source, "app/web");
     let up = &out.table.upstreams[&vh.routes[0].backend.upstream];
-    assert_eq!(up.endpoints, vec![Endpoint::Addr("10.0.0.1:8080".parse().unwrap())], "not-ready endpoints are left out");
+    assert_eq!(
+        up.endpoints,
+        vec![Endpoint::Addr("10.0.0.1:8080".parse().unwrap())],
+        "not-ready endpoints are left out"
+    );
 }
 
 #[test]
@@ -128,63 +147,151 @@ spec:
     assert!(compile(&yaml).table.vhosts.contains_key("c.com"));
     let mut c = compiler("other");
     assert!(c.compile(&objects(&yaml)).table.vhosts.is_empty());
-    let mut c = Compiler::new(Options { class: "other".into(), watch_without_class: true, defaults: RouteDefaults::default() });
-    assert!(c.compile(&objects(&yaml)).table.vhosts.contains_key("c.com"));
+    let mut c = Compiler::new(Options {
+        class: "other".into(),
+        watch_without_class: true,
+        defaults: RouteDefaults::default(),
+    });
+    assert!(
+        c.compile(&objects(&yaml))
+            .table
+            .vhosts
+            .contains_key("c.com")
+    );
 }
 
 #[test]
 fn the_oldest_ingress_wins_a_duplicate_host_and_path() {
     let yaml = svc("old", "10.0.0.1")
         + &svc("new", "10.0.0.2")
-        + &ingress("newer", "2024-06-01T00:00:00Z", &rule("a.com", "/api/", "Prefix", "new"))
-        + &ingress("older", "2023-01-01T00:00:00Z", &rule("a.com", "/api", "Prefix", "old"));
+        + &ingress(
+            "newer",
+            "2024-06-01T00:00:00Z",
+            &rule("a.com", "/api/", "Prefix", "new"),
+        )
+        + &ingress(
+            "older",
+            "2023-01-01T00:00:00Z",
+            &rule("a.com", "/api", "Prefix", "old"),
+        );
     let out = compile(&yaml);
     let routes = &out.table.vhosts["a.com"].routes;
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].source, "app/older");
-    let w: Vec<_> = out.problems.iter().filter(|p| p.object == "app/newer").collect();
+    let w: Vec<_> = out
+        .problems
+        .iter()
+        .filter(|p| p.object == "app/newer")
+        .collect();
     assert_eq!(w.len(), 1);
-    assert!(w[0].reason.contains("already served by Ingress app/older"), "{}", w[0].reason);
+    assert!(
+        w[0].reason.contains("already served by Ingress app/older"),
+        "{}",
+        w[0].reason
+    );
     // Exact and Prefix on the same path are not duplicates.
     let yaml = svc("a", "10.0.0.1")
-        + &ingress("e", "2024-06-01T00:00:00Z", &rule("a.com", "/x", "Exact", "a"))
-        + &ingress("p", "2023-01-01T00:00:00Z", &rule("a.com", "/x", "Prefix", "a"));
+        + &ingress(
+            "e",
+            "2024-06-01T00:00:00Z",
+            &rule("a.com", "/x", "Exact", "a"),
+        )
+        + &ingress(
+            "p",
+            "2023-01-01T00:00:00Z",
+            &rule("a.com", "/x", "Prefix", "a"),
+        );
     assert_eq!(compile(&yaml).table.vhosts["a.com"].routes.len(), 2);
 }
 
 #[test]
 fn an_invalid_regex_rejects_only_that_ingress() {
-    let bad = ingress("bad", "2024-01-01T00:00:00Z", &rule("bad.com", "/(unclosed", "ImplementationSpecific", "web"))
-        .replace("namespace: app,", "namespace: app, annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"},");
-    let out = compile(&(svc("web", "10.0.0.1") + &bad + &ingress("good", "2024-01-01T00:00:00Z", &rule("good.com", "/", "Prefix", "web"))));
+    let bad = ingress(
+        "bad",
+        "2024-01-01T00:00:00Z",
+        &rule("bad.com", "/(unclosed", "ImplementationSpecific", "web"),
+    )
+    .replace(
+        "namespace: app,",
+        "namespace: app, annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"},",
+    );
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &bad
+            + &ingress(
+                "good",
+                "2024-01-01T00:00:00Z",
+                &rule("good.com", "/", "Prefix", "web"),
+            )),
+    );
     assert!(out.table.vhosts.contains_key("good.com"));
     assert!(!out.table.vhosts.contains_key("bad.com"));
     let r = rejected(&out);
     assert_eq!(r.len(), 1);
-    assert!(r[0].contains("app/bad") && r[0].contains("invalid regex"), "{r:?}");
+    assert!(
+        r[0].contains("app/bad") && r[0].contains("invalid regex"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn use_regex_makes_implementation_specific_paths_regexes() {
-    let ing = ingress("re", "2024-01-01T00:00:00Z", &rule("a.com", "/api/v[0-9]+", "ImplementationSpecific", "web"))
-        .replace("namespace: app,", "namespace: app, annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"},");
+    let ing = ingress(
+        "re",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/api/v[0-9]+", "ImplementationSpecific", "web"),
+    )
+    .replace(
+        "namespace: app,",
+        "namespace: app, annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"},",
+    );
     let out = compile(&(svc("web", "10.0.0.1") + &ing));
-    assert_eq!(out.table.vhosts["a.com"].routes[0].path, PathMatch::Regex("/api/v[0-9]+".into()));
-    let plain = ingress("p", "2024-01-01T00:00:00Z", &rule("a.com", "/api", "ImplementationSpecific", "web"));
-    assert_eq!(compile(&(svc("web", "10.0.0.1") + &plain)).table.vhosts["a.com"].routes[0].path, PathMatch::Prefix("/api".into()));
+    assert_eq!(
+        out.table.vhosts["a.com"].routes[0].path,
+        PathMatch::Regex("/api/v[0-9]+".into())
+    );
+    let plain = ingress(
+        "p",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/api", "ImplementationSpecific", "web"),
+    );
+    assert_eq!(
+        compile(&(svc("web", "10.0.0.1") + &plain)).table.vhosts["a.com"].routes[0].path,
+        PathMatch::Prefix("/api".into())
+    );
 }
 
 #[test]
 fn a_missing_service_or_port_serves_503_with_a_warning() {
-    let out = compile(&ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "ghost")));
+    let out = compile(&ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/", "Prefix", "ghost"),
+    ));
     assert!(rejected(&out).is_empty());
     let up = &out.table.upstreams[&out.table.vhosts["a.com"].routes[0].backend.upstream];
     assert!(up.endpoints.is_empty());
-    assert!(out.problems.iter().any(|p| p.kind == "Service" && p.reason.contains("not found")), "{:?}", out.problems);
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.kind == "Service" && p.reason.contains("not found")),
+        "{:?}",
+        out.problems
+    );
 
-    let wrong_port = ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web").replace("number: 80", "number: 81"));
+    let wrong_port = ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/", "Prefix", "web").replace("number: 80", "number: 81"),
+    );
     let out = compile(&(svc("web", "10.0.0.1") + &wrong_port));
-    assert!(out.problems.iter().any(|p| p.reason.contains("port 81 not found")), "{:?}", out.problems);
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.reason.contains("port 81 not found")),
+        "{:?}",
+        out.problems
+    );
 }
 
 #[test]
@@ -216,10 +323,17 @@ spec:
   ports: [{port: 7306, protocol: TCP, targetPort: 3306}]
 "#
     .to_string()
-        + &ingress("i", "2024-01-01T00:00:00Z", &rule("db.com", "/", "Prefix", "external-mysql").replace("number: 80", "number: 7306"));
+        + &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("db.com", "/", "Prefix", "external-mysql").replace("number: 80", "number: 7306"),
+        );
     let out = compile(&yaml);
     let up = &out.table.upstreams["app/external-mysql:7306"];
-    assert_eq!(up.endpoints, vec![Endpoint::Addr("192.0.2.10:3306".parse().unwrap())]);
+    assert_eq!(
+        up.endpoints,
+        vec![Endpoint::Addr("192.0.2.10:3306".parse().unwrap())]
+    );
 }
 
 #[test]
@@ -232,9 +346,19 @@ metadata: {name: ext, namespace: app}
 spec: {type: ExternalName, externalName: api.example.org., ports: [{port: 80}]}
 "#
     .to_string()
-        + &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "ext"));
+        + &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "ext"),
+        );
     let out = compile(&yaml);
-    assert_eq!(out.table.upstreams["app/ext:80"].endpoints, vec![Endpoint::Dns { host: "api.example.org".into(), port: 80 }]);
+    assert_eq!(
+        out.table.upstreams["app/ext:80"].endpoints,
+        vec![Endpoint::Dns {
+            host: "api.example.org".into(),
+            port: 80
+        }]
+    );
 }
 
 #[test]
@@ -249,7 +373,10 @@ fn bad_hosts_and_paths_are_rejected_with_reasons() {
         ("a.com", "/", "Fuzzy", "not one of"),
         ("a.com", "/", "\"\"", "pathType is required"),
     ] {
-        let out = compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &rule(host, path, ty, "web"))));
+        let out = compile(
+            &(svc("web", "10.0.0.1")
+                + &ingress("i", "2024-01-01T00:00:00Z", &rule(host, path, ty, "web"))),
+        );
         let r = rejected(&out);
         assert_eq!(r.len(), 1, "{host} {path} {ty}");
         assert!(r[0].contains(needle), "{host} {path}: {}", r[0]);
@@ -258,10 +385,20 @@ fn bad_hosts_and_paths_are_rejected_with_reasons() {
 
 #[test]
 fn an_invalid_annotation_rejects_the_ingress_and_snippets_are_ignored() {
-    let ing = ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"))
-        .replace("namespace: app,", "namespace: app, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: huge},");
+    let ing = ingress(
+        "i",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/", "Prefix", "web"),
+    )
+    .replace(
+        "namespace: app,",
+        "namespace: app, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: huge},",
+    );
     let r = rejected(&compile(&(svc("web", "10.0.0.1") + &ing)));
-    assert!(r[0].contains("proxy-body-size") && r[0].contains("huge"), "{r:?}");
+    assert!(
+        r[0].contains("proxy-body-size") && r[0].contains("huge"),
+        "{r:?}"
+    );
 
     let ing = ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")).replace(
         "namespace: app,",
@@ -269,7 +406,11 @@ fn an_invalid_annotation_rejects_the_ingress_and_snippets_are_ignored() {
     );
     let out = compile(&(svc("web", "10.0.0.1") + &ing));
     assert!(out.table.vhosts.contains_key("a.com"));
-    assert!(out.problems.iter().any(|p| p.reason.contains("never executed")));
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.reason.contains("never executed"))
+    );
 }
 
 #[test]
@@ -282,13 +423,21 @@ fn annotations_set_the_route_policy() {
     let r = &out.table.vhosts["a.com"].routes[0];
     assert_eq!(r.policy.max_body_bytes, None);
     assert_eq!(r.policy.read_timeout_ms, 3_600_000);
-    assert_eq!(out.table.upstreams[&r.backend.upstream].protocol, Protocol::H2c);
+    assert_eq!(
+        out.table.upstreams[&r.backend.upstream].protocol,
+        Protocol::H2c
+    );
     assert_eq!(r.backend.upstream, "app/web:80|h2c");
 }
 
 fn tls_secret(name: &str, hosts: &[&str]) -> String {
     let (cert, key) = raftgate_proxy::tls::self_signed(hosts).unwrap();
-    let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    let indent = |s: &str| {
+        s.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     format!(
         "\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: app}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
         indent(&cert),
@@ -298,15 +447,23 @@ fn tls_secret(name: &str, hosts: &[&str]) -> String {
 
 #[test]
 fn tls_hosts_get_certificates_and_redirects() {
-    let tls = rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com, \"*.wild.com\"]\n    secretName: cert\n";
+    let tls = rule("a.com", "/", "Prefix", "web")
+        + "  tls:\n  - hosts: [a.com, \"*.wild.com\"]\n    secretName: cert\n";
     let yaml = svc("web", "10.0.0.1")
         + &tls_secret("cert", &["a.com", "*.wild.com"])
         + &ingress("i", "2024-01-01T00:00:00Z", &tls)
-        + &ingress("j", "2024-02-01T00:00:00Z", &rule("x.wild.com", "/", "Prefix", "web"));
+        + &ingress(
+            "j",
+            "2024-02-01T00:00:00Z",
+            &rule("x.wild.com", "/", "Prefix", "web"),
+        );
     let out = compile(&yaml);
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     assert!(out.table.vhosts["a.com"].tls);
-    assert!(out.table.vhosts["x.wild.com"].tls, "covered by the wildcard TLS host");
+    assert!(
+        out.table.vhosts["x.wild.com"].tls,
+        "covered by the wildcard TLS host"
+    );
     assert_eq!(out.table.sni["a.com"], "app/cert");
     assert_eq!(out.table.sni["*.wild.com"], "app/cert");
     assert!(out.table.certificates.contains_key("app/cert"));
@@ -314,17 +471,33 @@ fn tls_hosts_get_certificates_and_redirects() {
 
 #[test]
 fn missing_or_malformed_secrets_fall_back_to_the_default_certificate() {
-    let tls = rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: nope\n";
+    let tls =
+        rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: nope\n";
     let out = compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
-    assert!(out.table.vhosts["a.com"].tls, "still redirects, like ingress-nginx with its fake certificate");
+    assert!(
+        out.table.vhosts["a.com"].tls,
+        "still redirects, like ingress-nginx with its fake certificate"
+    );
     assert!(out.table.sni.is_empty());
-    assert!(out.problems.iter().any(|p| p.kind == "Secret" && p.reason.contains("not found")));
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.kind == "Secret" && p.reason.contains("not found"))
+    );
 
     let garbage = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: app}\ntype: kubernetes.io/tls\nstringData: {tls.crt: garbage, tls.key: garbage}\n";
-    let tls = rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: bad\n";
-    let out = compile(&(svc("web", "10.0.0.1") + garbage + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
+    let tls =
+        rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: bad\n";
+    let out =
+        compile(&(svc("web", "10.0.0.1") + garbage + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
     assert!(out.table.certificates.is_empty());
-    assert!(out.problems.iter().any(|p| p.kind == "Secret" && p.reason.contains("tls.crt")), "{:?}", out.problems);
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.kind == "Secret" && p.reason.contains("tls.crt")),
+        "{:?}",
+        out.problems
+    );
 }
 
 #[test]
@@ -338,13 +511,29 @@ spec:
   ingressClassName: nginx
   defaultBackend: {service: {name: web, port: {number: 80}}}
 "#;
-    let with_rules = ingress("r", "2024-01-01T00:00:00Z", &rule("a.com", "/x", "Prefix", "web")).replace(
+    let with_rules = ingress(
+        "r",
+        "2024-01-01T00:00:00Z",
+        &rule("a.com", "/x", "Prefix", "web"),
+    )
+    .replace(
         "  rules:",
         "  defaultBackend: {service: {name: other, port: {number: 80}}}\n  rules:",
     );
-    let out = compile(&(svc("web", "10.0.0.1") + &svc("other", "10.0.0.2") + only_default + &with_rules));
-    assert_eq!(out.table.default_backend, Some(Backend { upstream: "app/web:80".into() }));
-    assert_eq!(out.table.vhosts["a.com"].default_backend, Some(Backend { upstream: "app/other:80".into() }));
+    let out =
+        compile(&(svc("web", "10.0.0.1") + &svc("other", "10.0.0.2") + only_default + &with_rules));
+    assert_eq!(
+        out.table.default_backend,
+        Some(Backend {
+            upstream: "app/web:80".into()
+        })
+    );
+    assert_eq!(
+        out.table.vhosts["a.com"].default_backend,
+        Some(Backend {
+            upstream: "app/other:80".into()
+        })
+    );
 
     let empty = "\n---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: e, namespace: app}\nspec: {ingressClassName: nginx}\n";
     assert!(rejected(&compile(empty))[0].contains("neither rules nor a defaultBackend"));
@@ -352,7 +541,9 @@ spec:
 
 #[test]
 fn rules_without_a_host_go_to_the_any_host_vhost() {
-    let r = rule("x", "/nacos", "Prefix", "web").replace("  - host: x\n", "  - ").replace("    http:", "http:");
+    let r = rule("x", "/nacos", "Prefix", "web")
+        .replace("  - host: x\n", "  - ")
+        .replace("    http:", "http:");
     let out = compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &r)));
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     assert!(out.table.vhosts.contains_key(ANY_HOST));
@@ -361,11 +552,21 @@ fn rules_without_a_host_go_to_the_any_host_vhost() {
 #[test]
 fn a_broken_update_keeps_the_last_valid_version_serving() {
     let mut c = compiler("nginx");
-    let good = svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"));
+    let good = svc("web", "10.0.0.1")
+        + &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        );
     let first = c.compile(&objects(&good));
-    let broken = good.replace("pathType: Prefix", "pathType: Exact").replace("path: \"/\"", "path: \"no-slash\"");
+    let broken = good
+        .replace("pathType: Prefix", "pathType: Exact")
+        .replace("path: \"/\"", "path: \"no-slash\"");
     let out = c.compile(&objects(&broken));
-    assert_eq!(out.table, first.table, "the last valid version still serves");
+    assert_eq!(
+        out.table, first.table,
+        "the last valid version still serves"
+    );
     assert!(rejected(&out)[0].contains("still serving its last valid version"));
     // Deleting it removes it, and it does not come back.
     let out = c.compile(&objects(&svc("web", "10.0.0.1")));
@@ -378,8 +579,16 @@ fn a_broken_update_keeps_the_last_valid_version_serving() {
 fn compilation_is_deterministic_whatever_the_insertion_order() {
     let parts = [
         svc("web", "10.0.0.1"),
-        ingress("a", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
-        ingress("b", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
+        ingress(
+            "a",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        ),
+        ingress(
+            "b",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        ),
     ];
     let mut fwd = Objects::default();
     let mut rev = Objects::default();

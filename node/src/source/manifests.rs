@@ -58,7 +58,11 @@ pub struct Scan {
 
 impl ManifestDir {
     pub fn new(root: impl Into<PathBuf>) -> ManifestDir {
-        ManifestDir { root: root.into(), files: BTreeMap::new(), first_seen: HashMap::new() }
+        ManifestDir {
+            root: root.into(),
+            files: BTreeMap::new(),
+            first_seen: HashMap::new(),
+        }
     }
 
     /// Re-reads files that changed. Cheap when nothing did: one `stat` per file.
@@ -67,7 +71,10 @@ impl ManifestDir {
         let mut paths = Vec::new();
         if let Err(e) = list(&self.root, &mut paths) {
             // An unreadable root keeps everything as it was.
-            scan.errors.push(SourceError::Io { path: self.root.clone(), source: e });
+            scan.errors.push(SourceError::Io {
+                path: self.root.clone(),
+                source: e,
+            });
             return scan;
         }
         let before = self.files.len();
@@ -97,11 +104,20 @@ impl ManifestDir {
                     for r in parsed {
                         match r {
                             Ok(o) => objs.push(o),
-                            Err(e) => scan.errors.push(SourceError::Manifest { path: path.clone(), message: e.to_string() }),
+                            Err(e) => scan.errors.push(SourceError::Manifest {
+                                path: path.clone(),
+                                message: e.to_string(),
+                            }),
                         }
                     }
                     scan.changed = true;
-                    self.files.insert(path, FileState { stamp, objects: objs });
+                    self.files.insert(
+                        path,
+                        FileState {
+                            stamp,
+                            objects: objs,
+                        },
+                    );
                 }
                 Err(e) => {
                     let kept = self.files.get(&path).map_or(0, |f| f.objects.len());
@@ -113,7 +129,13 @@ impl ManifestDir {
                     match self.files.get_mut(&path) {
                         Some(f) => f.stamp = stamp,
                         None => {
-                            self.files.insert(path, FileState { stamp, objects: Vec::new() });
+                            self.files.insert(
+                                path,
+                                FileState {
+                                    stamp,
+                                    objects: Vec::new(),
+                                },
+                            );
                         }
                     }
                 }
@@ -127,8 +149,14 @@ impl ManifestDir {
         let mut all = Objects::default();
         let mut errors = Vec::new();
         // Nanosecond resolution keeps objects first seen in one scan apart only by name, as intended.
-        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        let now = Timestamp::new(since_epoch.as_secs() as i64, since_epoch.subsec_nanos() as i32).unwrap_or(Timestamp::UNIX_EPOCH);
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let now = Timestamp::new(
+            since_epoch.as_secs() as i64,
+            since_epoch.subsec_nanos() as i32,
+        )
+        .unwrap_or(Timestamp::UNIX_EPOCH);
         let mut seen = HashSet::new();
         for (path, f) in &self.files {
             for o in &f.objects {
@@ -143,7 +171,9 @@ impl ManifestDir {
                 if !all.insert(o) {
                     errors.push(SourceError::Manifest {
                         path: path.clone(),
-                        message: format!("{kind} {key} is defined in an earlier file too; this copy is ignored"),
+                        message: format!(
+                            "{kind} {key} is defined in an earlier file too; this copy is ignored"
+                        ),
                     });
                 }
             }
@@ -166,10 +196,15 @@ fn list(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
         let path = e.path();
         // Follow symlinks, as ConfigMap volumes use them.
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             list(&path, out)?;
-        } else if [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext)) {
+        } else if [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
+        {
             out.push(path);
         }
     }
@@ -193,7 +228,11 @@ mod tests {
         assert_eq!(m.objects().0.services.len(), 1);
         assert!(!m.scan().changed, "nothing changed");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(dir.path().join("sub/b.yml"), SVC.replace("name: a", "name: b")).unwrap();
+        std::fs::write(
+            dir.path().join("sub/b.yml"),
+            SVC.replace("name: a", "name: b"),
+        )
+        .unwrap();
         assert!(m.scan().changed);
         assert_eq!(m.objects().0.services.len(), 2);
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
@@ -212,7 +251,10 @@ mod tests {
         let s = m.scan();
         assert_eq!(s.errors.len(), 1);
         let msg = s.errors[0].to_string();
-        assert!(msg.contains("a.yaml") && msg.contains("keeping the 1 objects"), "{msg}");
+        assert!(
+            msg.contains("a.yaml") && msg.contains("keeping the 1 objects"),
+            "{msg}"
+        );
         assert_eq!(m.objects().0.services.len(), 1);
         assert!(m.scan().errors.is_empty(), "reported once, not every scan");
     }
@@ -223,8 +265,26 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), SVC).unwrap();
         let mut m = ManifestDir::new(dir.path());
         m.scan();
-        let t1 = m.objects().0.services.values().next().unwrap().metadata.creation_timestamp.clone();
-        let t2 = m.objects().0.services.values().next().unwrap().metadata.creation_timestamp.clone();
+        let t1 = m
+            .objects()
+            .0
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .metadata
+            .creation_timestamp
+            .clone();
+        let t2 = m
+            .objects()
+            .0
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .metadata
+            .creation_timestamp
+            .clone();
         assert!(t1.is_some());
         assert_eq!(t1, t2);
     }

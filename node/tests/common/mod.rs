@@ -1,6 +1,6 @@
 //! Test harness: echo upstreams that say who served them, a node on port 0 fed from a temp
 //! manifests directory, and a real HTTP client.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -53,7 +53,9 @@ impl Echo {
         let (n, h) = (name.to_string(), hits.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (n, h) = (n.clone(), h.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -69,21 +71,34 @@ impl Echo {
                                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
                                 .collect();
                             let method = req.method().to_string();
+                            let version = format!("{:?}", req.version());
                             let uri = req.uri().to_string();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                            let json = serde_json::json!({"backend": n, "method": method, "uri": uri, "headers": headers, "body_len": body});
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .unwrap_or(0);
+                            let json = serde_json::json!({"backend": n, "version": version, "method": method, "uri": uri, "headers": headers, "body_len": body});
                             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
                             resp.headers_mut().insert("x-backend", n.parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
                 });
             }
         });
-        Echo { name: name.into(), addr, hits, task }
+        Echo {
+            name: name.into(),
+            addr,
+            hits,
+            task,
+        }
     }
 }
 
@@ -102,14 +117,23 @@ pub fn service(ns: &str, name: &str, backends: &[&Echo]) -> String {
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n"
         );
         for b in bs {
-            yaml += &format!("- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n", b.addr.ip());
+            yaml += &format!(
+                "- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",
+                b.addr.ip()
+            );
         }
     }
     yaml
 }
 
 /// An Ingress of class `raftgate` with one rule: `host` (empty for none), paths as (path, pathType, service).
-pub fn ingress(ns: &str, name: &str, host: &str, paths: &[(&str, &str, &str)], extra_meta: &str) -> String {
+pub fn ingress(
+    ns: &str,
+    name: &str,
+    host: &str,
+    paths: &[(&str, &str, &str)],
+    extra_meta: &str,
+) -> String {
     let paths: String = paths
         .iter()
         .map(|(p, t, s)| format!("      - path: \"{p}\"\n        pathType: {t}\n        backend: {{service: {{name: {s}, port: {{name: http}}}}}}\n"))
@@ -142,7 +166,10 @@ impl Harness {
         cfg.listen.http = Some("127.0.0.1:0".parse().unwrap());
         cfg.listen.https = Some("127.0.0.1:0".parse().unwrap());
         cfg.admin.listen = "127.0.0.1:0".parse().unwrap();
-        cfg.source = Source::Manifests { path: Some(dir.path().to_path_buf()), poll_interval: Duration::from_millis(20) };
+        cfg.source = Source::Manifests {
+            path: Some(dir.path().to_path_buf()),
+            poll_interval: Duration::from_millis(20),
+        };
         tweak(&mut cfg);
         let node = Node::start(cfg).await.unwrap();
         node.ready().await;
@@ -161,7 +188,12 @@ impl Harness {
     pub async fn apply(&self, file: &str, yaml: &str) -> u64 {
         let before = self.node.state.dataplane.version();
         write_atomically(&self.dir.path().join(file), yaml);
-        match tokio::time::timeout(Duration::from_secs(10), self.node.wait_version(|v| v > before)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            self.node.wait_version(|v| v > before),
+        )
+        .await
+        {
             Ok(v) => v,
             Err(_) => panic!(
                 "no new table within 10s; problems: {:#?}; source errors: {:#?}",
@@ -204,12 +236,21 @@ impl Reply {
 
 /// Sends one HTTP/1.1 request on a new connection.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
-    send(addr, Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+    send(
+        addr,
+        Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
 }
 
 pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let resp = sender.send_request(req).await.unwrap();
     read(resp).await
@@ -217,6 +258,14 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
 
 pub async fn read(resp: Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }

@@ -5,13 +5,27 @@ use crate::model::RoutePolicy;
 use crate::model::VirtualHost;
 
 fn route(path: PathMatch, upstream: &str) -> Route {
-    Route { path, backend: Backend { upstream: upstream.into() }, policy: RoutePolicy::default(), source: "t/t".into() }
+    Route {
+        path,
+        backend: Backend {
+            upstream: upstream.into(),
+        },
+        policy: RoutePolicy::default(),
+        source: "t/t".into(),
+    }
 }
 
 fn table(hosts: &[(&str, Vec<Route>)]) -> RoutingTable {
     let mut t = RoutingTable::default();
     for (h, routes) in hosts {
-        t.vhosts.insert((*h).into(), VirtualHost { routes: routes.clone(), default_backend: None, tls: false });
+        t.vhosts.insert(
+            (*h).into(),
+            VirtualHost {
+                routes: routes.clone(),
+                default_backend: None,
+                tls: false,
+            },
+        );
     }
     t
 }
@@ -75,9 +89,18 @@ fn longest_match_wins_and_exact_beats_prefix_on_a_tie() {
 #[test]
 fn hosts_match_case_insensitively_without_port_and_wildcards_take_one_label() {
     let r = Router::new(&table(&[
-        ("foo.com", vec![route(PathMatch::Prefix("/".into()), "apex")]),
-        ("*.foo.com", vec![route(PathMatch::Prefix("/".into()), "wild")]),
-        ("exact.foo.com", vec![route(PathMatch::Prefix("/".into()), "exact")]),
+        (
+            "foo.com",
+            vec![route(PathMatch::Prefix("/".into()), "apex")],
+        ),
+        (
+            "*.foo.com",
+            vec![route(PathMatch::Prefix("/".into()), "wild")],
+        ),
+        (
+            "exact.foo.com",
+            vec![route(PathMatch::Prefix("/".into()), "exact")],
+        ),
     ]))
     .unwrap();
     assert_eq!(hit(&r, "FOO.com:8080", "/").as_deref(), Some("apex"));
@@ -105,15 +128,25 @@ fn rules_without_host_catch_other_hosts_only() {
 
 #[test]
 fn default_backends_host_first_then_global() {
-    let mut t = table(&[("a.com", vec![route(PathMatch::Prefix("/x".into()), "a")]), ("b.com", vec![])]);
-    t.vhosts.get_mut("a.com").unwrap().default_backend = Some(Backend { upstream: "a-def".into() });
+    let mut t = table(&[
+        ("a.com", vec![route(PathMatch::Prefix("/x".into()), "a")]),
+        ("b.com", vec![]),
+    ]);
+    t.vhosts.get_mut("a.com").unwrap().default_backend = Some(Backend {
+        upstream: "a-def".into(),
+    });
     let r = Router::new(&t).unwrap();
     assert_eq!(hit(&r, "a.com", "/nope").as_deref(), Some("default:a-def"));
     assert_eq!(hit(&r, "b.com", "/nope"), None);
-    t.default_backend = Some(Backend { upstream: "global".into() });
+    t.default_backend = Some(Backend {
+        upstream: "global".into(),
+    });
     let r = Router::new(&t).unwrap();
     assert_eq!(hit(&r, "b.com", "/nope").as_deref(), Some("default:global"));
-    assert_eq!(hit(&r, "unknown.com", "/").as_deref(), Some("default:global"));
+    assert_eq!(
+        hit(&r, "unknown.com", "/").as_deref(),
+        Some("default:global")
+    );
     assert_eq!(hit(&r, "a.com", "/nope").as_deref(), Some("default:a-def"));
 }
 
@@ -128,7 +161,10 @@ fn regex_routes_are_anchored_case_insensitive_and_ranked_by_length() {
         ],
     )]))
     .unwrap();
-    assert_eq!(hit(&r, "a.com", "/API/V2/users/7").as_deref(), Some("users"));
+    assert_eq!(
+        hit(&r, "a.com", "/API/V2/users/7").as_deref(),
+        Some("users")
+    );
     assert_eq!(hit(&r, "a.com", "/api/other").as_deref(), Some("prefix"));
     assert_eq!(hit(&r, "a.com", "/x/api/v1/users"), None);
     assert_eq!(hit(&r, "a.com", "/static").as_deref(), Some("short"));
@@ -138,7 +174,10 @@ fn regex_routes_are_anchored_case_insensitive_and_ranked_by_length() {
 fn the_first_route_wins_a_duplicate_path() {
     let r = Router::new(&table(&[(
         "a.com",
-        vec![route(PathMatch::Prefix("/p".into()), "old"), route(PathMatch::Prefix("/p/".into()), "new")],
+        vec![
+            route(PathMatch::Prefix("/p".into()), "old"),
+            route(PathMatch::Prefix("/p/".into()), "new"),
+        ],
     )]))
     .unwrap();
     assert_eq!(hit(&r, "a.com", "/p").as_deref(), Some("old"));
@@ -158,7 +197,11 @@ fn paths_are_normalised_before_matching() {
     assert_eq!(normalize_path(""), "/");
     assert_eq!(normalize_path("/%zz"), "/%zz");
     assert_eq!(normalize_path("/%"), "/%");
-    let r = Router::new(&table(&[("a.com", vec![route(PathMatch::Exact("/admin".into()), "admin")])])).unwrap();
+    let r = Router::new(&table(&[(
+        "a.com",
+        vec![route(PathMatch::Exact("/admin".into()), "admin")],
+    )]))
+    .unwrap();
     assert_eq!(hit(&r, "a.com", "/%61dmin").as_deref(), Some("admin"));
     assert_eq!(hit(&r, "a.com", "//admin").as_deref(), Some("admin"));
 }
