@@ -107,15 +107,12 @@ pub async fn handle(
         access_log: snap.table.settings.access_log,
     };
     let (backend, policy, tls, route_id) = match snap.router.lookup(&host, req.uri().path()) {
-        Lookup::Route(e) => {
-            let id = snap.router.routes().iter().position(|r| std::ptr::eq(r, e));
-            (
-                e.route.backend.upstream.clone(),
-                e.route.policy.clone(),
-                e.tls,
-                id,
-            )
-        }
+        Lookup::Route(e) => (
+            e.route.backend.upstream.clone(),
+            e.route.policy.clone(),
+            e.tls,
+            Some(e.id),
+        ),
         Lookup::Default { backend, tls } => {
             (backend.upstream.clone(), RoutePolicy::default(), tls, None)
         }

@@ -45,6 +45,8 @@ pub type RouteId = usize;
 /// A route with what the data plane needs at request time.
 #[derive(Debug)]
 pub struct RouteEntry {
+    /// This route's index in [`Router::routes`].
+    pub id: RouteId,
     /// The virtual host's key, for metrics.
     pub host: String,
     pub route: Route,
@@ -119,6 +121,7 @@ impl Router {
                 };
                 if inserted {
                     r.routes.push(RouteEntry {
+                        id,
                         host: host.clone(),
                         route: route.clone(),
                         tls: vhost.tls,
