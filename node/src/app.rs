@@ -77,7 +77,6 @@ pub struct NodeState {
     ready_notify: Notify,
     problems: Mutex<Vec<Problem>>,
     source_errors: Mutex<Vec<String>>,
-    version: watch::Sender<u64>,
 }
 
 impl NodeState {
@@ -92,11 +91,6 @@ impl NodeState {
             .lock()
             .map(|p| p.clone())
             .unwrap_or_default()
-    }
-
-    /// Follows the version of the table being served.
-    pub fn versions(&self) -> watch::Receiver<u64> {
-        self.version.subscribe()
     }
 
     /// The problems of the last compilation.
@@ -199,7 +193,6 @@ impl Node {
             ready_notify: Notify::new(),
             problems: Mutex::new(Vec::new()),
             source_errors: Mutex::new(Vec::new()),
-            version: watch::channel(0).0,
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {
@@ -277,7 +270,7 @@ impl Node {
 
     /// Waits until the served version satisfies `f`.
     pub async fn wait_version(&self, f: impl Fn(u64) -> bool) -> u64 {
-        let mut rx = self.state.versions();
+        let mut rx = self.state.dataplane.versions();
         match rx.wait_for(|v| f(*v)).await {
             Ok(v) => *v,
             Err(_) => self.state.dataplane.version(),
@@ -374,10 +367,7 @@ async fn source_loop(
                 table.version = current.table.version + 1;
                 let (version, routes) = (table.version, table.route_count());
                 match dp.install(table) {
-                    Ok(()) => {
-                        tracing::info!(version, routes, "routing table applied");
-                        state.version.send_replace(version);
-                    }
+                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
                     Err(e) => {
                         tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
                     }

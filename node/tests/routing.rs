@@ -1,6 +1,8 @@
 //! End-to-end routing through real sockets: the Kubernetes host and path table, default
 //! backends, class filtering, error statuses, forwarded headers and live changes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -394,7 +396,13 @@ async fn grpc_backend_protocol_speaks_http2_upstream() {
     let web = Echo::start("h2").await;
     let h = Harness::start().await;
     let m = service("g", "h2", &[&web])
-        + &ingress("g", "h2", "grpc.com", &[("/", "Prefix", "h2")], "  annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPC}\n")
+        + &ingress(
+            "g",
+            "h2",
+            "grpc.com",
+            &[("/", "Prefix", "h2")],
+            "  annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPC}\n",
+        )
         + &service("g", "h1", &[&web])
         + &ingress("g", "h1", "plain.com", &[("/", "Prefix", "h1")], "");
     h.apply("g.yaml", &m).await;
@@ -402,18 +410,33 @@ async fn grpc_backend_protocol_speaks_http2_upstream() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["version"], "HTTP/2.0");
     assert_eq!(r.json()["uri"], "http://grpc.com/pkg.Service/Method");
-    assert_eq!(get(h.http(), "plain.com", "/").await.json()["version"], "HTTP/1.1");
+    assert_eq!(
+        get(h.http(), "plain.com", "/").await.json()["version"],
+        "HTTP/1.1"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_reports_status_and_metrics() {
     let web = Echo::start("web").await;
     let h = Harness::start().await;
-    let v = h.apply("a.yaml", &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/api", "Prefix", "web")], ""))).await;
+    let v = h
+        .apply(
+            "a.yaml",
+            &(service("a", "web", &[&web])
+                + &ingress("a", "web", "web.com", &[("/api", "Prefix", "web")], "")),
+        )
+        .await;
     for _ in 0..3 {
-        assert_eq!(get(h.http(), "web.com", "/api/x").await.status, StatusCode::OK);
+        assert_eq!(
+            get(h.http(), "web.com", "/api/x").await.status,
+            StatusCode::OK
+        );
     }
-    assert_eq!(get(h.http(), "web.com", "/nope").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(h.http(), "web.com", "/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
     let admin = h.node.admin_addr;
     assert_eq!(get(admin, "x", "/healthz").await.status, StatusCode::OK);
     assert_eq!(get(admin, "x", "/readyz").await.status, StatusCode::OK);
@@ -423,8 +446,24 @@ async fn the_admin_api_reports_status_and_metrics() {
     assert_eq!(status["routes"], 1);
     assert_eq!(status["listeners"].as_array().unwrap().len(), 3);
     let metrics = get(admin, "x", "/metrics").await.body;
-    assert!(metrics.contains("raftgate_http_requests_total{host=\"web.com\",route=\"/api\",status=\"2xx\"} 3"), "{metrics}");
-    assert!(metrics.contains("raftgate_http_requests_total{host=\"\",route=\"\",status=\"4xx\"} 1"), "{metrics}");
-    assert!(metrics.contains(&format!("raftgate_config_version {v}")), "{metrics}");
-    assert!(metrics.contains("raftgate_http_request_duration_seconds_count{host=\"web.com\",route=\"/api\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "raftgate_http_requests_total{host=\"web.com\",route=\"/api\",status=\"2xx\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("raftgate_http_requests_total{host=\"\",route=\"\",status=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("raftgate_config_version {v}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "raftgate_http_request_duration_seconds_count{host=\"web.com\",route=\"/api\"} 3"
+        ),
+        "{metrics}"
+    );
 }

@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::metrics::RouteStats;
@@ -65,6 +66,7 @@ pub struct Dataplane {
     resolver: Arc<SniResolver>,
     metrics: Arc<Metrics>,
     install: Mutex<()>,
+    version: watch::Sender<u64>,
 }
 
 impl Dataplane {
@@ -74,6 +76,7 @@ impl Dataplane {
             resolver,
             metrics,
             install: Mutex::new(()),
+            version: watch::channel(0).0,
         }
     }
 
@@ -93,6 +96,11 @@ impl Dataplane {
     /// The version of the table being served.
     pub fn version(&self) -> u64 {
         self.current.load().table.version
+    }
+
+    /// Follows the version being served; it changes right after each swap.
+    pub fn versions(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// Compiles `table` and swaps it in. Endpoint state (pools, health, EWMA) and parsed
@@ -118,12 +126,14 @@ impl Dataplane {
         let route_stats = (0..router.routes().len())
             .map(|_| OnceLock::new())
             .collect();
+        let version = table.version;
         self.current.store(Arc::new(Snapshot {
             table: Arc::new(table),
             router,
             upstreams,
             route_stats,
         }));
+        self.version.send_replace(version);
         self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -22,6 +22,8 @@ pub enum ProxyError {
     BadRequest,
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("upstream switched protocols without being asked to")]
+    UnexpectedUpgrade,
     #[error("upstream: {0}")]
     Upstream(#[source] hyper::Error),
 }

@@ -266,6 +266,13 @@ async fn proxy(
             };
             let sent_at = Instant::now();
             match send(conn, req, read_timeout).await {
+                Ok((resp, _))
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && client_upgrade.is_none() =>
+                {
+                    // A 101 the client never asked for has no tunnel to go to.
+                    return Err(ProxyError::UnexpectedUpgrade);
+                }
                 Ok((resp, h1)) => {
                     ep.record_success(Instant::now(), sent_at.elapsed());
                     return Ok(respond(
@@ -713,7 +720,9 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -723,7 +732,9 @@ impl ProxyError {
             ProxyError::Timeout => "504 Gateway Timeout\n",
             ProxyError::BodyTooLarge => "413 Request Entity Too Large\n",
             ProxyError::BadRequest => "400 Bad Request\n",
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => {
+                "502 Bad Gateway\n"
+            }
         }
     }
 

@@ -436,10 +436,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
         };
         let only_default = plan.rules.is_empty();
         for (host, routes) in plan.rules {
-            let vhost = t
-                .vhosts
-                .entry(host.clone())
-                .or_default();
+            let vhost = t.vhosts.entry(host.clone()).or_default();
             if vhost.default_backend.is_none() {
                 vhost.default_backend = plan.default_backend.clone();
             }

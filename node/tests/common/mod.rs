@@ -1,6 +1,12 @@
 //! Test harness: echo upstreams that say who served them, a node on port 0 fed from a temp
 //! manifests directory, and a real HTTP client.
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used, clippy::field_reassign_with_default)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::field_reassign_with_default
+)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
