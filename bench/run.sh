@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# raftgate vs nginx vs HAProxy on one host: see bench/README.md.
+#
+#   bench/run.sh                 # 10 s per measurement
+#   DURATION=5 bench/run.sh
+#
+# Proxies under test run pinned to core 0; the upstream (nginx, `return 200 "ok"`) and wrk
+# share core 1. Everything listens on 127.0.0.1:18080-18087 only. Raw wrk output and the
+# table land in bench/out/ (gitignored).
+set -euo pipefail
+
+export PATH="$PATH:/usr/sbin:/sbin"
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+OUT=$BENCH_DIR/out
+
+DURATION=${DURATION:-10}      # seconds per measured run
+WARMUP=${WARMUP:-2}           # seconds of warm-up before each measured run
+CONNECTIONS=${CONNECTIONS:-64}
+PROXY_CPU=${PROXY_CPU:-0}     # core for the proxy under test
+LOAD_CPU=${LOAD_CPU:-1}       # core for wrk and the upstream
+CARGO_LOCK=/tmp/raftgate-cargo.lock
+# Hold the cargo lock while measuring, so builds and tests that take it wait instead of
+# competing for the two cores. 0 to measure without it.
+HOLD_CARGO_LOCK=${HOLD_CARGO_LOCK:-1}
+LOCK_WAIT=${LOCK_WAIT:-900}   # seconds to wait for it before measuring without it
+LOCK_FD=""
+
+UPSTREAM_PORT=18080
+RG_HTTP=18081 RG_HTTPS=18082 RG_ADMIN=18083
+NGX_HTTP=18084 NGX_HTTPS=18085
+HAP_HTTP=18086 HAP_HTTPS=18087
+ALL_PORTS=("$UPSTREAM_PORT" "$RG_HTTP" "$RG_HTTPS" "$RG_ADMIN" "$NGX_HTTP" "$NGX_HTTPS" "$HAP_HTTP" "$HAP_HTTPS")
+
+read -ra PROXIES <<<"${PROXIES:-raftgate nginx haproxy}"          # which proxies to run
+read -ra SCENARIOS <<<"${SCENARIOS:-http1-keepalive tls-new-conn}" # which scenarios
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes: everything started is recorded here and stopped on exit, failure included.
+
+declare -A PID=()     # name -> pid
+declare -A LOGF=()    # name -> log file
+RUN=""                # temp dir for configs, certs, pid files, nginx temp paths, logs
+NOTE=""               # a caveat printed under the table
+
+stop() { # name: TERM the process (and, for nginx, its workers), KILL what is left after 5 s.
+    local name=$1 pid=${PID[$1]:-}
+    [[ -n $pid ]] || return 0
+    local children comm
+    children=$(pgrep -P "$pid" 2>/dev/null || true)
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    local i
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    for c in $children; do # nginx workers, should the master have left them behind
+        [[ $(cat "/proc/$c/comm" 2>/dev/null) == "$comm" ]] && kill -KILL "$c" 2>/dev/null
+    done
+    unset "PID[$name]"
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    local name
+    for name in "${!PID[@]}"; do
+        stop "$name"
+    done
+    if [[ -n $RUN && -d $RUN ]]; then
+        mkdir -p "$OUT/logs"
+        for name in "${!LOGF[@]}"; do
+            [[ -f ${LOGF[$name]} ]] && cp "${LOGF[$name]}" "$OUT/logs/$name.log"
+        done
+        for name in upstream nginx; do
+            [[ -f $RUN/$name/error.log ]] && cp "$RUN/$name/error.log" "$OUT/logs/$name-error.log"
+        done
+        rm -rf "$RUN"
+    fi
+    if ((rc != 0)); then
+        if [[ -d $OUT/logs ]]; then
+            log "failed (exit $rc); server logs are in $OUT/logs/"
+        else
+            log "failed (exit $rc)"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start() { # name cpu cmd...: start cmd pinned to cpu, in the background, logging to $RUN/name.log
+    local name=$1 cpu=$2
+    shift 2
+    LOGF[$name]=$RUN/$name.log
+    if [[ -n $LOCK_FD ]]; then
+        # Servers must not inherit the lock: it goes when this script goes, whatever happens.
+        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 {LOCK_FD}>&- &
+    else
+        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 &
+    fi
+    PID[$name]=$!
+    log "started $name (pid ${PID[$name]}, cpu $cpu)"
+}
+
+alive() { # name: fail if the process has exited
+    local name=$1
+    if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+        tail -n 20 "${LOGF[$name]}" >&2 || true
+        die "$name exited unexpectedly; log above"
+    fi
+}
+
+wait_ready() { # name want-status url [curl args...]: poll until url answers want-status (bounded)
+    local name=$1 want=$2 url=$3
+    shift 3
+    local code="" i
+    for ((i = 0; i < 150; i++)); do
+        alive "$name"
+        code=$(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" || true)
+        [[ $code == "$want" ]] && return 0
+        sleep 0.1
+    done
+    tail -n 20 "${LOGF[$name]}" >&2 || true
+    die "$name: $url did not answer $want within 150 attempts (last: ${code:-none})"
+}
+
+cpu_jiffies() { # cpu: "busy total" jiffies of one core from /proc/stat
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+cpu_pct() { # "busy0 total0" "busy1 total1": busy percent in between
+    awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+        d = y[2] - x[2]; if (d > 0) printf "%.0f", 100 * (y[1] - x[1]) / d; else print "-" }'
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+render() { # template output key=value...: replace @key@ placeholders
+    local tmpl=$1 out=$2
+    shift 2
+    local sed_args=() kv
+    for kv in "$@"; do
+        sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
+    done
+    sed "${sed_args[@]}" "$tmpl" >"$out"
+    if grep -q '@[A-Z]*@' "$out"; then
+        die "unfilled placeholder in $out: $(grep -o '@[A-Z]*@' "$out" | head -1)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+ensure_tools() {
+    local pkgs=()
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v nginx >/dev/null || pkgs+=(nginx-light)
+    command -v haproxy >/dev/null || pkgs+=(haproxy)
+    command -v curl >/dev/null || pkgs+=(curl)
+    command -v openssl >/dev/null || pkgs+=(openssl)
+    { command -v taskset && command -v flock && command -v pgrep; } >/dev/null || pkgs+=(util-linux procps)
+    ((${#pkgs[@]})) || return 0
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || die "need root (or sudo) to install: ${pkgs[*]}"
+        sudo=(sudo)
+    fi
+    log "installing ${pkgs[*]}"
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${pkgs[@]}"
+    command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null ||
+        die "wrk, nginx or haproxy still missing after apt-get install"
+}
+
+build_raftgate() {
+    if [[ -n ${RAFTGATE_BIN:-} ]]; then
+        log "using RAFTGATE_BIN=$RAFTGATE_BIN (no build)"
+        return
+    fi
+    command -v cargo >/dev/null || die "cargo not found"
+    log "building raftgate (cargo build --release -p raftgate, under $CARGO_LOCK)"
+    (cd "$REPO" && flock "$CARGO_LOCK" cargo build --release -p raftgate)
+    local target
+    target=$(cd "$REPO" && flock "$CARGO_LOCK" cargo metadata --format-version 1 --no-deps |
+        grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
+    RAFTGATE_BIN=$target/release/raftgate
+}
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+make_cert() {
+    log "generating a self-signed RSA-2048 certificate for bench.local"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 2 \
+        -keyout "$RUN/tls/key.pem" -out "$RUN/tls/cert.pem" \
+        -subj /CN=bench.local -addext subjectAltName=DNS:bench.local 2>"$RUN/tls/openssl.log" ||
+        die "openssl req failed: $(cat "$RUN/tls/openssl.log")"
+    cat "$RUN/tls/cert.pem" "$RUN/tls/key.pem" >"$RUN/tls/haproxy.pem"
+    CERT_FP=$(openssl x509 -in "$RUN/tls/cert.pem" -noout -fingerprint -sha256 | cut -d= -f2)
+}
+
+make_manifests() {
+    mkdir -p "$RUN/manifests"
+    cp "$BENCH_DIR"/manifests/*.yaml "$RUN/manifests/"
+    {
+        printf 'apiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-tls\n  namespace: bench\n'
+        printf 'type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n'
+        sed 's/^/    /' "$RUN/tls/cert.pem"
+        printf '  tls.key: |\n'
+        sed 's/^/    /' "$RUN/tls/key.pem"
+    } >"$RUN/manifests/tls-secret.yaml"
+}
+
+resumes() { # port: "yes" if the server resumes a TLS 1.2 session on a new connection, as wrk does
+    local sess=$RUN/tls/session-$1.pem
+    openssl s_client -connect "127.0.0.1:$1" -tls1_2 -sess_out "$sess" </dev/null >/dev/null 2>&1 || true
+    if openssl s_client -connect "127.0.0.1:$1" -tls1_2 -sess_in "$sess" </dev/null 2>/dev/null | grep -q '^Reused'; then
+        echo yes
+    else
+        echo no
+    fi
+}
+
+served_cert() { # port: SHA-256 fingerprint of the certificate served without SNI
+    openssl s_client -connect "127.0.0.1:$1" -noservername </dev/null 2>/dev/null |
+        openssl x509 -noout -fingerprint -sha256 2>/dev/null | cut -d= -f2
+}
+
+start_upstream() {
+    mkdir -p "$RUN/upstream"
+    render "$BENCH_DIR/upstream.conf" "$RUN/upstream/nginx.conf" DIR="$RUN/upstream"
+    start upstream "$LOAD_CPU" nginx -p "$RUN/upstream" -e "$RUN/upstream/error.log" -c "$RUN/upstream/nginx.conf"
+    wait_ready upstream 200 "http://127.0.0.1:$UPSTREAM_PORT/"
+    [[ $(curl -s "http://127.0.0.1:$UPSTREAM_PORT/") == ok ]] || die "upstream does not answer \"ok\""
+}
+
+start_proxy() { # proxy: start it and wait until both ports proxy to the upstream
+    local p=$1 http https
+    case $p in
+        raftgate)
+            render "$BENCH_DIR/raftgate.yaml" "$RUN/raftgate.yaml" \
+                MANIFESTS="$RUN/manifests" CERT="$RUN/tls/cert.pem" KEY="$RUN/tls/key.pem"
+            log "raftgate check:"
+            "$RAFTGATE_BIN" check --config "$RUN/raftgate.yaml" | sed 's/^/    /' >&2 ||
+                die "raftgate check rejected the bench config or manifests"
+            start raftgate "$PROXY_CPU" "$RAFTGATE_BIN" run --config "$RUN/raftgate.yaml"
+            wait_ready raftgate 200 "http://127.0.0.1:$RG_ADMIN/readyz"
+            http=$RG_HTTP https=$RG_HTTPS
+            ;;
+        nginx)
+            mkdir -p "$RUN/nginx"
+            render "$BENCH_DIR/nginx.conf" "$RUN/nginx/nginx.conf" \
+                DIR="$RUN/nginx" CERT="$RUN/tls/cert.pem" KEY="$RUN/tls/key.pem"
+            start nginx "$PROXY_CPU" nginx -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
+            http=$NGX_HTTP https=$NGX_HTTPS
+            ;;
+        haproxy)
+            render "$BENCH_DIR/haproxy.cfg" "$RUN/haproxy.cfg" PEM="$RUN/tls/haproxy.pem"
+            haproxy -c -q -f "$RUN/haproxy.cfg" || die "haproxy -c rejected the config"
+            start haproxy "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg"
+            http=$HAP_HTTP https=$HAP_HTTPS
+            ;;
+    esac
+    wait_ready "$p" 200 "http://127.0.0.1:$http/" -H 'Host: bench.local'
+    wait_ready "$p" 200 "https://127.0.0.1:$https/" -H 'Host: bench.local'
+    local body fp
+    body=$(curl -sk -H 'Host: bench.local' "https://127.0.0.1:$https/")
+    [[ $body == ok ]] || die "$p: https answered \"$body\", not the upstream's \"ok\""
+    fp=$(served_cert "$https")
+    [[ $fp == "$CERT_FP" ]] || die "$p serves a different certificate without SNI ($fp)"
+    PORT_HTTP[$p]=$http
+    PORT_HTTPS[$p]=$https
+    RESUMES[$p]=$(resumes "$https")
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+
+declare -A PORT_HTTP=() PORT_HTTPS=()
+declare -A RPS=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() RESUMES=()
+
+measure() { # scenario proxy
+    local s=$1 p=$2 url args=(-H 'Host: bench.local')
+    case $s in
+        http1-keepalive) url=http://127.0.0.1:${PORT_HTTP[$p]}/ ;;
+        tls-new-conn)
+            url=https://127.0.0.1:${PORT_HTTPS[$p]}/
+            args+=(-H 'Connection: close')
+            ;;
+    esac
+    local raw=$OUT/$s-$p.txt
+    log "$s / $p: warm-up ${WARMUP}s, then ${DURATION}s ($url)"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${args[@]}" "$url" >"$OUT/$s-$p.warmup.txt"
+    alive "$p"
+    {
+        echo "# $s / $p   $(date -Is)   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "# taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency ${args[*]} $url"
+    } >"$raw"
+    local p0 l0 p1 l1
+    p0=$(cpu_jiffies "$PROXY_CPU") l0=$(cpu_jiffies "$LOAD_CPU")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "${args[@]}" "$url" >>"$raw"
+    p1=$(cpu_jiffies "$PROXY_CPU") l1=$(cpu_jiffies "$LOAD_CPU")
+    alive "$p"
+    PCPU[$s/$p]=$(cpu_pct "$p0" "$p1")
+    LCPU[$s/$p]=$(cpu_pct "$l0" "$l1")
+    echo "# busy during the run: cpu$PROXY_CPU (proxy) ${PCPU[$s/$p]}%, cpu$LOAD_CPU (wrk + upstream) ${LCPU[$s/$p]}%" >>"$raw"
+
+    local parsed
+    parsed=$(parse_wrk "$raw")
+    read -r "RPS[$s/$p]" "P50[$s/$p]" "P99[$s/$p]" "ERRS[$s/$p]" "ERR_DETAIL[$s/$p]" <<<"$parsed"
+    [[ ${RPS[$s/$p]} != - ]] || die "could not parse wrk output $raw"
+    log "  ${RPS[$s/$p]} req/s, p50 ${P50[$s/$p]} ms, p99 ${P99[$s/$p]} ms, errors ${ERRS[$s/$p]} (${ERR_DETAIL[$s/$p]}), cpu ${PCPU[$s/$p]}%/${LCPU[$s/$p]}%"
+}
+
+# Prints "rps p50_ms p99_ms errors detail" from one wrk --latency output.
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/)  return v * 60000
+            if (v ~ /s$/)  return v * 1000
+            return v + 0
+        }
+        /^Requests\/sec:/                { rps = $2 }
+        $1 == "50%"                      { p50 = ms($2) }
+        $1 == "99%"                      { p99 = ms($2) }
+        /Non-2xx or 3xx responses:/      { non2xx = $NF }
+        /Socket errors:/ {
+            # Socket errors: connect 0, read 0, write 0, timeout 0
+            gsub(",", "")
+            conn = $4; rd = $6; wr = $8; to = $10
+        }
+        END {
+            total = non2xx + conn + rd + wr + to
+            detail = ""
+            if (non2xx) detail = detail "non2xx=" non2xx ","
+            if (conn)   detail = detail "connect=" conn ","
+            if (rd)     detail = detail "read=" rd ","
+            if (wr)     detail = detail "write=" wr ","
+            if (to)     detail = detail "timeout=" to ","
+            sub(",$", "", detail)
+            if (detail == "") detail = "-"
+            printf "%s %.3f %.3f %d %s\n", (rps == "" ? "-" : rps), p50, p99, total, detail
+        }' "$1"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+
+print_table() {
+    printf '%-17s %-9s %10s %9s %9s %7s %5s %5s  %s\n' \
+        scenario proxy 'req/s' 'p50(ms)' 'p99(ms)' errors "cpu$PROXY_CPU%" "cpu$LOAD_CPU%" 'raftgate/peer(req/s)'
+    local s p r
+    for s in "${SCENARIOS[@]}"; do
+        for p in "${PROXIES[@]}"; do
+            r=""
+            [[ $p == raftgate ]] || r=$(ratio "${RPS[$s/raftgate]}" "${RPS[$s/$p]}")
+            printf '%-17s %-9s %10.0f %9.3f %9.3f %7s %5s %5s  %s\n' \
+                "$s" "$p" "${RPS[$s/$p]}" "${P50[$s/$p]}" "${P99[$s/$p]}" "${ERRS[$s/$p]}" \
+                "${PCPU[$s/$p]}" "${LCPU[$s/$p]}" "$r"
+        done
+    done
+    local any=0
+    for s in "${SCENARIOS[@]}"; do
+        for p in "${PROXIES[@]}"; do
+            if [[ ${ERR_DETAIL[$s/$p]} != - ]]; then
+                ((any++)) || echo
+                echo "errors in $s / $p: ${ERR_DETAIL[$s/$p]}"
+            fi
+        done
+    done
+    echo
+    echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up); proxy on cpu $PROXY_CPU, wrk + upstream on cpu $LOAD_CPU;"
+    echo "errors = non-2xx/3xx responses + socket errors (connect, read, write, timeout);"
+    echo "cpu$PROXY_CPU% / cpu$LOAD_CPU% = how busy the proxy's core / the wrk + upstream core was during the run;"
+    echo "tls-new-conn: wrk (TLS 1.2) offers its previous session on every new connection; servers that resume it:"
+    local resumes=()
+    for p in "${PROXIES[@]}"; do resumes+=("$p=${RESUMES[$p]:-?}"); done
+    echo "  ${resumes[*]}"
+    echo "Raw wrk output in bench/out/."
+    if [[ -n $NOTE ]]; then echo "NOTE: $NOTE"; fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+main() {
+    [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
+    ensure_tools
+    (($(nproc) >= 2)) || die "needs at least 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
+    local port
+    for port in "${ALL_PORTS[@]}"; do
+        ! port_in_use "$port" || die "127.0.0.1:$port is already in use"
+    done
+    build_raftgate
+    [[ -x $RAFTGATE_BIN ]] || die "no raftgate binary at $RAFTGATE_BIN"
+
+    if ((HOLD_CARGO_LOCK)); then
+        log "waiting for $CARGO_LOCK (held while measuring; HOLD_CARGO_LOCK=0 to skip)"
+        exec {LOCK_FD}>>"$CARGO_LOCK"
+        # In the background, so that Ctrl-C is not held up until the lock comes.
+        flock -w "$LOCK_WAIT" "$LOCK_FD" &
+        PID[lock-wait]=$!
+        if wait "${PID[lock-wait]}"; then
+            log "got the lock"
+        else
+            log "warning: no lock after ${LOCK_WAIT}s; measuring while cargo may be running"
+            exec {LOCK_FD}>&-
+            LOCK_FD=""
+            NOTE="measured WITHOUT the cargo lock: builds may have competed for the cores"
+        fi
+        unset 'PID[lock-wait]'
+    else
+        NOTE="measured without the cargo lock (HOLD_CARGO_LOCK=0): builds may have competed for the cores"
+    fi
+
+    mkdir -p "$OUT"
+    rm -rf "$OUT/logs"
+    rm -f "$OUT"/*.txt
+    RUN=$(mktemp -d /tmp/raftgate-bench.XXXXXX)
+    chmod 755 "$RUN" # nginx workers may run as nobody
+    mkdir -p "$RUN/tls"
+    make_cert
+    make_manifests
+    start_upstream
+
+    local p s
+    for p in "${PROXIES[@]}"; do
+        start_proxy "$p"
+        for s in "${SCENARIOS[@]}"; do
+            measure "$s" "$p"
+        done
+        if [[ $p == raftgate ]]; then
+            curl -s "http://127.0.0.1:$RG_ADMIN/metrics" >"$OUT/raftgate-metrics.txt" || true
+        fi
+        stop "$p"
+    done
+
+    {
+        echo "raftgate bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+        echo
+        print_table
+    } | tee "$OUT/results.txt"
+}
+
+main "$@"
