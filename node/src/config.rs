@@ -54,6 +54,9 @@ pub struct Config {
     pub defaults: RouteDefaults,
     /// Logging.
     pub log: LogConfig,
+    /// Worker threads; 0 (default) means one per CPU this process may run on. With one, the
+    /// node runs a single-threaded runtime (no work stealing), which is fastest per core.
+    pub worker_threads: usize,
 }
 
 /// Client listeners.

@@ -45,10 +45,19 @@ fn main() -> anyhow::Result<()> {
                 None => Config::default(),
             };
             init_logging(&cfg);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("start the runtime")?;
+            let threads = match cfg.worker_threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            };
+            let mut builder = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(threads);
+                b
+            };
+            let rt = builder.enable_all().build().context("start the runtime")?;
+            tracing::info!(worker_threads = threads, "runtime started");
             rt.block_on(run(cfg))
         }
         Command::Check { config } => {

@@ -54,7 +54,8 @@ use crate::router::Lookup;
 use crate::upstream::EndpointState;
 use crate::upstream::InFlight;
 
-/// What the handler knows about the client connection.
+/// What the handler knows about the client connection. Header values that are the same for
+/// every request on the connection are built once, here, not per request.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub client: SocketAddr,
@@ -63,6 +64,27 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The port HTTPS is served on, for redirects (omitted from the URL when 443).
     pub https_port: u16,
+    client_ip: HeaderValue,
+    local_port: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(client: SocketAddr, local: SocketAddr, tls: bool, https_port: u16) -> ConnInfo {
+        let client_ip = HeaderValue::from_str(&client.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo {
+            client,
+            local,
+            tls,
+            https_port,
+            client_ip,
+            local_port: HeaderValue::from(local.port()),
+        }
+    }
+
+    fn proto(&self) -> HeaderValue {
+        HeaderValue::from_static(if self.tls { "https" } else { "http" })
+    }
 }
 
 /// Headers that apply to one hop only (RFC 9110 section 7.6.1).
@@ -90,45 +112,30 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let start = Instant::now();
+    // One snapshot for the whole request: everything below borrows from it.
     let snap = dp.snapshot();
-    let host = request_host(&req).unwrap_or_default();
-    let mut log = RequestLog {
-        start,
-        method: req.method().clone(),
-        path: req.uri().path().to_string(),
-        host: host.clone(),
-        client: conn.client,
-        upstream: String::new(),
-        endpoint: None,
-        status: 0,
-        request_id: String::new(),
-        stats: None,
-        access_log: snap.table.settings.access_log,
-    };
-    let (backend, policy, tls, route_id) = match snap.router.lookup(&host, req.uri().path()) {
-        Lookup::Route(e) => (
-            e.route.backend.upstream.clone(),
-            e.route.policy.clone(),
-            e.tls,
-            Some(e.id),
-        ),
+    let mut log = RequestLog::new(snap.table.settings.access_log, &conn, &req);
+    let host = request_host(&req);
+    let host_str = host.to_str().unwrap_or_default();
+    let (backend, policy, tls) = match snap.router.lookup(host_str, req.uri().path()) {
+        Lookup::Route(e) => {
+            log.stats = Some(snap.route_stats(e.id, dp.metrics()));
+            (&e.route.backend, &e.route.policy, e.tls)
+        }
         Lookup::Default { backend, tls } => {
-            (backend.upstream.clone(), RoutePolicy::default(), tls, None)
+            log.stats = Some(dp.metrics().unmatched());
+            (backend, &snap.table.settings.default_policy, tls)
         }
         Lookup::NotFound => {
-            log.stats = Some(dp.metrics().route("", ""));
+            log.stats = Some(dp.metrics().unmatched());
             return Ok(log.finish(local(StatusCode::NOT_FOUND, "404 page not found\n")));
         }
     };
-    log.stats = Some(match route_id {
-        Some(id) => snap.route_stats(id, dp.metrics()),
-        None => dp.metrics().route("", ""),
-    });
-    log.upstream = backend.clone();
-
+    if let Some(a) = log.access.as_mut() {
+        a.upstream = backend.upstream.clone();
+    }
     if tls && !conn.tls && policy.ssl_redirect {
-        return Ok(log.finish(redirect_to_https(&req, &host, conn.https_port)));
+        return Ok(log.finish(redirect_to_https(&req, host_str, conn.https_port)));
     }
     if let Some(max) = policy.max_body_bytes {
         let declared = req
@@ -143,19 +150,23 @@ pub async fn handle(
             )));
         }
     }
-    let response = proxy(&dp, &snap, &conn, req, &backend, &policy, &host, &mut log).await;
-    Ok(match response {
-        Ok(resp) => log.finish(resp),
-        Err(e) => {
-            tracing::debug!(upstream = %backend, error = %e, "request failed");
-            if let Some(kind) = e.upstream_kind() {
-                dp.metrics().upstream_error(&backend, kind);
+    let upstream = &backend.upstream;
+    Ok(
+        match proxy(&dp, &snap, &conn, req, upstream, policy, &host, log).await {
+            Ok(resp) => resp,
+            Err((e, log)) => {
+                tracing::debug!(upstream = %upstream, error = %e, "request failed");
+                if let Some(kind) = e.upstream_kind() {
+                    dp.metrics().upstream_error(upstream, kind);
+                }
+                log.finish(local(e.status(), e.body()))
             }
-            log.finish(local(e.status(), e.body()))
-        }
-    })
+        },
+    )
 }
 
+/// Proxies to the upstream. On success the log travels inside the response body and is
+/// written when the body ends; on failure it is handed back with the error.
 #[allow(clippy::too_many_arguments)]
 async fn proxy(
     dp: &Arc<Dataplane>,
@@ -164,72 +175,79 @@ async fn proxy(
     mut req: Request<Incoming>,
     upstream_id: &str,
     policy: &RoutePolicy,
-    host: &str,
-    log: &mut RequestLog,
-) -> Result<Response<Body>, ProxyError> {
+    host: &HeaderValue,
+    mut log: RequestLog,
+) -> Result<Response<Body>, (ProxyError, RequestLog)> {
     let Some(upstream) = snap
         .upstreams
         .get(upstream_id)
         .filter(|u| !u.endpoints.is_empty())
     else {
-        return Err(ProxyError::NoEndpoints);
+        return Err((ProxyError::NoEndpoints, log));
     };
     let settings = &snap.table.settings;
     let is_upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let request_id = ensure_request_id(req.headers_mut());
-    log.request_id = request_id;
+    if let Some(a) = log.access.as_mut() {
+        a.request_id = request_id;
+    }
     let protocol = upstream.endpoints[0].protocol;
+    let host_str = host.to_str().unwrap_or_default();
 
     let (parts, body) = req.into_parts();
-    let body: Body = match policy.max_body_bytes {
-        Some(max) => Limited::new(body, max as usize).boxed(),
-        None => body.map_err(BoxError::from).boxed(),
+    let body: Body = if body.is_end_stream() {
+        // Nothing to limit or stream; boxing a zero-sized body does not allocate.
+        http_body_util::Empty::new().map_err(BoxError::from).boxed()
+    } else {
+        match policy.max_body_bytes {
+            Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed(),
+            None => body.map_err(BoxError::from).boxed(),
+        }
+    };
+    let uri = if protocol.is_h2() {
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Uri::try_from(format!("{scheme}://{}{pq}", authority_of(host_str)))
+    } else if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        // Origin-form already: send it as is.
+        Ok(parts.uri)
+    } else {
+        Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+    };
+    let Ok(uri) = uri else {
+        return Err((ProxyError::BadRequest, log));
     };
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
     *out.headers_mut() = parts.headers;
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    *out.uri_mut() = if protocol.is_h2() {
-        let scheme = if protocol.is_tls() { "https" } else { "http" };
-        Uri::try_from(format!("{scheme}://{}{path_and_query}", authority_of(host)))
-            .map_err(|_| ProxyError::BadRequest)?
-    } else {
-        Uri::try_from(path_and_query).map_err(|_| ProxyError::BadRequest)?
-    };
     *out.version_mut() = if protocol.is_h2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let keep_te_trailers = protocol.is_h2() && te_is_trailers(out.headers());
+    let headers = out.headers_mut();
+    let keep_te_trailers = protocol.is_h2() && te_is_trailers(headers);
     let upgrade_proto = if is_upgrade {
-        out.headers().get(header::UPGRADE).cloned()
+        headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
-    strip_hop_by_hop(out.headers_mut());
+    strip_hop_by_hop(headers);
     if let Some(proto) = upgrade_proto {
-        out.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        out.headers_mut().insert(header::UPGRADE, proto);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto);
     }
     if keep_te_trailers {
-        out.headers_mut()
-            .insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if protocol.is_h2() {
-        out.headers_mut().remove(header::HOST);
-    } else if !out.headers().contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            out.headers_mut().insert(header::HOST, v);
-        }
+        headers.remove(header::HOST);
+    } else if !headers.contains_key(header::HOST) && !host.is_empty() {
+        headers.insert(header::HOST, host.clone());
     }
-    add_forwarded(out.headers_mut(), conn, host);
+    add_forwarded(headers, conn, host);
 
     let tries = policy.next_upstream_tries.max(1) as usize;
     let mut tried: Vec<usize> = Vec::with_capacity(tries);
@@ -244,7 +262,9 @@ async fn proxy(
         };
         let ep = upstream.endpoints[idx].clone();
         tried.push(idx);
-        log.endpoint = Some(ep.endpoint.to_string());
+        if let Some(a) = log.access.as_mut() {
+            a.endpoint = Some(ep.endpoint.to_string());
+        }
         let in_flight = ep.start();
         // A pooled connection that turns out closed is not the endpoint's fault: try a fresh one.
         let mut reused = ep.pool.reuse(now);
@@ -271,7 +291,7 @@ async fn proxy(
                         && client_upgrade.is_none() =>
                 {
                     // A 101 the client never asked for has no tunnel to go to.
-                    return Err(ProxyError::UnexpectedUpgrade);
+                    return Err((ProxyError::UnexpectedUpgrade, log));
                 }
                 Ok((resp, h1)) => {
                     ep.record_success(Instant::now(), sent_at.elapsed());
@@ -282,6 +302,7 @@ async fn proxy(
                         in_flight,
                         client_upgrade,
                         read_timeout,
+                        log,
                     ));
                 }
                 Err(SendError::NotSent(back, e)) => {
@@ -296,12 +317,12 @@ async fn proxy(
                 }
                 Err(SendError::Failed(e)) => {
                     ep.record_failure(Instant::now(), settings);
-                    return Err(e);
+                    return Err((e, log));
                 }
             }
         }
     }
-    Err(last_err)
+    Err((last_err, log))
 }
 
 enum SendError {
@@ -369,8 +390,10 @@ fn respond(
     in_flight: InFlight,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     read_timeout: Duration,
+    mut log: RequestLog,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
+    log.status = parts.status.as_u16();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
         if let Some(client) = client_upgrade {
@@ -379,18 +402,23 @@ fn respond(
         // The 101 keeps its Connection and Upgrade headers.
         return Response::from_parts(
             parts,
-            Full::new(Bytes::new()).map_err(BoxError::from).boxed(),
+            http_body_util::Empty::new().map_err(BoxError::from).boxed(),
         );
     }
     strip_hop_by_hop(&mut parts.headers);
-    let body = Tracked {
+    let mut body = Tracked {
         inner: body,
         ep: Some(ep),
         h1,
         _in_flight: in_flight,
         idle: read_timeout,
         timer: None,
+        log: Some(log),
     };
+    if body.inner.is_end_stream() {
+        // An empty body may never be polled: the connection is free now.
+        body.release();
+    }
     Response::from_parts(parts, body.boxed())
 }
 
@@ -443,6 +471,8 @@ struct Tracked {
     _in_flight: InFlight,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Written when the body ends or is dropped.
+    log: Option<RequestLog>,
 }
 
 impl Tracked {
@@ -465,6 +495,7 @@ impl http_body::Body for Tracked {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 this.release();
+                this.log = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
@@ -506,19 +537,43 @@ impl http_body::Body for Tracked {
 /// Records metrics and the access log line when the response is done (or dropped).
 struct RequestLog {
     start: Instant,
+    status: u16,
+    stats: Option<Arc<RouteStats>>,
+    /// Only built when access logging is on, so the common path allocates nothing for it.
+    access: Option<Box<Access>>,
+}
+
+struct Access {
     method: Method,
-    path: String,
     host: String,
+    path: String,
     client: SocketAddr,
     upstream: String,
     endpoint: Option<String>,
-    status: u16,
-    request_id: String,
-    stats: Option<Arc<RouteStats>>,
-    access_log: bool,
+    request_id: Option<HeaderValue>,
 }
 
 impl RequestLog {
+    fn new<B>(access_log: bool, conn: &ConnInfo, req: &Request<B>) -> RequestLog {
+        let access = access_log.then(|| {
+            Box::new(Access {
+                method: req.method().clone(),
+                host: request_host(req).to_str().unwrap_or_default().to_string(),
+                path: req.uri().path().to_string(),
+                client: conn.client,
+                upstream: String::new(),
+                endpoint: None,
+                request_id: None,
+            })
+        });
+        RequestLog {
+            start: Instant::now(),
+            status: 0,
+            stats: None,
+            access,
+        }
+    }
+
     fn finish(mut self, resp: Response<Body>) -> Response<Body> {
         self.status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
@@ -540,21 +595,23 @@ impl RequestLog {
 impl Drop for RequestLog {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
+        // A response never started means the client went away first: nginx's 499.
+        let status = if self.status == 0 { 499 } else { self.status };
         if let Some(s) = &self.stats {
-            s.record(self.status, elapsed);
+            s.record(status, elapsed);
         }
-        if self.access_log {
+        if let Some(a) = &self.access {
             tracing::info!(
                 target: "raftgate::access",
-                client = %self.client,
-                method = %self.method,
-                host = %self.host,
-                path = %self.path,
-                status = self.status,
-                upstream = %self.upstream,
-                endpoint = self.endpoint.as_deref().unwrap_or("-"),
+                client = %a.client,
+                method = %a.method,
+                host = %a.host,
+                path = %a.path,
+                status,
+                upstream = %a.upstream,
+                endpoint = a.endpoint.as_deref().unwrap_or("-"),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = %self.request_id,
+                request_id = a.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             );
         }
     }
@@ -590,14 +647,15 @@ impl http_body::Body for Logged {
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// Cloning a parsed header value only bumps a reference count.
+fn request_host<B>(req: &Request<B>) -> HeaderValue {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).unwrap_or_else(|_| HeaderValue::from_static(""));
     }
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
 fn authority_of(host: &str) -> &str {
@@ -638,45 +696,44 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &str) {
-    let ip = conn.client.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
-        _ => ip.clone(),
+fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    let xff = match h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+    {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.client.ip())).ok(),
+        None => Some(conn.client_ip.clone()),
     };
-    let proto = if conn.tls { "https" } else { "http" };
-    let pairs = [
-        (&X_FORWARDED_FOR, xff),
-        (&X_REAL_IP, ip),
-        (&X_FORWARDED_PROTO, proto.to_string()),
-        (&X_SCHEME, proto.to_string()),
-        (
-            &X_FORWARDED_HOST,
-            crate::router::normalize_host(host).into_owned(),
-        ),
-        (&X_FORWARDED_PORT, conn.local.port().to_string()),
-    ];
-    for (name, value) in pairs {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name.clone(), v);
-        }
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    h.insert(X_REAL_IP.clone(), conn.client_ip.clone());
+    h.insert(X_FORWARDED_PROTO.clone(), conn.proto());
+    h.insert(X_SCHEME.clone(), conn.proto());
+    h.insert(X_FORWARDED_PORT.clone(), conn.local_port.clone());
+    let raw = host.to_str().unwrap_or_default();
+    let forwarded_host = match crate::router::normalize_host(raw) {
+        std::borrow::Cow::Borrowed(n) if n.len() == raw.len() => Some(host.clone()),
+        n => HeaderValue::from_str(&n).ok(),
+    };
+    if let Some(v) = forwarded_host {
+        h.insert(X_FORWARDED_HOST.clone(), v);
     }
 }
 
-/// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's `$request_id`).
-fn ensure_request_id(h: &mut HeaderMap) -> String {
-    if let Some(id) = h
+/// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's
+/// `$request_id`). Returns the id.
+fn ensure_request_id(h: &mut HeaderMap) -> Option<HeaderValue> {
+    if let Some(v) = h
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
     {
-        return id.to_string();
+        return Some(v.clone());
     }
-    let id = crate::id::request_id();
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        h.insert(X_REQUEST_ID.clone(), v);
-    }
-    id
+    let v = crate::id::request_id();
+    h.insert(X_REQUEST_ID.clone(), v.clone());
+    Some(v)
 }
 
 fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<Body> {

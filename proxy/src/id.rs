@@ -20,9 +20,17 @@ fn next() -> u64 {
     })
 }
 
-/// A fresh request id.
-pub(crate) fn request_id() -> String {
-    format!("{:016x}{:016x}", next(), next())
+/// A fresh request id, as a header value.
+pub(crate) fn request_id() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (half, x) in [next(), next()].into_iter().enumerate() {
+        for i in 0..16 {
+            buf[half * 16 + i] = HEX[((x >> (60 - 4 * i)) & 0xf) as usize];
+        }
+    }
+    // Always valid: 32 ASCII hex digits.
+    http::HeaderValue::from_bytes(&buf).unwrap_or_else(|_| http::HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -32,7 +40,7 @@ mod tests {
         let a = super::request_id();
         let b = super::request_id();
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
     }
 }

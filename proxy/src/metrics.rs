@@ -68,6 +68,7 @@ pub struct Metrics {
     pub connections_active: AtomicU64,
     pub tls_handshake_errors: AtomicU64,
     pub config_swaps: AtomicU64,
+    unmatched: std::sync::OnceLock<Arc<RouteStats>>,
 }
 
 impl Metrics {
@@ -79,6 +80,11 @@ impl Metrics {
         map.entry((host.to_string(), route.to_string()))
             .or_default()
             .clone()
+    }
+
+    /// The stats of requests that matched no route (empty `host` and `route` labels).
+    pub fn unmatched(&self) -> Arc<RouteStats> {
+        self.unmatched.get_or_init(|| self.route("", "")).clone()
     }
 
     pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {

@@ -263,6 +263,8 @@ pub struct GlobalSettings {
     pub upstream_fail_timeout_ms: u64,
     /// Write one access-log line per request.
     pub access_log: bool,
+    /// The policy of requests sent to a default backend (the configured defaults).
+    pub default_policy: RoutePolicy,
 }
 
 impl Default for GlobalSettings {
@@ -271,6 +273,7 @@ impl Default for GlobalSettings {
             upstream_max_fails: 1,
             upstream_fail_timeout_ms: 10_000,
             access_log: false,
+            default_policy: RoutePolicy::default(),
         }
     }
 }

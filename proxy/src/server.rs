@@ -151,12 +151,7 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let info = ConnInfo {
-        client: peer,
-        local,
-        tls: tls.is_some(),
-        https_port: shared.settings.https_port,
-    };
+    let info = ConnInfo::new(peer, local, tls.is_some(), shared.settings.https_port);
     match tls {
         None => serve(stream, info, shared, &builder).await,
         Some(acceptor) => {

@@ -264,7 +264,7 @@ mod tests {
         let s = GlobalSettings {
             upstream_max_fails: 2,
             upstream_fail_timeout_ms: 1000,
-            access_log: false,
+            ..GlobalSettings::default()
         };
         let t0 = Instant::now();
         assert!(!u.endpoints[0].record_failure(t0, &s));

@@ -163,6 +163,7 @@ impl Compiler {
             upstream_max_fails: d.upstream_max_fails,
             upstream_fail_timeout_ms: d.upstream_fail_timeout.as_millis() as u64,
             access_log: d.access_log,
+            default_policy: policy(d, &Annotations::default()),
         };
         let default_class = self.default_class_is_ours(objs);
         let mut ours: Vec<&Ingress> = objs
@@ -261,28 +262,7 @@ impl Compiler {
             })
             .collect();
         let d = &self.opts.defaults;
-        let policy = RoutePolicy {
-            ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
-            max_body_bytes: match ann.proxy_body_size.unwrap_or(d.proxy_body_size) {
-                0 => None,
-                n => Some(n),
-            },
-            connect_timeout_ms: ann
-                .proxy_connect_timeout
-                .unwrap_or(d.proxy_connect_timeout)
-                .as_millis() as u64,
-            read_timeout_ms: ann
-                .proxy_read_timeout
-                .unwrap_or(d.proxy_read_timeout)
-                .as_millis() as u64,
-            send_timeout_ms: ann
-                .proxy_send_timeout
-                .unwrap_or(d.proxy_send_timeout)
-                .as_millis() as u64,
-            next_upstream_tries: ann
-                .proxy_next_upstream_tries
-                .unwrap_or(d.proxy_next_upstream_tries),
-        };
+        let policy = policy(d, &ann);
         let protocol = ann.backend_protocol.unwrap_or_default();
         let balance = ann.load_balance.unwrap_or(d.load_balance);
         let source = key.to_string();
@@ -409,6 +389,24 @@ impl Compiler {
             }
         }
         Ok((plan, warnings))
+    }
+}
+
+/// A route's policy: the annotations over the configured defaults.
+fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    RoutePolicy {
+        ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
+        max_body_bytes: match ann.proxy_body_size.unwrap_or(d.proxy_body_size) {
+            0 => None,
+            n => Some(n),
+        },
+        connect_timeout_ms: ms(ann.proxy_connect_timeout.unwrap_or(d.proxy_connect_timeout)),
+        read_timeout_ms: ms(ann.proxy_read_timeout.unwrap_or(d.proxy_read_timeout)),
+        send_timeout_ms: ms(ann.proxy_send_timeout.unwrap_or(d.proxy_send_timeout)),
+        next_upstream_tries: ann
+            .proxy_next_upstream_tries
+            .unwrap_or(d.proxy_next_upstream_tries),
     }
 }
 
