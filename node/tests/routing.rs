@@ -467,3 +467,85 @@ async fn the_admin_api_reports_status_and_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_name_service_resolves_by_dns_when_connecting() {
+    let web = Echo::start("external").await;
+    let h = Harness::start().await;
+    // `localhost` resolves from /etc/hosts, so this needs no network.
+    let m = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: x}}\nspec: {{type: ExternalName, externalName: localhost, ports: [{{name: http, port: {}}}]}}\n",
+        web.addr.port()
+    ) + &ingress("x", "ext", "ext.com", &[("/", "Prefix", "ext")], "");
+    h.apply("x.yaml", &m).await;
+    let r = get(h.http(), "ext.com", "/").await;
+    assert_eq!(r.backend(), Some("external"), "{} {}", r.status, r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start_with(|c| c.http.header_read_timeout = Duration::from_millis(500)).await;
+    let mut s = tokio::net::TcpStream::connect(h.http()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: slow.com\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    // The proxy closes the connection (possibly after a 408): reading reaches EOF.
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5s");
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed too early: {:?}",
+        t.elapsed()
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_new_connections_until_one_closes() {
+    let web = Echo::start("web").await;
+    let h = Harness::start_with(|c| c.http.max_connections = 1).await;
+    h.apply(
+        "a.yaml",
+        &(service("a", "web", &[&web])
+            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+    )
+    .await;
+    // The first connection takes the only slot and stays open (keep-alive).
+    let first = tokio::net::TcpStream::connect(h.http()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(first))
+            .await
+            .unwrap();
+    let first_conn = tokio::spawn(conn);
+    let req = || {
+        Request::get("/")
+            .header("host", "web.com")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        read(sender.send_request(req()).await.unwrap()).await.status,
+        StatusCode::OK
+    );
+    // A second connection is not served while the first is open...
+    let addr = h.http();
+    let second = tokio::spawn(async move { send(addr, req()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await; // a negative check: nothing to wait for
+    assert!(!second.is_finished(), "served beyond the cap");
+    // ...and is served as soon as it closes.
+    drop(sender);
+    let _ = first_conn.await;
+    let r = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("served after the first closed")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+}

@@ -109,8 +109,10 @@ pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) ->
     tokio::spawn(async move {
         let mut drain = shared.drain.clone();
         loop {
-            let permit = tokio::select! {
-                p = shared.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            // Wait until a slot is free, but do not hold it while idle in accept(): with
+            // several listeners, a held slot would starve the others.
+            tokio::select! {
+                p = shared.connections.acquire() => if p.is_err() { break },
                 _ = draining(&mut drain) => break,
             };
             let accepted = tokio::select! {
@@ -125,6 +127,15 @@ pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) ->
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
+            };
+            // Another listener may have taken the slot meanwhile; then this connection waits
+            // (at most one per listener over the cap).
+            let permit = match shared.connections.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    p = shared.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                    _ = draining(&mut drain) => break,
+                },
             };
             let (shared, builder, tls) = (shared.clone(), builder.clone(), tls.clone());
             tokio::spawn(async move {
