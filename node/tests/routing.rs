@@ -549,3 +549,36 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
         .unwrap();
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_and_grpcs_backends_speak_tls_upstream() {
+    let secure = Echo::start_tls("secure").await;
+    let h = Harness::start().await;
+    let m = service("s", "secure", &[&secure])
+        + &ingress(
+            "s",
+            "h1",
+            "https.com",
+            &[("/", "Prefix", "secure")],
+            "  annotations: {nginx.ingress.kubernetes.io/backend-protocol: HTTPS}\n",
+        )
+        + &ingress(
+            "s",
+            "h2",
+            "grpcs.com",
+            &[("/", "Prefix", "secure")],
+            "  annotations: {nginx.ingress.kubernetes.io/backend-protocol: GRPCS}\n",
+        )
+        + &ingress("s", "plain", "plain.com", &[("/", "Prefix", "secure")], "");
+    h.apply("s.yaml", &m).await;
+    let r = get(h.http(), "https.com", "/x").await;
+    assert_eq!(r.backend(), Some("secure"), "{} {}", r.status, r.body);
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    let r = get(h.http(), "grpcs.com", "/pkg.S/M").await;
+    assert_eq!(r.json()["version"], "HTTP/2.0", "{} {}", r.status, r.body);
+    // Plain HTTP to a TLS-only upstream fails as a bad gateway, not a hang.
+    assert_eq!(
+        get(h.http(), "plain.com", "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+}

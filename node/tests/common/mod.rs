@@ -53,6 +53,35 @@ impl Echo {
     }
 
     pub async fn start_with(name: &str, delay: Duration) -> Echo {
+        Echo::spawn(name, delay, None).await
+    }
+
+    /// An echo upstream that speaks TLS (HTTP/1.1 or h2 by ALPN), with a self-signed certificate.
+    pub async fn start_tls(name: &str) -> Echo {
+        let (cert, key) = raftgate_proxy::tls::self_signed(&["upstream.local"]).unwrap();
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Echo::spawn(
+            name,
+            Duration::ZERO,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+        )
+        .await
+    }
+
+    async fn spawn(name: &str, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -62,40 +91,16 @@ impl Echo {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (n, h) = (n.clone(), h.clone());
+                let (n, h, tls) = (n.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let (n, h) = (n.clone(), h.clone());
-                        async move {
-                            h.fetch_add(1, Ordering::Relaxed);
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await;
+                    match tls {
+                        None => serve_echo(stream, n, h, delay).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_echo(s, n, h, delay).await
                             }
-                            let headers: BTreeMap<String, String> = req
-                                .headers()
-                                .iter()
-                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                                .collect();
-                            let method = req.method().to_string();
-                            let version = format!("{:?}", req.version());
-                            let uri = req.uri().to_string();
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes().len())
-                                .unwrap_or(0);
-                            let json = serde_json::json!({"backend": n, "version": version, "method": method, "uri": uri, "headers": headers, "body_len": body});
-                            let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
-                            resp.headers_mut().insert("x-backend", n.parse().unwrap());
-                            Ok::<_, Infallible>(resp)
                         }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    }
                 });
             }
         });
@@ -106,6 +111,42 @@ impl Echo {
             task,
         }
     }
+}
+
+async fn serve_echo<I>(io: I, n: String, h: Arc<AtomicUsize>, delay: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let (n, h) = (n.clone(), h.clone());
+        async move {
+            h.fetch_add(1, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let headers: BTreeMap<String, String> = req
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let method = req.method().to_string();
+            let version = format!("{:?}", req.version());
+            let uri = req.uri().to_string();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            let json = serde_json::json!({"backend": n, "version": version, "method": method, "uri": uri, "headers": headers, "body_len": body});
+            let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+            resp.headers_mut().insert("x-backend", n.parse().unwrap());
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// A Service plus EndpointSlice pointing at the given upstreams (port name `http`, port 80).
