@@ -29,6 +29,50 @@ pub struct RoutingTable {
     pub default_backend: Option<Backend>,
     /// Settings that apply to every route.
     pub settings: GlobalSettings,
+    /// L4 services keyed by [`L4Service::key`] (`tcp/7306`, `udp/53`).
+    #[serde(default)]
+    pub l4: BTreeMap<String, L4Service>,
+}
+
+/// One external port forwarded at L4, as an entry of ingress-nginx's tcp-services or
+/// udp-services ConfigMap: `"<port>": "<namespace>/<service>:<port>[:PROXY][:PROXY]"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L4Service {
+    pub protocol: L4Protocol,
+    /// The port raftgate listens on.
+    pub port: u16,
+    /// The upstream id; its endpoints are the Service's ready endpoints.
+    pub upstream: String,
+    /// Decode a PROXY protocol header (v1 or v2) from the client (the first `PROXY`).
+    pub proxy_protocol_in: bool,
+    /// Send a PROXY protocol v1 header to the upstream (the second `PROXY`).
+    pub proxy_protocol_out: bool,
+    /// The ConfigMap entry this came from (`namespace/name:port`), for logs.
+    pub source: String,
+}
+
+impl L4Service {
+    /// The map key: `tcp/7306` or `udp/53`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.protocol.as_str(), self.port)
+    }
+}
+
+/// TCP or UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L4Protocol {
+    Tcp,
+    Udp,
+}
+
+impl L4Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Protocol::Tcp => "tcp",
+            L4Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// The key of the virtual host that serves rules without a host.
@@ -293,6 +337,8 @@ pub enum Delta {
     DelSni(String),
     DefaultBackend(Option<Backend>),
     Settings(GlobalSettings),
+    PutL4(String, L4Service),
+    DelL4(String),
 }
 
 /// The changes that turn `old` into `new`: `apply(old, diff(old, new)) == new`.
@@ -320,6 +366,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<Delta> {
         Delta::DelCertificate,
     );
     diff_map(&old.sni, &new.sni, &mut out, Delta::PutSni, Delta::DelSni);
+    diff_map(&old.l4, &new.l4, &mut out, Delta::PutL4, Delta::DelL4);
     if old.default_backend != new.default_backend {
         out.push(Delta::DefaultBackend(new.default_backend.clone()));
     }
@@ -383,6 +430,12 @@ impl RoutingTable {
                 }
                 Delta::DefaultBackend(b) => self.default_backend = b,
                 Delta::Settings(s) => self.settings = s,
+                Delta::PutL4(k, v) => {
+                    self.l4.insert(k, v);
+                }
+                Delta::DelL4(k) => {
+                    self.l4.remove(&k);
+                }
             }
         }
     }
@@ -431,9 +484,28 @@ mod tests {
             prop::collection::btree_map("[a-d]", "[xy]", 0..3),
             any::<bool>(),
             any::<bool>(),
+            prop::collection::btree_set(1u16..5, 0..3),
         )
-            .prop_map(
-                |(version, vhosts, upstreams, sni, default, log)| RoutingTable {
+            .prop_map(|(version, vhosts, upstreams, sni, default, log, ports)| {
+                RoutingTable {
+                    l4: ports
+                        .into_iter()
+                        .map(|port| {
+                            let svc = L4Service {
+                                protocol: if port % 2 == 0 {
+                                    L4Protocol::Tcp
+                                } else {
+                                    L4Protocol::Udp
+                                },
+                                port,
+                                upstream: "a".into(),
+                                proxy_protocol_in: port == 3,
+                                proxy_protocol_out: false,
+                                source: "ns/tcp-services".into(),
+                            };
+                            (svc.key(), svc)
+                        })
+                        .collect(),
                     version,
                     vhosts,
                     upstreams,
@@ -446,8 +518,8 @@ mod tests {
                         access_log: log,
                         ..GlobalSettings::default()
                     },
-                },
-            )
+                }
+            })
     }
 
     proptest! {
