@@ -69,6 +69,9 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let mut out = String::with_capacity(4096);
             state.dataplane.metrics().render(&mut out);
+            if let Some(l4) = state.l4() {
+                l4.metrics().render(&mut out);
+            }
             let problems = state.problems();
             let count = |s| problems.iter().filter(|p| p.severity == s).count();
             let _ = writeln!(
@@ -123,6 +126,16 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "listeners": state.listeners,
                 "problems": state.problems(),
                 "source_errors": state.source_errors(),
+                "l4_listeners": state.l4().map(|l4| {
+                    l4.status()
+                        .borrow()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), match v {
+                            raftgate_proxy::l4::ListenerStatus::Bound(a) => serde_json::json!({"bound": a.to_string()}),
+                            raftgate_proxy::l4::ListenerStatus::Failed(e) => serde_json::json!({"error": e}),
+                        }))
+                        .collect::<serde_json::Map<_, _>>()
+                }),
             });
             let mut r = text(StatusCode::OK, format!("{body:#}\n"));
             r.headers_mut().insert(

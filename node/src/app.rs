@@ -77,6 +77,8 @@ pub struct NodeState {
     ready_notify: Notify,
     problems: Mutex<Vec<Problem>>,
     source_errors: Mutex<Vec<String>>,
+    /// Set once the L4 manager runs, for metrics and status.
+    l4: Mutex<Option<Arc<raftgate_proxy::l4::Manager>>>,
 }
 
 impl NodeState {
@@ -93,6 +95,11 @@ impl NodeState {
             .unwrap_or_default()
     }
 
+    /// The L4 manager, once started.
+    pub fn l4(&self) -> Option<Arc<raftgate_proxy::l4::Manager>> {
+        self.l4.lock().ok().and_then(|l| l.clone())
+    }
+
     /// The problems of the last compilation.
     pub fn problems(&self) -> Vec<Problem> {
         self.problems.lock().map(|p| p.clone()).unwrap_or_default()
@@ -106,6 +113,8 @@ pub struct Node {
     pub http_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The TCP/UDP listeners of the tcp/udp-services entries.
+    pub l4: Arc<raftgate_proxy::l4::Manager>,
     drain: watch::Sender<bool>,
     shared: Shared,
     tasks: Vec<JoinHandle<()>>,
@@ -193,6 +202,7 @@ impl Node {
             ready_notify: Notify::new(),
             problems: Mutex::new(Vec::new()),
             source_errors: Mutex::new(Vec::new()),
+            l4: Mutex::new(None),
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {
@@ -214,17 +224,28 @@ impl Node {
                 shared.clone(),
             ));
         }
+        let l4 = Arc::new(raftgate_proxy::l4::Manager::spawn(
+            dataplane.clone(),
+            raftgate_proxy::l4::L4Settings {
+                bind_ip: cfg.l4.bind,
+                connect_timeout: cfg.l4.connect_timeout,
+                idle_timeout: cfg.l4.idle_timeout,
+                udp_session_timeout: cfg.l4.udp_session_timeout,
+                max_udp_sessions: cfg.l4.max_udp_sessions,
+                ..raftgate_proxy::l4::L4Settings::default()
+            },
+            drain_rx.clone(),
+        ));
+        if let Ok(mut slot) = state.l4.lock() {
+            *slot = Some(l4.clone());
+        }
         tasks.push(tokio::spawn(crate::admin::serve(
             admin,
             state.clone(),
             drain_rx.clone(),
         )));
 
-        let compiler = Compiler::new(Options {
-            class: cfg.ingress_class.name.clone(),
-            watch_without_class: cfg.ingress_class.watch_without_class,
-            defaults: cfg.defaults.clone(),
-        });
+        let compiler = Compiler::new(Options::from_config(&cfg));
         let Source::Manifests {
             path,
             poll_interval,
@@ -249,6 +270,7 @@ impl Node {
             state,
             http_addr,
             https_addr,
+            l4,
             admin_addr,
             drain,
             shared,
@@ -287,7 +309,8 @@ impl Node {
     pub async fn shutdown_within(self, grace: Duration) -> usize {
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
         let _ = self.drain.send(true);
-        let left = self.shared.drained(grace).await;
+        let (left, left_l4) = tokio::join!(self.shared.drained(grace), self.l4.drained(grace));
+        let left = left + left_l4;
         for t in &self.tasks {
             t.abort();
         }
@@ -410,11 +433,7 @@ impl CheckReport {
 
 /// Reads and compiles the configured manifests once, without binding anything.
 pub fn check(cfg: &Config) -> CheckReport {
-    let mut compiler = Compiler::new(Options {
-        class: cfg.ingress_class.name.clone(),
-        watch_without_class: cfg.ingress_class.watch_without_class,
-        defaults: cfg.defaults.clone(),
-    });
+    let mut compiler = Compiler::new(Options::from_config(cfg));
     let mut report = CheckReport::default();
     let Source::Manifests { path, .. } = &cfg.source;
     let objs = match path {

@@ -52,6 +52,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Defaults for every route, overridable per Ingress with annotations (ingress-nginx's ConfigMap keys).
     pub defaults: RouteDefaults,
+    /// L4 (TCP/UDP) services.
+    pub l4: L4Config,
     /// Logging.
     pub log: LogConfig,
     /// Worker threads; 0 (default) means one per CPU this process may run on. With one, the
@@ -212,6 +214,8 @@ pub struct RouteDefaults {
     pub load_balance: Balance,
     /// One structured log line per request (target `raftgate::access`). Default false.
     pub access_log: bool,
+    /// The status of a request rejected by `limit-rps`/`limit-rpm`/`limit-connections`. Default 503.
+    pub limit_req_status_code: u16,
 }
 
 impl Default for RouteDefaults {
@@ -227,6 +231,45 @@ impl Default for RouteDefaults {
             upstream_fail_timeout: Duration::from_secs(10),
             load_balance: Balance::RoundRobin,
             access_log: false,
+            limit_req_status_code: 503,
+        }
+    }
+}
+
+/// L4 services, declared as ingress-nginx users do, in ConfigMaps.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L4Config {
+    /// `namespace/name` of the tcp-services ConfigMap (ingress-nginx's
+    /// `--tcp-services-configmap`). Unset: no TCP services.
+    pub tcp_services_configmap: Option<String>,
+    /// `namespace/name` of the udp-services ConfigMap. Unset: no UDP services.
+    pub udp_services_configmap: Option<String>,
+    /// The address L4 ports listen on. Default `0.0.0.0`.
+    pub bind: std::net::IpAddr,
+    /// Upstream connect timeout. Default `5s` (ingress-nginx's stream `proxy_connect_timeout`).
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    /// A TCP connection with no bytes either way for this long is closed. Default `600s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// A UDP client's session ends after this long without packets. Default `30s`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub udp_session_timeout: Duration,
+    /// UDP sessions kept at once per port; new clients' datagrams are dropped beyond it. Default 16384.
+    pub max_udp_sessions: usize,
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        L4Config {
+            tcp_services_configmap: None,
+            udp_services_configmap: None,
+            bind: std::net::IpAddr::from([0, 0, 0, 0]),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            udp_session_timeout: Duration::from_secs(30),
+            max_udp_sessions: 16_384,
         }
     }
 }

@@ -13,6 +13,8 @@ use std::sync::atomic::Ordering;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::access::AccessState;
+use crate::access::RouteAccess;
 use crate::metrics::Metrics;
 use crate::metrics::RouteStats;
 use crate::model::Endpoint;
@@ -33,6 +35,8 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamState>>,
     /// Per-route metric handles, by route id, filled on first use.
     route_stats: Vec<OnceLock<Arc<RouteStats>>>,
+    /// Per-route access checks, by route id.
+    access: Vec<Option<Arc<RouteAccess>>>,
 }
 
 impl Snapshot {
@@ -42,7 +46,13 @@ impl Snapshot {
             router: Router::default(),
             upstreams: HashMap::new(),
             route_stats: Vec::new(),
+            access: Vec::new(),
         }
+    }
+
+    /// The access checks of route `id`, if it has any.
+    pub fn access(&self, id: usize) -> Option<&Arc<RouteAccess>> {
+        self.access.get(id).and_then(Option::as_ref)
     }
 
     /// The metric handle of route `id`.
@@ -65,7 +75,8 @@ pub struct Dataplane {
     current: ArcSwap<Snapshot>,
     resolver: Arc<SniResolver>,
     metrics: Arc<Metrics>,
-    install: Mutex<()>,
+    /// Held while installing, so installs run one at a time; keeps the access-check state.
+    install: Mutex<AccessState>,
     version: watch::Sender<u64>,
 }
 
@@ -75,7 +86,7 @@ impl Dataplane {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             resolver,
             metrics,
-            install: Mutex::new(()),
+            install: Mutex::new(AccessState::default()),
             version: watch::channel(0).0,
         }
     }
@@ -106,7 +117,10 @@ impl Dataplane {
     /// Compiles `table` and swaps it in. Endpoint state (pools, health, EWMA) and parsed
     /// certificates carry over for whatever the new table keeps.
     pub fn install(&self, table: RoutingTable) -> Result<(), RouterError> {
-        let _one_at_a_time = self.install.lock();
+        let mut access_state = self
+            .install
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let router = Router::new(&table)?;
         let old = self.current.load_full();
         let previous: HashMap<(Endpoint, Protocol), Arc<EndpointState>> = old
@@ -126,12 +140,20 @@ impl Dataplane {
         let route_stats = (0..router.routes().len())
             .map(|_| OnceLock::new())
             .collect();
+        let mut next_state = AccessState::default();
+        let access = router
+            .routes()
+            .iter()
+            .map(|e| next_state.build(&e.route.source, &e.route.policy, &access_state))
+            .collect();
+        *access_state = next_state;
         let version = table.version;
         self.current.store(Arc::new(Snapshot {
             table: Arc::new(table),
             router,
             upstreams,
             route_stats,
+            access,
         }));
         self.version.send_replace(version);
         self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);

@@ -40,16 +40,20 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::access::Denied;
 use crate::dataplane::Dataplane;
 use crate::dataplane::Snapshot;
+use crate::edge;
 use crate::error::ErrorSide;
 use crate::error::ProxyError;
+use crate::limit::Admission;
 use crate::metrics::RouteStats;
 use crate::metrics::UpstreamErrorKind;
 use crate::model::RoutePolicy;
 use crate::pool::Body;
 use crate::pool::BoxError;
 use crate::pool::Conn;
+use crate::pool::ConnectError;
 use crate::router::Lookup;
 use crate::upstream::EndpointState;
 use crate::upstream::InFlight;
@@ -105,6 +109,7 @@ static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port"
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_SCHEME: HeaderName = HeaderName::from_static("x-scheme");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
@@ -117,14 +122,14 @@ pub async fn handle(
     let mut log = RequestLog::new(snap.table.settings.access_log, &conn, &req);
     let host = request_host(&req);
     let host_str = host.to_str().unwrap_or_default();
-    let (backend, policy, tls) = match snap.router.lookup(host_str, req.uri().path()) {
+    let (backend, policy, tls, entry) = match snap.router.lookup(host_str, req.uri().path()) {
         Lookup::Route(e) => {
             log.stats = Some(snap.route_stats(e.id, dp.metrics()));
-            (&e.route.backend, &e.route.policy, e.tls)
+            (&e.route.backend, &e.route.policy, e.tls, Some(e))
         }
         Lookup::Default { backend, tls } => {
             log.stats = Some(dp.metrics().unmatched());
-            (backend, &snap.table.settings.default_policy, tls)
+            (backend, &snap.table.settings.default_policy, tls, None)
         }
         Lookup::NotFound => {
             log.stats = Some(dp.metrics().unmatched());
@@ -134,8 +139,36 @@ pub async fn handle(
     if let Some(a) = log.access.as_mut() {
         a.upstream = backend.upstream.clone();
     }
-    if tls && !conn.tls && policy.ssl_redirect {
+    // nginx's rewrite phase: answers that need neither access checks nor an upstream.
+    if let Some(r) = &policy.redirect {
+        return Ok(log.finish(edge::redirect(r.code, &r.url)));
+    }
+    if !conn.tls && ((tls && policy.ssl_redirect) || policy.force_ssl_redirect) {
         return Ok(log.finish(redirect_to_https(&req, host_str, conn.https_port)));
+    }
+    if let Some(root) = &policy.app_root {
+        if let Some(resp) = edge::app_root(&req, host_str, root, conn.tls) {
+            return Ok(log.finish(resp));
+        }
+    }
+    let origin = policy
+        .cors
+        .as_ref()
+        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    if let Some(cors) = &policy.cors {
+        if let Some(resp) = edge::cors_preflight(&req, cors) {
+            return Ok(log.finish(resp));
+        }
+    }
+    // The access phase: limits, allowlist, basic auth.
+    if let Some(access) = entry.and_then(|e| snap.access(e.id)) {
+        match access.admit(conn.client.ip(), Instant::now()) {
+            Ok(admission) => log.admission = admission,
+            Err(denied) => return Ok(log.finish(deny(denied))),
+        }
+        if let Err(denied) = access.authenticate(req.headers()).await {
+            return Ok(log.finish(deny(denied)));
+        }
     }
     if let Some(max) = policy.max_body_bytes {
         let declared = req
@@ -151,18 +184,25 @@ pub async fn handle(
         }
     }
     let upstream = &backend.upstream;
-    Ok(
-        match proxy(&dp, &snap, &conn, req, upstream, policy, &host, log).await {
-            Ok(resp) => resp,
-            Err((e, log)) => {
-                tracing::debug!(upstream = %upstream, error = %e, "request failed");
-                if let Some(kind) = e.upstream_kind() {
-                    dp.metrics().upstream_error(upstream, kind);
-                }
-                log.finish(local(e.status(), e.body()))
-            }
-        },
+    let rewrite = entry.and_then(|e| e.rewrite.as_ref());
+    let mut resp = match proxy(
+        &dp, &snap, &conn, req, upstream, policy, rewrite, &host, log,
     )
+    .await
+    {
+        Ok(resp) => resp,
+        Err((e, log)) => {
+            tracing::debug!(upstream = %upstream, error = %e, "request failed");
+            if let Some(kind) = e.upstream_kind() {
+                dp.metrics().upstream_error(upstream, kind);
+            }
+            log.finish(local(e.status(), e.body()))
+        }
+    };
+    if let Some(cors) = &policy.cors {
+        edge::cors_headers(resp.headers_mut(), cors, origin.as_ref());
+    }
+    Ok(resp)
 }
 
 /// Proxies to the upstream. On success the log travels inside the response body and is
@@ -175,9 +215,20 @@ async fn proxy(
     mut req: Request<Incoming>,
     upstream_id: &str,
     policy: &RoutePolicy,
+    rewrite: Option<&(regex::Regex, String)>,
     host: &HeaderValue,
     mut log: RequestLog,
 ) -> Result<Response<Body>, (ProxyError, RequestLog)> {
+    // `default-backend`: a Service with no ready endpoints hands over to the fallback.
+    let has_endpoints = |id: &str| {
+        snap.upstreams
+            .get(id)
+            .is_some_and(|u| !u.endpoints.is_empty())
+    };
+    let upstream_id = match &policy.fallback {
+        Some(fb) if !has_endpoints(upstream_id) => fb.upstream.as_str(),
+        _ => upstream_id,
+    };
     let Some(upstream) = snap
         .upstreams
         .get(upstream_id)
@@ -205,15 +256,19 @@ async fn proxy(
             None => body.map_err(BoxError::from).boxed(),
         }
     };
+    let request_uri = match rewrite.and_then(|(re, target)| edge::rewrite(re, target, &parts.uri)) {
+        Some(u) => u,
+        None => parts.uri,
+    };
     let uri = if protocol.is_h2() {
         let scheme = if protocol.is_tls() { "https" } else { "http" };
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let pq = request_uri.path_and_query().map_or("/", |p| p.as_str());
         Uri::try_from(format!("{scheme}://{}{pq}", authority_of(host_str)))
-    } else if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+    } else if request_uri.scheme().is_none() && request_uri.authority().is_none() {
         // Origin-form already: send it as is.
-        Ok(parts.uri)
+        Ok(request_uri)
     } else {
-        Uri::try_from(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+        Uri::try_from(request_uri.path_and_query().map_or("/", |p| p.as_str()))
     };
     let Ok(uri) = uri else {
         return Err((ProxyError::BadRequest, log));
@@ -248,6 +303,26 @@ async fn proxy(
         headers.insert(header::HOST, host.clone());
     }
     add_forwarded(headers, conn, host);
+    if let Some(prefix) = policy
+        .forwarded_prefix
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        headers.insert(X_FORWARDED_PREFIX.clone(), prefix);
+    }
+    // `proxy-next-upstream: http_5xx…` can only resend what it can rebuild: a bodiless
+    // idempotent request.
+    let resend = (!policy.next_upstream.statuses.is_empty()
+        && is_idempotent(out.method())
+        && out.body().is_end_stream())
+    .then(|| {
+        (
+            out.method().clone(),
+            out.uri().clone(),
+            out.version(),
+            out.headers().clone(),
+        )
+    });
 
     let tries = policy.next_upstream_tries.max(1) as usize;
     let mut tried: Vec<usize> = Vec::with_capacity(tries);
@@ -279,7 +354,14 @@ async fn proxy(
                         ep.record_failure(Instant::now(), settings);
                         dp.metrics()
                             .upstream_error(upstream_id, UpstreamErrorKind::Connect);
+                        let next = match e {
+                            ConnectError::Timeout { .. } => policy.next_upstream.timeout,
+                            _ => policy.next_upstream.error,
+                        };
                         last_err = ProxyError::Connect(e);
+                        if !next {
+                            return Err((last_err, log));
+                        }
                         break;
                     }
                 },
@@ -292,6 +374,32 @@ async fn proxy(
                 {
                     // A 101 the client never asked for has no tunnel to go to.
                     return Err((ProxyError::UnexpectedUpgrade, log));
+                }
+                Ok((resp, _))
+                    if resend.is_some()
+                        && policy
+                            .next_upstream
+                            .statuses
+                            .contains(&resp.status().as_u16())
+                        && tried.len() < tries
+                        && upstream.pick(Instant::now(), &tried).is_some() =>
+                {
+                    // Try the next endpoint with the same request (nginx's `http_502`…).
+                    if resp.status().is_server_error() {
+                        ep.record_failure(Instant::now(), settings);
+                    }
+                    // The guard checked `resend`; the else arm cannot run.
+                    let Some((method, uri, version, headers)) = &resend else {
+                        return Err((ProxyError::BadRequest, log));
+                    };
+                    let mut again =
+                        Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.version_mut() = *version;
+                    *again.headers_mut() = headers.clone();
+                    req = again;
+                    break;
                 }
                 Ok((resp, h1)) => {
                     ep.record_success(Instant::now(), sent_at.elapsed());
@@ -539,6 +647,8 @@ struct RequestLog {
     start: Instant,
     status: u16,
     stats: Option<Arc<RouteStats>>,
+    /// A `limit-connections` slot, held until the response ends.
+    admission: Option<Admission>,
     /// Only built when access logging is on, so the common path allocates nothing for it.
     access: Option<Box<Access>>,
 }
@@ -570,6 +680,7 @@ impl RequestLog {
             start: Instant::now(),
             status: 0,
             stats: None,
+            admission: None,
             access,
         }
     }
@@ -660,6 +771,13 @@ fn request_host<B>(req: &Request<B>) -> HeaderValue {
 
 fn authority_of(host: &str) -> &str {
     if host.is_empty() { "localhost" } else { host }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn wants_upgrade(h: &HeaderMap) -> bool {
@@ -753,6 +871,20 @@ fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Respon
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
+}
+
+/// The answer to a request the access phase turned away.
+fn deny(denied: Denied) -> Response<Body> {
+    match denied {
+        Denied::Limited(status) => local(status, "request limit exceeded\n"),
+        Denied::Forbidden => local(StatusCode::FORBIDDEN, "403 Forbidden\n"),
+        Denied::Unauthorized(challenge) => {
+            let mut resp = local(StatusCode::UNAUTHORIZED, "401 Authorization Required\n");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+            resp
+        }
+    }
 }
 
 /// A short plain-text response made by the proxy itself.

@@ -7,13 +7,19 @@
 //! * [`upstream`] and [`pool`]: endpoint selection, passive health and connections.
 //! * [`tls`]: SNI certificate selection.
 
+pub mod access;
+pub mod auth;
 pub mod dataplane;
+pub mod edge;
 pub mod error;
 pub mod handler;
 mod id;
+pub mod l4;
+pub mod limit;
 pub mod metrics;
 pub mod model;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -138,12 +138,15 @@ pub struct Backend {
     pub upstream: String,
 }
 
-/// Per-route behaviour, with ingress-nginx's defaults.
+/// Per-route behaviour, with ingress-nginx's defaults. Everything a route does beyond
+/// choosing a backend is here, as plain data; the router compiles what needs compiling.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RoutePolicy {
     /// Redirect plain HTTP to HTTPS (308) when the host has TLS.
     pub ssl_redirect: bool,
+    /// Redirect plain HTTP to HTTPS (308) even when the host has no TLS (`force-ssl-redirect`).
+    pub force_ssl_redirect: bool,
     /// Largest request body in bytes; `None` means unlimited (`proxy-body-size: 0`).
     pub max_body_bytes: Option<u64>,
     /// Upstream connect timeout.
@@ -152,22 +155,125 @@ pub struct RoutePolicy {
     pub read_timeout_ms: u64,
     /// Time allowed between two writes to the upstream.
     pub send_timeout_ms: u64,
-    /// How many endpoints a failed connect is tried on, in all (ingress-nginx's
-    /// `proxy-next-upstream-tries`, default 3).
+    /// How many endpoints a request is tried on, in all (`proxy-next-upstream-tries`, default 3).
     pub next_upstream_tries: u32,
+    /// Which failures send a request to the next endpoint (`proxy-next-upstream`).
+    pub next_upstream: NextUpstream,
+    /// `app-root`: a request for exactly `/` gets a 302 to this path.
+    pub app_root: Option<String>,
+    /// `rewrite-target`: the upstream path is this, with `$1`… taken from the route's path
+    /// matched as a regex (nginx's `rewrite`: the whole path is replaced).
+    pub rewrite_target: Option<String>,
+    /// `permanent-redirect` / `temporal-redirect`: every request is answered with a redirect.
+    pub redirect: Option<Redirect>,
+    /// `x-forwarded-prefix`: sent upstream as `X-Forwarded-Prefix`.
+    pub forwarded_prefix: Option<String>,
+    /// `allowlist-source-range` (or `whitelist-…`): CIDRs allowed; others get 403. Empty: all.
+    pub allow_source: Vec<String>,
+    /// `limit-rps`, `limit-rpm`, `limit-connections`: per client IP.
+    pub limit: Option<RateLimit>,
+    /// `auth-type: basic`.
+    pub basic_auth: Option<BasicAuth>,
+    /// `enable-cors`.
+    pub cors: Option<Cors>,
+    /// `default-backend`: where requests go when the route's Service has no ready endpoints.
+    pub fallback: Option<Backend>,
 }
 
 impl Default for RoutePolicy {
     fn default() -> Self {
         RoutePolicy {
             ssl_redirect: true,
+            force_ssl_redirect: false,
             max_body_bytes: Some(1024 * 1024),
             connect_timeout_ms: 5_000,
             read_timeout_ms: 60_000,
             send_timeout_ms: 60_000,
             next_upstream_tries: 3,
+            next_upstream: NextUpstream::default(),
+            app_root: None,
+            rewrite_target: None,
+            redirect: None,
+            forwarded_prefix: None,
+            allow_source: Vec::new(),
+            limit: None,
+            basic_auth: None,
+            cors: None,
+            fallback: None,
         }
     }
+}
+
+/// When a request moves on to the next endpoint (`proxy-next-upstream`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NextUpstream {
+    /// On a connect error, or a connection that fails before the request was sent.
+    pub error: bool,
+    /// On a connect timeout.
+    pub timeout: bool,
+    /// On these response statuses (`http_502`…), for idempotent requests only.
+    pub statuses: Vec<u16>,
+}
+
+impl Default for NextUpstream {
+    /// ingress-nginx's default: `error timeout`.
+    fn default() -> Self {
+        NextUpstream {
+            error: true,
+            timeout: true,
+            statuses: Vec::new(),
+        }
+    }
+}
+
+/// An unconditional redirect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    pub url: String,
+    pub code: u16,
+}
+
+/// Per-client-IP limits, as ingress-nginx's `limit-*` annotations.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub rps: Option<u32>,
+    pub rpm: Option<u32>,
+    /// Burst is the rate times this (`limit-burst-multiplier`, default 5).
+    pub burst_multiplier: u32,
+    pub connections: Option<u32>,
+    /// The status of a rejected request (ingress-nginx's `limit-req-status-code`, default 503).
+    pub status: u16,
+    /// CIDRs exempt from the limits (`limit-allowlist`).
+    pub exempt: Vec<String>,
+}
+
+/// HTTP basic authentication against an htpasswd file.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// htpasswd lines (`user:hash`), from the Secret named by `auth-secret`.
+    pub htpasswd: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// CORS, answered at the edge, as ingress-nginx's `enable-cors` and `cors-*` annotations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cors {
+    /// Allowed origins; `*` allows any.
+    pub allow_origin: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub allow_credentials: bool,
+    pub max_age: u32,
 }
 
 /// A set of endpoints that serve one Service port.
@@ -336,7 +442,7 @@ pub enum Delta {
     PutSni(String, String),
     DelSni(String),
     DefaultBackend(Option<Backend>),
-    Settings(GlobalSettings),
+    Settings(Box<GlobalSettings>),
     PutL4(String, L4Service),
     DelL4(String),
 }
@@ -371,7 +477,7 @@ pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<Delta> {
         out.push(Delta::DefaultBackend(new.default_backend.clone()));
     }
     if old.settings != new.settings {
-        out.push(Delta::Settings(new.settings.clone()));
+        out.push(Delta::Settings(Box::new(new.settings.clone())));
     }
     if old.version != new.version {
         out.push(Delta::Version(new.version));
@@ -429,7 +535,7 @@ impl RoutingTable {
                     self.sni.remove(&k);
                 }
                 Delta::DefaultBackend(b) => self.default_backend = b,
-                Delta::Settings(s) => self.settings = s,
+                Delta::Settings(s) => self.settings = *s,
                 Delta::PutL4(k, v) => {
                     self.l4.insert(k, v);
                 }

@@ -52,6 +52,9 @@ pub struct RouteEntry {
     pub route: Route,
     /// The host has TLS configured, so plain HTTP may be redirected.
     pub tls: bool,
+    /// `rewrite-target`: the route's path as a case-insensitive regex anchored at the start
+    /// (nginx's `rewrite`), and the replacement.
+    pub rewrite: Option<(Regex, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -120,8 +123,27 @@ impl Router {
                     }
                 };
                 if inserted {
+                    let rewrite = match &route.policy.rewrite_target {
+                        Some(target) => {
+                            let pattern = match &route.path {
+                                PathMatch::Regex(p) => p.clone(),
+                                PathMatch::Exact(p) | PathMatch::Prefix(p) => regex::escape(p),
+                            };
+                            let re = regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+                                .case_insensitive(true)
+                                .build()
+                                .map_err(|source| RouterError::Regex {
+                                    host: host.clone(),
+                                    path: pattern,
+                                    source,
+                                })?;
+                            Some((re, target.clone()))
+                        }
+                        None => None,
+                    };
                     r.routes.push(RouteEntry {
                         id,
+                        rewrite,
                         host: host.clone(),
                         route: route.clone(),
                         tls: vhost.tls,

@@ -1,12 +1,15 @@
 //! `nginx.ingress.kubernetes.io/*` annotations parsed into typed values.
 //!
 //! An invalid value is an error for the Ingress that carries it, naming the key and value.
-//! Snippets are never executed: they are reported as ignored. Unknown keys are ignored.
+//! Values are data, never configuration text: a value that would need escaping anywhere
+//! (quotes, newlines, control characters in a header) is refused. Snippets are never
+//! executed: they are reported as ignored. Unknown keys are ignored with a debug log.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use raftgate_proxy::model::Balance;
+use raftgate_proxy::model::NextUpstream;
 use raftgate_proxy::model::Protocol;
 
 use crate::config::parse_size;
@@ -23,18 +26,83 @@ pub struct AnnotationError {
     pub reason: String,
 }
 
+/// Where the htpasswd data sits in the auth Secret (`auth-secret-type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthSecretType {
+    /// The `auth` key holds an htpasswd file.
+    #[default]
+    File,
+    /// Each key is a user and its value the hash.
+    Map,
+}
+
+/// The CORS annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorsAnnotations {
+    pub allow_origin: Vec<String>,
+    pub allow_methods: String,
+    pub allow_headers: String,
+    pub expose_headers: String,
+    pub allow_credentials: bool,
+    pub max_age: u32,
+}
+
+impl Default for CorsAnnotations {
+    /// ingress-nginx's defaults.
+    fn default() -> Self {
+        CorsAnnotations {
+            allow_origin: vec!["*".into()],
+            allow_methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".into(),
+            allow_headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization".into(),
+            expose_headers: String::new(),
+            allow_credentials: true,
+            max_age: 1_728_000,
+        }
+    }
+}
+
 /// The annotations this build understands, all optional.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Annotations {
     pub use_regex: bool,
     pub backend_protocol: Option<Protocol>,
     pub ssl_redirect: Option<bool>,
+    pub force_ssl_redirect: Option<bool>,
+    pub app_root: Option<String>,
+    pub rewrite_target: Option<String>,
+    /// URL and status (301 unless `permanent-redirect-code`).
+    pub permanent_redirect: Option<(String, u16)>,
+    /// URL and status (302 unless `temporal-redirect-code`).
+    pub temporal_redirect: Option<(String, u16)>,
+    pub x_forwarded_prefix: Option<String>,
     pub proxy_body_size: Option<u64>,
     pub proxy_connect_timeout: Option<Duration>,
     pub proxy_read_timeout: Option<Duration>,
     pub proxy_send_timeout: Option<Duration>,
+    pub proxy_next_upstream: Option<NextUpstream>,
     pub proxy_next_upstream_tries: Option<u32>,
     pub load_balance: Option<Balance>,
+    /// `allowlist-source-range` or `whitelist-source-range`.
+    pub allow_source: Option<Vec<String>>,
+    pub limit_rps: Option<u32>,
+    pub limit_rpm: Option<u32>,
+    pub limit_connections: Option<u32>,
+    pub limit_burst_multiplier: Option<u32>,
+    /// `limit-allowlist` or `limit-whitelist`.
+    pub limit_allowlist: Vec<String>,
+    /// `auth-type: basic`.
+    pub auth_basic: bool,
+    /// `namespace/name` or `name` of the htpasswd Secret.
+    pub auth_secret: Option<String>,
+    pub auth_secret_type: AuthSecretType,
+    pub auth_realm: Option<String>,
+    pub cors: Option<CorsAnnotations>,
+    /// Extra host names served by this Ingress's rules.
+    pub server_alias: Vec<String>,
+    /// A Service (same namespace) that answers when the route's Service has no endpoints.
+    pub default_backend: Option<String>,
+    /// Send to the Service's ClusterIP instead of its endpoints.
+    pub service_upstream: bool,
     /// Snippet annotations present on the object; never executed.
     pub ignored_snippets: Vec<String>,
 }
@@ -44,6 +112,10 @@ impl Annotations {
     pub fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotations, AnnotationError> {
         let mut a = Annotations::default();
         let Some(all) = all else { return Ok(a) };
+        let mut cors = CorsAnnotations::default();
+        let mut enable_cors = false;
+        let mut permanent_code = None;
+        let mut temporal_code = None;
         for (full, value) in all {
             let Some(key) = full.strip_prefix(PREFIX) else {
                 continue;
@@ -54,14 +126,55 @@ impl Annotations {
                 reason: reason.into(),
             };
             let v = value.trim();
+            let flag = || boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""));
+            let secs = || seconds(v).ok_or_else(|| err("expected whole seconds above 0"));
+            let count = || positive(v).ok_or_else(|| err("expected a whole number above 0"));
+            let text = || {
+                header_safe(v)
+                    .map(str::to_string)
+                    .ok_or_else(|| err("must be printable text without quotes"))
+            };
             match key {
-                "use-regex" => {
-                    a.use_regex = boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?
+                "use-regex" => a.use_regex = flag()?,
+                "ssl-redirect" => a.ssl_redirect = Some(flag()?),
+                "force-ssl-redirect" => a.force_ssl_redirect = Some(flag()?),
+                "app-root" => {
+                    if !v.starts_with('/') || header_safe(v).is_none() || v.contains(' ') {
+                        return Err(err("expected a path starting with '/'"));
+                    }
+                    a.app_root = Some(v.to_string());
                 }
-                "ssl-redirect" => {
-                    a.ssl_redirect =
-                        Some(boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""))?)
+                "rewrite-target" => {
+                    if v.is_empty() || header_safe(v).is_none() || v.contains(' ') {
+                        return Err(err("expected a path, optionally with $1… captures"));
+                    }
+                    a.rewrite_target = Some(v.to_string());
                 }
+                "permanent-redirect" => {
+                    a.permanent_redirect = Some((
+                        url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?,
+                        301,
+                    ))
+                }
+                "temporal-redirect" => {
+                    a.temporal_redirect = Some((
+                        url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?,
+                        302,
+                    ))
+                }
+                "permanent-redirect-code" => {
+                    permanent_code = Some(
+                        redirect_code(v)
+                            .ok_or_else(|| err("expected a 3xx status from 300 to 308"))?,
+                    )
+                }
+                "temporal-redirect-code" => {
+                    temporal_code = Some(
+                        redirect_code(v)
+                            .ok_or_else(|| err("expected a 3xx status from 300 to 308"))?,
+                    )
+                }
+                "x-forwarded-prefix" => a.x_forwarded_prefix = Some(text()?),
                 "backend-protocol" => {
                     a.backend_protocol = Some(match v.to_ascii_uppercase().as_str() {
                         "HTTP" => Protocol::Http,
@@ -79,17 +192,11 @@ impl Annotations {
                         parse_size(v).ok_or_else(|| err("expected a size such as 0, 8k, 1m"))?,
                     )
                 }
-                "proxy-connect-timeout" => {
-                    a.proxy_connect_timeout =
-                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
-                }
-                "proxy-read-timeout" => {
-                    a.proxy_read_timeout =
-                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
-                }
-                "proxy-send-timeout" => {
-                    a.proxy_send_timeout =
-                        Some(seconds(v).ok_or_else(|| err("expected whole seconds above 0"))?)
+                "proxy-connect-timeout" => a.proxy_connect_timeout = Some(secs()?),
+                "proxy-read-timeout" => a.proxy_read_timeout = Some(secs()?),
+                "proxy-send-timeout" => a.proxy_send_timeout = Some(secs()?),
+                "proxy-next-upstream" => {
+                    a.proxy_next_upstream = Some(next_upstream(v).map_err(|r| err(&r))?)
                 }
                 "proxy-next-upstream-tries" => {
                     a.proxy_next_upstream_tries =
@@ -103,13 +210,85 @@ impl Annotations {
                         _ => return Err(err("expected round_robin, least_conn or ewma")),
                     })
                 }
-                k if k.ends_with("-snippet") || k == "configuration-snippet" => {
-                    a.ignored_snippets.push(k.to_string())
+                "whitelist-source-range" | "allowlist-source-range" => {
+                    a.allow_source = Some(cidrs(v).map_err(|r| err(&r))?)
                 }
+                "limit-rps" => a.limit_rps = Some(count()?),
+                "limit-rpm" => a.limit_rpm = Some(count()?),
+                "limit-connections" => a.limit_connections = Some(count()?),
+                "limit-burst-multiplier" => a.limit_burst_multiplier = Some(count()?),
+                "limit-whitelist" | "limit-allowlist" => {
+                    a.limit_allowlist = cidrs(v).map_err(|r| err(&r))?
+                }
+                "auth-type" => match v {
+                    "basic" => a.auth_basic = true,
+                    "digest" => {
+                        return Err(err("digest authentication is not supported; use basic"));
+                    }
+                    _ => return Err(err("expected basic")),
+                },
+                "auth-secret" => a.auth_secret = Some(text()?),
+                "auth-secret-type" => {
+                    a.auth_secret_type = match v {
+                        "auth-file" => AuthSecretType::File,
+                        "auth-map" => AuthSecretType::Map,
+                        _ => return Err(err("expected auth-file or auth-map")),
+                    }
+                }
+                "auth-realm" => a.auth_realm = Some(text()?),
+                "enable-cors" => enable_cors = flag()?,
+                "cors-allow-origin" => {
+                    cors.allow_origin = v
+                        .split(',')
+                        .map(|o| o.trim().to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect();
+                    if cors.allow_origin.is_empty()
+                        || cors
+                            .allow_origin
+                            .iter()
+                            .any(|o| o != "*" && url(o).is_none())
+                    {
+                        return Err(err(
+                            "expected * or a comma-separated list of http(s)://host[:port] origins",
+                        ));
+                    }
+                }
+                "cors-allow-methods" => cors.allow_methods = text()?,
+                "cors-allow-headers" => cors.allow_headers = text()?,
+                "cors-expose-headers" => cors.expose_headers = text()?,
+                "cors-allow-credentials" => cors.allow_credentials = flag()?,
+                "cors-max-age" => {
+                    cors.max_age = v.parse().map_err(|_| err("expected whole seconds"))?
+                }
+                "server-alias" => {
+                    for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+                        a.server_alias.push(h.to_string());
+                    }
+                }
+                "default-backend" => a.default_backend = Some(text()?),
+                "service-upstream" => a.service_upstream = flag()?,
+                k if k.ends_with("-snippet") => a.ignored_snippets.push(k.to_string()),
                 _ => {
                     tracing::debug!(annotation = %full, "annotation not supported by raftgate; ignored")
                 }
             }
+        }
+        if let (Some((_, code)), Some(c)) = (a.permanent_redirect.as_mut(), permanent_code) {
+            *code = c;
+        }
+        if let (Some((_, code)), Some(c)) = (a.temporal_redirect.as_mut(), temporal_code) {
+            *code = c;
+        }
+        if enable_cors {
+            a.cors = Some(cors);
+        }
+        if a.auth_basic && a.auth_secret.is_none() {
+            return Err(AnnotationError {
+                key: "auth-type".into(),
+                value: "basic".into(),
+                reason: "auth-secret is required with auth-type: basic".into(),
+            });
         }
         Ok(a)
     }
@@ -127,6 +306,69 @@ fn boolean(v: &str) -> Option<bool> {
 fn seconds(v: &str) -> Option<Duration> {
     let n: u64 = v.strip_suffix('s').unwrap_or(v).parse().ok()?;
     (n > 0).then(|| Duration::from_secs(n))
+}
+
+fn positive(v: &str) -> Option<u32> {
+    v.parse::<u32>().ok().filter(|n| *n > 0)
+}
+
+/// Printable ASCII without quotes or backslashes: safe as a header value and in any log.
+fn header_safe(v: &str) -> Option<&str> {
+    v.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        .then_some(v)
+}
+
+fn url(v: &str) -> Option<String> {
+    let v = header_safe(v)?;
+    if v.contains(' ') {
+        return None;
+    }
+    let uri: http::Uri = v.parse().ok()?;
+    matches!(uri.scheme_str(), Some("http" | "https")).then_some(())?;
+    uri.authority()?;
+    Some(v.to_string())
+}
+
+fn redirect_code(v: &str) -> Option<u16> {
+    v.parse::<u16>().ok().filter(|c| (300..=308).contains(c))
+}
+
+fn next_upstream(v: &str) -> Result<NextUpstream, String> {
+    let mut n = NextUpstream {
+        error: false,
+        timeout: false,
+        statuses: Vec::new(),
+    };
+    for word in v.split_whitespace() {
+        match word {
+            "error" => n.error = true,
+            "timeout" => n.timeout = true,
+            "off" => {
+                return Ok(NextUpstream {
+                    error: false,
+                    timeout: false,
+                    statuses: Vec::new(),
+                });
+            }
+            // Retrying these is nginx's business with a buffered body; we never retry on them.
+            "invalid_header" | "non_idempotent" => {}
+            w => match w.strip_prefix("http_").and_then(|c| c.parse::<u16>().ok()) {
+                Some(c @ (403 | 404 | 429 | 500 | 502 | 503 | 504)) => n.statuses.push(c),
+                _ => return Err(format!("unknown condition {w:?}")),
+            },
+        }
+    }
+    Ok(n)
+}
+
+/// A comma-separated list of CIDRs or single addresses, checked and normalised.
+pub fn cidrs(v: &str) -> Result<Vec<String>, String> {
+    let nets = raftgate_proxy::limit::parse_cidr_list(v).map_err(|e| e.to_string())?;
+    if nets.is_empty() {
+        return Err("no ranges given".into());
+    }
+    Ok(nets.iter().map(ToString::to_string).collect())
 }
 
 #[cfg(test)]
@@ -150,6 +392,13 @@ mod tests {
             ("proxy-read-timeout", "3600"),
             ("load-balance", "ewma"),
             ("server-snippet", "return 200;"),
+            ("app-root", "/corp"),
+            ("permanent-redirect", "https://example.org/new"),
+            ("permanent-redirect-code", "308"),
+            ("whitelist-source-range", "10.0.0.0/8, 192.168.1.1"),
+            ("limit-rps", "5"),
+            ("proxy-next-upstream", "error timeout http_502"),
+            ("server-alias", "a.example.com, b.example.com"),
         ])
         .unwrap();
         assert!(a.use_regex);
@@ -158,6 +407,42 @@ mod tests {
         assert_eq!(a.proxy_read_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(a.load_balance, Some(Balance::Ewma));
         assert_eq!(a.ignored_snippets, vec!["server-snippet".to_string()]);
+        assert_eq!(a.app_root.as_deref(), Some("/corp"));
+        assert_eq!(
+            a.permanent_redirect,
+            Some(("https://example.org/new".into(), 308))
+        );
+        assert_eq!(
+            a.allow_source,
+            Some(vec!["10.0.0.0/8".into(), "192.168.1.1/32".into()])
+        );
+        assert_eq!(a.limit_rps, Some(5));
+        assert_eq!(
+            a.proxy_next_upstream,
+            Some(NextUpstream {
+                error: true,
+                timeout: true,
+                statuses: vec![502]
+            })
+        );
+        assert_eq!(a.server_alias, vec!["a.example.com", "b.example.com"]);
+    }
+
+    #[test]
+    fn cors_defaults_apply_only_when_enabled() {
+        assert_eq!(
+            ann(&[("cors-allow-origin", "https://a.com")]).unwrap().cors,
+            None
+        );
+        let a = ann(&[
+            ("enable-cors", "true"),
+            ("cors-allow-origin", "https://a.com, https://b.com:8443"),
+        ])
+        .unwrap();
+        let c = a.cors.unwrap();
+        assert_eq!(c.allow_origin, vec!["https://a.com", "https://b.com:8443"]);
+        assert!(c.allow_credentials);
+        assert_eq!(c.max_age, 1_728_000);
     }
 
     #[test]
@@ -165,14 +450,31 @@ mod tests {
         let e = ann(&[("proxy-body-size", "big")]).unwrap_err();
         assert_eq!(e.key, "proxy-body-size");
         assert!(e.to_string().contains("\"big\""));
-        assert!(ann(&[("use-regex", "yes")]).is_err());
+        for (k, v) in [
+            ("use-regex", "yes"),
+            ("backend-protocol", "FCGI"),
+            ("proxy-read-timeout", "0"),
+            ("app-root", "corp"),
+            ("permanent-redirect", "/relative"),
+            ("permanent-redirect", "https://a.com/\"; evil"),
+            ("permanent-redirect-code", "200"),
+            ("whitelist-source-range", "10.0.0.0/33"),
+            ("whitelist-source-range", "not-an-ip"),
+            ("limit-rps", "0"),
+            ("auth-type", "digest"),
+            ("cors-allow-origin", "javascript:alert(1)"),
+            ("proxy-next-upstream", "error sometimes"),
+            ("x-forwarded-prefix", "line\nbreak"),
+        ] {
+            let e = ann(&[(k, v)]).unwrap_err();
+            assert_eq!(e.key, k, "{k}={v}");
+        }
         assert!(
-            ann(&[("backend-protocol", "FCGI")])
+            ann(&[("auth-type", "basic")])
                 .unwrap_err()
                 .reason
-                .contains("not supported")
+                .contains("auth-secret is required")
         );
-        assert!(ann(&[("proxy-read-timeout", "0")]).is_err());
     }
 
     #[test]

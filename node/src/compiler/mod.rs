@@ -26,11 +26,17 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use raftgate_proxy::model::ANY_HOST;
 use raftgate_proxy::model::Backend;
 use raftgate_proxy::model::Balance;
+use raftgate_proxy::model::BasicAuth;
 use raftgate_proxy::model::Certificate;
+use raftgate_proxy::model::Cors;
 use raftgate_proxy::model::Endpoint;
 use raftgate_proxy::model::GlobalSettings;
+use raftgate_proxy::model::L4Protocol;
+use raftgate_proxy::model::L4Service;
 use raftgate_proxy::model::PathMatch;
 use raftgate_proxy::model::Protocol;
+use raftgate_proxy::model::RateLimit;
+use raftgate_proxy::model::Redirect;
 use raftgate_proxy::model::Route;
 use raftgate_proxy::model::RoutePolicy;
 use raftgate_proxy::model::RoutingTable;
@@ -40,6 +46,7 @@ use raftgate_proxy::router::prefix_key;
 
 use self::annotations::AnnotationError;
 use self::annotations::Annotations;
+use self::annotations::AuthSecretType;
 use crate::config::RouteDefaults;
 use crate::objects::Key;
 use crate::objects::Objects;
@@ -64,6 +71,8 @@ pub enum CompileError {
     NoPort { service: String },
     #[error("spec has neither rules nor a defaultBackend")]
     Empty,
+    #[error("auth-secret {secret}: {reason}")]
+    Auth { secret: String, reason: String },
 }
 
 /// How bad a problem is.
@@ -92,11 +101,38 @@ impl fmt::Display for Problem {
 }
 
 /// What the compiler needs from the config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     pub class: String,
     pub watch_without_class: bool,
     pub defaults: RouteDefaults,
+    /// The tcp-services ConfigMap (`namespace/name`), if any.
+    pub tcp_services: Option<String>,
+    /// The udp-services ConfigMap (`namespace/name`), if any.
+    pub udp_services: Option<String>,
+    /// Ports the node's own listeners use; L4 entries on them are refused.
+    pub reserved_ports: Vec<u16>,
+}
+
+impl Options {
+    /// Options from a node config.
+    pub fn from_config(cfg: &crate::config::Config) -> Options {
+        let mut reserved: Vec<u16> = [cfg.listen.http, cfg.listen.https, Some(cfg.admin.listen)]
+            .into_iter()
+            .flatten()
+            .map(|a| a.port())
+            .filter(|p| *p != 0)
+            .collect();
+        reserved.sort_unstable();
+        Options {
+            class: cfg.ingress_class.name.clone(),
+            watch_without_class: cfg.ingress_class.watch_without_class,
+            defaults: cfg.defaults.clone(),
+            tcp_services: cfg.l4.tcp_services_configmap.clone(),
+            udp_services: cfg.l4.udp_services_configmap.clone(),
+            reserved_ports: reserved,
+        }
+    }
 }
 
 /// The output of one compilation. `table.version` is left at 0 for the caller to set.
@@ -117,6 +153,8 @@ pub struct Compiler {
 struct Plan {
     key: Key,
     rules: Vec<(String, Vec<Route>)>,
+    /// `server-alias` hosts and the routes they serve (only where no Ingress defines the host).
+    aliases: Vec<(String, Vec<Route>)>,
     tls_hosts: Vec<(String, Option<String>)>,
     default_backend: Option<Backend>,
     upstreams: Vec<(String, UpstreamRef)>,
@@ -130,6 +168,8 @@ struct UpstreamRef {
     port: PortRef,
     protocol: Protocol,
     balance: Balance,
+    /// Use the ClusterIP and Service port instead of the endpoints (`service-upstream`).
+    service_upstream: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -184,7 +224,7 @@ impl Compiler {
                 severity,
                 reason,
             };
-            match self.plan(ing) {
+            match self.plan(ing, objs) {
                 Ok((plan, warnings)) => {
                     out.problems
                         .extend(warnings.into_iter().map(|w| problem(Severity::Warning, w)));
@@ -196,7 +236,7 @@ impl Compiler {
                         .last_good
                         .get(&key)
                         .cloned()
-                        .and_then(|old| self.plan(&old).ok());
+                        .and_then(|old| self.plan(&old, objs).ok());
                     match fallback {
                         Some((plan, _)) => {
                             out.problems.push(problem(
@@ -213,7 +253,54 @@ impl Compiler {
             }
         }
         merge(plans, objs, &mut out);
+        self.l4(objs, &mut out);
         out
+    }
+
+    /// ingress-nginx's tcp-services and udp-services ConfigMaps: each entry
+    /// `"<port>": "<namespace>/<service>:<port or name>[:PROXY][:PROXY]"` becomes an L4 service.
+    fn l4(&self, objs: &Objects, out: &mut Output) {
+        let maps = [
+            (L4Protocol::Tcp, &self.opts.tcp_services),
+            (L4Protocol::Udp, &self.opts.udp_services),
+        ];
+        for (protocol, name) in maps {
+            let Some(name) = name else { continue };
+            let key = match name.split_once('/') {
+                Some((ns, n)) => Key::new(ns, n),
+                None => Key::new("default", name),
+            };
+            let Some(cm) = objs.config_maps.get(&key) else {
+                continue;
+            };
+            for (port, value) in cm.data.iter().flatten() {
+                let problem = |reason: String| Problem {
+                    kind: "ConfigMap",
+                    object: key.to_string(),
+                    severity: Severity::Rejected,
+                    reason: format!("entry {port:?}: {reason}"),
+                };
+                match l4_entry(protocol, port, value, &self.opts.reserved_ports) {
+                    Ok((svc, r)) => {
+                        if !out.table.upstreams.contains_key(&svc.upstream) {
+                            let (up, warnings) = resolve(objs, &r);
+                            for w in warnings {
+                                out.problems.push(Problem {
+                                    kind: "Service",
+                                    object: format!("{}/{}", r.namespace, r.service),
+                                    severity: Severity::Warning,
+                                    reason: w,
+                                });
+                            }
+                            out.table.upstreams.insert(svc.upstream.clone(), up);
+                        }
+                        let source = format!("{key}:{port}");
+                        out.table.l4.insert(svc.key(), L4Service { source, ..svc });
+                    }
+                    Err(reason) => out.problems.push(problem(reason)),
+                }
+            }
+        }
     }
 
     /// Whether the IngressClass named in the config is marked default, so class-less Ingresses are ours.
@@ -247,7 +334,7 @@ impl Compiler {
     }
 
     /// Validates and translates one Ingress. Errors reject it; warnings are returned beside.
-    fn plan(&self, ing: &Ingress) -> Result<(Plan, Vec<String>), CompileError> {
+    fn plan(&self, ing: &Ingress, objs: &Objects) -> Result<(Plan, Vec<String>), CompileError> {
         let key = Key::of(&ing.metadata);
         let ns = key.namespace.clone();
         let ann = Annotations::parse(ing.metadata.annotations.as_ref())?;
@@ -262,27 +349,47 @@ impl Compiler {
             })
             .collect();
         let d = &self.opts.defaults;
-        let policy = policy(d, &ann);
+        let mut policy = policy(d, &ann);
+        if ann.auth_basic {
+            policy.basic_auth = Some(basic_auth(objs, &ns, &ann)?);
+        }
         let protocol = ann.backend_protocol.unwrap_or_default();
         let balance = ann.load_balance.unwrap_or(d.load_balance);
         let source = key.to_string();
         let mut plan = Plan {
             key: key.clone(),
             rules: Vec::new(),
+            aliases: Vec::new(),
             tls_hosts: Vec::new(),
             default_backend: None,
             upstreams: Vec::new(),
+        };
+        let service_upstream = ann.service_upstream;
+        let upstream = |service: &str, port: PortRef, plan: &mut Plan| -> Backend {
+            let mut id = UpstreamId::format(&ns, service, &port.to_string(), protocol, balance);
+            if service_upstream {
+                id.push_str("|cluster-ip");
+            }
+            let r = UpstreamRef {
+                namespace: ns.clone(),
+                service: service.into(),
+                port,
+                protocol,
+                balance,
+                service_upstream,
+            };
+            plan.upstreams.push((id.clone(), r));
+            Backend { upstream: id }
         };
         let backend =
             |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
                 let Some(svc) = &b.service else {
                     return Err(CompileError::ResourceBackend { path: path.into() });
                 };
-                let port = match (
-                    &svc.port.as_ref().and_then(|p| p.number),
-                    svc.port.as_ref().and_then(|p| p.name.clone()),
-                ) {
-                    (Some(n), _) => PortRef::Number(*n),
+                let number = svc.port.as_ref().and_then(|p| p.number);
+                let name = svc.port.as_ref().and_then(|p| p.name.clone());
+                let port = match (number, name) {
+                    (Some(n), _) => PortRef::Number(n),
                     (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
                     _ => {
                         return Err(CompileError::NoPort {
@@ -290,19 +397,27 @@ impl Compiler {
                         });
                     }
                 };
-                let id = UpstreamId::format(&ns, &svc.name, &port.to_string(), protocol, balance);
-                plan.upstreams.push((
-                    id.clone(),
-                    UpstreamRef {
-                        namespace: ns.clone(),
-                        service: svc.name.clone(),
-                        port,
-                        protocol,
-                        balance,
-                    },
-                ));
-                Ok(Backend { upstream: id })
+                Ok(upstream(&svc.name, port, plan))
             };
+        if let Some(fallback) = &ann.default_backend {
+            // ingress-nginx's `default-backend` names a Service in the Ingress's namespace; the
+            // port is its first one.
+            let port = objs
+                .services
+                .get(&Key::new(&ns, fallback))
+                .and_then(|s| s.spec.as_ref())
+                .and_then(|s| s.ports.as_ref())
+                .and_then(|p| p.first())
+                .map(|p| p.port);
+            match port {
+                Some(p) => {
+                    policy.fallback = Some(upstream(fallback, PortRef::Number(p), &mut plan))
+                }
+                None => warnings.push(format!(
+                    "default-backend Service {ns}/{fallback} not found or has no ports; ignored"
+                )),
+            }
+        }
 
         let spec = ing.spec.clone().unwrap_or_default();
         if let Some(b) = &spec.default_backend {
@@ -312,6 +427,8 @@ impl Compiler {
         if rules.is_empty() && plan.default_backend.is_none() {
             return Err(CompileError::Empty);
         }
+        // rewrite-target makes ImplementationSpecific paths regexes, as in ingress-nginx.
+        let regex_paths = ann.use_regex || ann.rewrite_target.is_some();
         for rule in &rules {
             let host = match rule.host.as_deref() {
                 None | Some("") => ANY_HOST.to_string(),
@@ -331,15 +448,9 @@ impl Compiler {
                 let path = match p.path_type.as_str() {
                     "Exact" => PathMatch::Exact(validate_path(&raw)?.to_string()),
                     "Prefix" => PathMatch::Prefix(validate_path(&raw)?.to_string()),
-                    "ImplementationSpecific" if ann.use_regex => {
+                    "ImplementationSpecific" if regex_paths => {
                         let raw = if raw.is_empty() { "/".to_string() } else { raw };
-                        regex::RegexBuilder::new(&format!("^(?:{raw})"))
-                            .size_limit(1 << 20)
-                            .build()
-                            .map_err(|e| CompileError::Path {
-                                path: raw.clone(),
-                                reason: format!("invalid regex: {e}"),
-                            })?;
+                        check_regex(&raw)?;
                         PathMatch::Regex(raw)
                     }
                     "ImplementationSpecific" => {
@@ -377,6 +488,17 @@ impl Compiler {
             }
             plan.rules.push((host, routes));
         }
+        for alias in &ann.server_alias {
+            validate_host(alias)?;
+            // An alias serves the routes of the Ingress's rules that name a host.
+            let routes: Vec<Route> = plan
+                .rules
+                .iter()
+                .filter(|(h, _)| h != ANY_HOST)
+                .flat_map(|(_, r)| r.clone())
+                .collect();
+            plan.aliases.push((alias.clone(), routes));
+        }
         for tls in spec.tls.unwrap_or_default() {
             let secret = tls.secret_name.filter(|s| !s.is_empty());
             let hosts = tls.hosts.unwrap_or_default();
@@ -392,11 +514,141 @@ impl Compiler {
     }
 }
 
-/// A route's policy: the annotations over the configured defaults.
+/// One tcp/udp-services entry.
+fn l4_entry(
+    protocol: L4Protocol,
+    port: &str,
+    value: &str,
+    reserved: &[u16],
+) -> Result<(L4Service, UpstreamRef), String> {
+    let port: u16 = port
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or("the key must be a port from 1 to 65535")?;
+    if reserved.contains(&port) {
+        return Err(format!("port {port} is one of raftgate's own listeners"));
+    }
+    let mut parts = value.trim().split(':');
+    let target = parts.next().unwrap_or_default();
+    let svc_port = parts
+        .next()
+        .ok_or("expected <namespace>/<service>:<port>")?;
+    let proxy_in = parts.next();
+    let proxy_out = parts.next();
+    if parts.next().is_some() {
+        return Err("too many ':' fields".into());
+    }
+    let flag = |f: Option<&str>| match f {
+        None | Some("") => Ok(false),
+        Some("PROXY") => Ok(true),
+        Some(other) => Err(format!("expected PROXY, not {other:?}")),
+    };
+    let (proxy_protocol_in, proxy_protocol_out) = (flag(proxy_in)?, flag(proxy_out)?);
+    let (namespace, service) = target
+        .split_once('/')
+        .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+        .ok_or("expected <namespace>/<service>:<port>")?;
+    let port_ref = match svc_port.parse::<i32>() {
+        Ok(n) if n > 0 && n <= 65535 => PortRef::Number(n),
+        Ok(_) => return Err(format!("service port {svc_port} out of range")),
+        Err(_) if !svc_port.is_empty() => PortRef::Name(svc_port.to_string()),
+        Err(_) => return Err("the service port is missing".into()),
+    };
+    let upstream = UpstreamId::format(
+        namespace,
+        service,
+        &port_ref.to_string(),
+        Protocol::Http,
+        Balance::RoundRobin,
+    );
+    let r = UpstreamRef {
+        namespace: namespace.into(),
+        service: service.into(),
+        port: port_ref,
+        protocol: Protocol::Http,
+        balance: Balance::RoundRobin,
+        service_upstream: false,
+    };
+    let svc = L4Service {
+        protocol,
+        port,
+        upstream,
+        proxy_protocol_in,
+        proxy_protocol_out,
+        source: String::new(),
+    };
+    Ok((svc, r))
+}
+
+/// Checks a regex path as the router will build it.
+fn check_regex(raw: &str) -> Result<(), CompileError> {
+    regex::RegexBuilder::new(&format!("^(?:{raw})"))
+        .size_limit(1 << 20)
+        .build()
+        .map(|_| ())
+        .map_err(|e| CompileError::Path {
+            path: raw.into(),
+            reason: format!("invalid regex: {e}"),
+        })
+}
+
+/// The htpasswd data of an `auth-secret`. A missing or unusable Secret rejects the Ingress:
+/// authentication fails closed.
+fn basic_auth(objs: &Objects, ns: &str, ann: &Annotations) -> Result<BasicAuth, CompileError> {
+    let name = ann.auth_secret.as_deref().unwrap_or_default();
+    let key = match name.split_once('/') {
+        Some((n, s)) => Key::new(n, s),
+        None => Key::new(ns, name),
+    };
+    let err = |reason: String| CompileError::Auth {
+        secret: key.to_string(),
+        reason,
+    };
+    let secret = objs
+        .secrets
+        .get(&key)
+        .ok_or_else(|| err("Secret not found".into()))?;
+    let mut data: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    data.extend(
+        secret
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let htpasswd = match ann.auth_secret_type {
+        AuthSecretType::File => data
+            .get("auth")
+            .cloned()
+            .ok_or_else(|| err("no `auth` key (auth-secret-type: auth-file)".into()))?,
+        AuthSecretType::Map => data
+            .iter()
+            .map(|(user, hash)| format!("{user}:{}\n", hash.trim()))
+            .collect(),
+    };
+    raftgate_proxy::auth::Htpasswd::parse(&htpasswd).map_err(|e| err(e.to_string()))?;
+    Ok(BasicAuth {
+        realm: ann.auth_realm.clone().unwrap_or_default(),
+        htpasswd,
+    })
+}
+
+/// A route's policy from the annotations over the configured defaults. Secrets and
+/// Services are looked up by the caller.
 fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let limited =
+        ann.limit_rps.is_some() || ann.limit_rpm.is_some() || ann.limit_connections.is_some();
     RoutePolicy {
         ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
+        force_ssl_redirect: ann.force_ssl_redirect.unwrap_or(false),
         max_body_bytes: match ann.proxy_body_size.unwrap_or(d.proxy_body_size) {
             0 => None,
             n => Some(n),
@@ -407,6 +659,37 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
         next_upstream_tries: ann
             .proxy_next_upstream_tries
             .unwrap_or(d.proxy_next_upstream_tries),
+        next_upstream: ann.proxy_next_upstream.clone().unwrap_or_default(),
+        app_root: ann.app_root.clone(),
+        rewrite_target: ann.rewrite_target.clone(),
+        redirect: ann
+            .permanent_redirect
+            .as_ref()
+            .or(ann.temporal_redirect.as_ref())
+            .map(|(url, code)| Redirect {
+                url: url.clone(),
+                code: *code,
+            }),
+        forwarded_prefix: ann.x_forwarded_prefix.clone(),
+        allow_source: ann.allow_source.clone().unwrap_or_default(),
+        limit: limited.then(|| RateLimit {
+            rps: ann.limit_rps,
+            rpm: ann.limit_rpm,
+            burst_multiplier: ann.limit_burst_multiplier.unwrap_or(5),
+            connections: ann.limit_connections,
+            status: d.limit_req_status_code,
+            exempt: ann.limit_allowlist.clone(),
+        }),
+        basic_auth: None,
+        cors: ann.cors.as_ref().map(|c| Cors {
+            allow_origin: c.allow_origin.clone(),
+            allow_methods: c.allow_methods.clone(),
+            allow_headers: c.allow_headers.clone(),
+            expose_headers: c.expose_headers.clone(),
+            allow_credentials: c.allow_credentials,
+            max_age: c.max_age,
+        }),
+        fallback: None,
     }
 }
 
@@ -422,6 +705,10 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
     let mut claimed: BTreeMap<(String, PathMatch), String> = BTreeMap::new();
     let mut refs: BTreeMap<String, UpstreamRef> = BTreeMap::new();
     let mut sni_secrets: BTreeMap<String, (String, Key)> = BTreeMap::new();
+    let rule_hosts: BTreeSet<String> = plans
+        .iter()
+        .flat_map(|p| p.rules.iter().map(|(h, _)| h.clone()))
+        .collect();
     for plan in plans {
         let owner = plan.key.to_string();
         let warn = |out_problems: &mut Vec<Problem>, reason: String| {
@@ -433,7 +720,18 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
             })
         };
         let only_default = plan.rules.is_empty();
-        for (host, routes) in plan.rules {
+        let mut aliases = Vec::new();
+        for (alias, routes) in plan.aliases {
+            if rule_hosts.contains(&alias) {
+                warn(
+                    &mut out.problems,
+                    format!("server-alias {alias} ignored: an Ingress rule defines that host"),
+                );
+            } else {
+                aliases.push((alias, routes));
+            }
+        }
+        for (host, routes) in plan.rules.into_iter().chain(aliases) {
             let vhost = t.vhosts.entry(host.clone()).or_default();
             if vhost.default_backend.is_none() {
                 vhost.default_backend = plan.default_backend.clone();
@@ -652,6 +950,21 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             Err(_) => warnings.push(format!("port {port} out of range")),
         }
         return (up, warnings);
+    }
+    if let (Some(sp), true) = (found, r.service_upstream) {
+        match spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        {
+            Some(ip) => {
+                let mut eps = BTreeSet::new();
+                push_addr(&mut eps, ip, sp.port, &mut warnings);
+                up.endpoints = eps.into_iter().collect();
+                return (up, warnings);
+            }
+            None => warnings.push("service-upstream needs a ClusterIP; using the endpoints".into()),
+        }
     }
     let Some(sp) = found else {
         warnings.push(format!(

@@ -15,6 +15,7 @@ fn compiler(class: &str) -> Compiler {
         class: class.into(),
         watch_without_class: false,
         defaults: RouteDefaults::default(),
+        ..Options::default()
     })
 }
 
@@ -151,6 +152,7 @@ spec:
         class: "other".into(),
         watch_without_class: true,
         defaults: RouteDefaults::default(),
+        ..Options::default()
     });
     assert!(
         c.compile(&objects(&yaml))
@@ -607,4 +609,206 @@ fn compilation_is_deterministic_whatever_the_insertion_order() {
     assert_eq!(a.table, b.table);
     // Same timestamp: namespace/name breaks the tie, so "a" wins.
     assert_eq!(a.table.vhosts["a.com"].routes[0].source, "app/a");
+}
+
+fn with_annotations(ing: &str, annotations: &str) -> String {
+    ing.replace(
+        "namespace: app,",
+        &format!("namespace: app, annotations: {{{annotations}}},"),
+    )
+}
+
+#[test]
+fn tcp_and_udp_services_config_maps_become_l4_services() {
+    let cm = r#"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: tcp-services, namespace: ingress-nginx}
+data:
+  "7306": "app/web:80"
+  "1883": "app/web:http:PROXY"
+  "2000": "app/web:80::PROXY"
+  "80": "app/web:80"
+  "notaport": "app/web:80"
+  "3000": "web:80"
+  "3001": "app/web:80:SOCKS"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: udp-services, namespace: ingress-nginx}
+data: {"53": "app/web:80"}
+"#;
+    let mut c = Compiler::new(Options {
+        class: "nginx".into(),
+        tcp_services: Some("ingress-nginx/tcp-services".into()),
+        udp_services: Some("ingress-nginx/udp-services".into()),
+        reserved_ports: vec![80],
+        ..Options::default()
+    });
+    let out = c.compile(&objects(&(svc("web", "10.0.0.1") + cm)));
+    let l4 = &out.table.l4;
+    assert_eq!(l4["tcp/7306"].upstream, "app/web:80");
+    assert!(!l4["tcp/7306"].proxy_protocol_in);
+    assert!(l4["tcp/1883"].proxy_protocol_in && !l4["tcp/1883"].proxy_protocol_out);
+    assert!(!l4["tcp/2000"].proxy_protocol_in && l4["tcp/2000"].proxy_protocol_out);
+    assert_eq!(l4["udp/53"].protocol, L4Protocol::Udp);
+    assert_eq!(l4["tcp/7306"].source, "ingress-nginx/tcp-services:7306");
+    // The port name resolves like an Ingress backend's.
+    assert_eq!(
+        out.table.upstreams["app/web:http"].endpoints,
+        vec![Endpoint::Addr("10.0.0.1:8080".parse().unwrap())]
+    );
+    let r = rejected(&out);
+    assert_eq!(r.len(), 4, "{r:?}");
+    assert!(
+        r.iter()
+            .any(|p| p.contains("\"80\"") && p.contains("raftgate's own listeners"))
+    );
+    assert!(r.iter().any(|p| p.contains("\"notaport\"")));
+    assert!(
+        r.iter()
+            .any(|p| p.contains("\"3000\"") && p.contains("<namespace>/<service>"))
+    );
+    assert!(
+        r.iter()
+            .any(|p| p.contains("\"3001\"") && p.contains("SOCKS"))
+    );
+}
+
+#[test]
+fn redirect_rewrite_and_access_annotations_reach_the_policy() {
+    let ing = with_annotations(
+        &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/api(/|$)(.*)", "ImplementationSpecific", "web"),
+        ),
+        r#"nginx.ingress.kubernetes.io/rewrite-target: "/$2", nginx.ingress.kubernetes.io/app-root: /corp, nginx.ingress.kubernetes.io/whitelist-source-range: "10.0.0.0/8", nginx.ingress.kubernetes.io/limit-rps: "2", nginx.ingress.kubernetes.io/enable-cors: "true", nginx.ingress.kubernetes.io/x-forwarded-prefix: /api"#,
+    );
+    let out = compile(&(svc("web", "10.0.0.1") + &ing));
+    assert!(rejected(&out).is_empty(), "{:?}", out.problems);
+    let r = &out.table.vhosts["a.com"].routes[0];
+    assert_eq!(
+        r.path,
+        PathMatch::Regex("/api(/|$)(.*)".into()),
+        "rewrite-target makes the path a regex"
+    );
+    assert_eq!(r.policy.rewrite_target.as_deref(), Some("/$2"));
+    assert_eq!(r.policy.app_root.as_deref(), Some("/corp"));
+    assert_eq!(r.policy.allow_source, vec!["10.0.0.0/8".to_string()]);
+    let limit = r.policy.limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.rps, limit.burst_multiplier, limit.status),
+        (Some(2), 5, 503)
+    );
+    assert_eq!(
+        r.policy.cors.as_ref().unwrap().allow_origin,
+        vec!["*".to_string()]
+    );
+    assert_eq!(r.policy.forwarded_prefix.as_deref(), Some("/api"));
+}
+
+#[test]
+fn basic_auth_needs_a_usable_secret_and_fails_closed() {
+    // {SHA} of "pass".
+    let secret = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic, namespace: app}\nstringData: {auth: \"alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\"}\n";
+    let auth = r#"nginx.ingress.kubernetes.io/auth-type: basic, nginx.ingress.kubernetes.io/auth-secret: basic, nginx.ingress.kubernetes.io/auth-realm: "Staff only""#;
+    let ing = with_annotations(
+        &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        ),
+        auth,
+    );
+    let out = compile(&(svc("web", "10.0.0.1") + secret + &ing));
+    let a = out.table.vhosts["a.com"].routes[0]
+        .policy
+        .basic_auth
+        .clone()
+        .unwrap();
+    assert_eq!(a.realm, "Staff only");
+    assert!(a.htpasswd.starts_with("alice:"));
+
+    let out = compile(&(svc("web", "10.0.0.1") + &ing));
+    assert!(out.table.vhosts.is_empty(), "no Secret: not served at all");
+    assert!(rejected(&out)[0].contains("auth-secret app/basic: Secret not found"));
+
+    let map = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic, namespace: app}\nstringData: {alice: \"{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\"}\n";
+    let ing_map = with_annotations(
+        &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        ),
+        &format!("{auth}, nginx.ingress.kubernetes.io/auth-secret-type: auth-map"),
+    );
+    let out = compile(&(svc("web", "10.0.0.1") + map + &ing_map));
+    assert!(
+        out.table.vhosts["a.com"].routes[0]
+            .policy
+            .basic_auth
+            .is_some(),
+        "{:?}",
+        out.problems
+    );
+}
+
+#[test]
+fn server_aliases_serve_the_same_routes_unless_a_rule_owns_the_host() {
+    let ing = with_annotations(
+        &ingress(
+            "i",
+            "2024-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web"),
+        ),
+        r#"nginx.ingress.kubernetes.io/server-alias: "www.a.com, b.com""#,
+    );
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &ing
+            + &ingress(
+                "j",
+                "2024-02-01T00:00:00Z",
+                &rule("b.com", "/", "Prefix", "web"),
+            )),
+    );
+    assert_eq!(out.table.vhosts["www.a.com"].routes[0].source, "app/i");
+    assert_eq!(
+        out.table.vhosts["b.com"].routes[0].source, "app/j",
+        "a real rule host wins over an alias"
+    );
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.reason.contains("server-alias b.com ignored"))
+    );
+}
+
+#[test]
+fn service_upstream_and_default_backend_annotations() {
+    let yaml = svc("web", "10.0.0.1")
+        .replace("spec: {ports:", "spec: {clusterIP: 10.96.0.7, ports:")
+        + &svc("fallback", "10.0.0.2")
+        + &with_annotations(
+            &ingress(
+                "i",
+                "2024-01-01T00:00:00Z",
+                &rule("a.com", "/", "Prefix", "web"),
+            ),
+            r#"nginx.ingress.kubernetes.io/service-upstream: "true", nginx.ingress.kubernetes.io/default-backend: fallback"#,
+        );
+    let out = compile(&yaml);
+    let r = &out.table.vhosts["a.com"].routes[0];
+    assert_eq!(r.backend.upstream, "app/web:80|cluster-ip");
+    assert_eq!(
+        out.table.upstreams["app/web:80|cluster-ip"].endpoints,
+        vec![Endpoint::Addr("10.96.0.7:80".parse().unwrap())]
+    );
+    let fb = r.policy.fallback.as_ref().unwrap();
+    assert_eq!(
+        out.table.upstreams[&fb.upstream].endpoints,
+        vec![Endpoint::Addr("10.0.0.2:8080".parse().unwrap())]
+    );
 }

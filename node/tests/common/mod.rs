@@ -53,7 +53,12 @@ impl Echo {
     }
 
     pub async fn start_with(name: &str, delay: Duration) -> Echo {
-        Echo::spawn(name, delay, None).await
+        Echo::spawn(name, delay, None, 200).await
+    }
+
+    /// An echo upstream that answers every request with `status`.
+    pub async fn start_status(name: &str, status: u16) -> Echo {
+        Echo::spawn(name, Duration::ZERO, None, status).await
     }
 
     /// An echo upstream that speaks TLS (HTTP/1.1 or h2 by ALPN), with a self-signed certificate.
@@ -77,11 +82,17 @@ impl Echo {
             name,
             Duration::ZERO,
             Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg))),
+            200,
         )
         .await
     }
 
-    async fn spawn(name: &str, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> Echo {
+    async fn spawn(
+        name: &str,
+        delay: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        status: u16,
+    ) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -94,10 +105,10 @@ impl Echo {
                 let (n, h, tls) = (n.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tls {
-                        None => serve_echo(stream, n, h, delay).await,
+                        None => serve_echo(stream, n, h, delay, status).await,
                         Some(acceptor) => {
                             if let Ok(s) = acceptor.accept(stream).await {
-                                serve_echo(s, n, h, delay).await
+                                serve_echo(s, n, h, delay, status).await
                             }
                         }
                     }
@@ -113,7 +124,7 @@ impl Echo {
     }
 }
 
-async fn serve_echo<I>(io: I, n: String, h: Arc<AtomicUsize>, delay: Duration)
+async fn serve_echo<I>(io: I, n: String, h: Arc<AtomicUsize>, delay: Duration, status: u16)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -141,6 +152,7 @@ where
             let json = serde_json::json!({"backend": n, "version": version, "method": method, "uri": uri, "headers": headers, "body_len": body});
             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
             resp.headers_mut().insert("x-backend", n.parse().unwrap());
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
             Ok::<_, Infallible>(resp)
         }
     });

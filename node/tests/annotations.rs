@@ -1,0 +1,420 @@
+//! ingress-nginx annotations end to end: each one's behaviour on the wire (statuses,
+//! headers, which backend answered).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http::StatusCode;
+use http_body_util::Full;
+
+fn ann(pairs: &[(&str, &str)]) -> String {
+    let body: String = pairs
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    format!("  annotations:\n{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_app_root_and_force_ssl_redirect() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let m = service("r", "web", &[&web])
+        + &ingress(
+            "r",
+            "perm",
+            "perm.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("permanent-redirect", "https://new.example.org/landing")]),
+        )
+        + &ingress(
+            "r",
+            "temp",
+            "temp.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("temporal-redirect", "https://maint.example.org/"),
+                ("temporal-redirect-code", "307"),
+            ]),
+        )
+        + &ingress(
+            "r",
+            "root",
+            "corp.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("app-root", "/corp")]),
+        )
+        + &ingress(
+            "r",
+            "force",
+            "force.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("force-ssl-redirect", "true")]),
+        );
+    h.apply("r.yaml", &m).await;
+
+    let r = get(h.http(), "perm.com", "/anything").await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.headers["location"], "https://new.example.org/landing");
+    let r = get(h.http(), "temp.com", "/").await;
+    assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.headers["location"], "https://maint.example.org/");
+    let r = get(h.http(), "corp.com", "/").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.headers["location"], "http://corp.com/corp");
+    assert_eq!(
+        get(h.http(), "corp.com", "/corp/page").await.backend(),
+        Some("web"),
+        "only / is redirected"
+    );
+    let r = get(h.http(), "force.com", "/x?y=1").await;
+    assert_eq!(
+        r.status,
+        StatusCode::PERMANENT_REDIRECT,
+        "no TLS on the host, still redirected"
+    );
+    assert_eq!(
+        r.headers["location"],
+        format!("https://force.com:{}/x?y=1", h.https().port())
+    );
+    assert_eq!(
+        web.hits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "redirects never reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_target_with_captures_and_x_forwarded_prefix() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let m = service("w", "web", &[&web])
+        + &ingress(
+            "w",
+            "rw",
+            "rw.com",
+            &[("/something(/|$)(.*)", "ImplementationSpecific", "web")],
+            &ann(&[
+                ("rewrite-target", "/$2"),
+                ("use-regex", "true"),
+                ("x-forwarded-prefix", "/something"),
+            ]),
+        );
+    h.apply("w.yaml", &m).await;
+    for (path, upstream_uri) in [
+        ("/something", "/"),
+        ("/something/", "/"),
+        ("/something/new?q=1", "/new?q=1"),
+        ("/something/a/b", "/a/b"),
+    ] {
+        let r = get(h.http(), "rw.com", path).await;
+        assert_eq!(r.json()["uri"], upstream_uri, "{path}");
+        assert_eq!(r.json()["headers"]["x-forwarded-prefix"], "/something");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_is_answered_at_the_edge_and_responses_carry_cors_headers() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let m = service("c", "web", &[&web])
+        + &ingress(
+            "c",
+            "api",
+            "api.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("enable-cors", "true"),
+                ("cors-allow-origin", "https://app.com"),
+                ("cors-max-age", "600"),
+            ]),
+        );
+    h.apply("c.yaml", &m).await;
+    let pre = Request::options("/v1/items")
+        .header("host", "api.com")
+        .header("origin", "https://app.com")
+        .header("access-control-request-method", "POST")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h.http(), pre).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.com");
+    assert_eq!(r.headers["access-control-max-age"], "600");
+    assert!(
+        r.headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+    assert_eq!(
+        web.hits.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "preflight never reaches the upstream"
+    );
+
+    let simple = Request::get("/v1/items")
+        .header("host", "api.com")
+        .header("origin", "https://app.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h.http(), simple).await;
+    assert_eq!(r.backend(), Some("web"));
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.com");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    let other = Request::get("/")
+        .header("host", "api.com")
+        .header("origin", "https://evil.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(
+        send(h.http(), other)
+            .await
+            .headers
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_backend_annotation_serves_when_the_service_has_no_endpoints() {
+    let fallback = Echo::start("fallback").await;
+    let h = Harness::start().await;
+    let m = "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: d}\nspec: {ports: [{name: http, port: 80}]}\n".to_string()
+        + &service("d", "fallback", &[&fallback])
+        + &ingress("d", "i", "d.com", &[("/", "Prefix", "empty")], &ann(&[("default-backend", "fallback")]))
+        + &ingress("d", "j", "nofallback.com", &[("/", "Prefix", "empty")], "");
+    h.apply("d.yaml", &m).await;
+    assert_eq!(
+        get(h.http(), "d.com", "/").await.backend(),
+        Some("fallback")
+    );
+    assert_eq!(
+        get(h.http(), "nofallback.com", "/").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_next_upstream_retries_idempotent_requests_on_listed_statuses() {
+    let (bad, good) = (
+        Echo::start_status("bad", 502).await,
+        Echo::start("good").await,
+    );
+    // No passive health, so round-robin keeps offering the failing endpoint.
+    let h = Harness::start_with(|c| c.defaults.upstream_max_fails = 0).await;
+    let both = service("n", "mix", &[&bad, &good]);
+    let m = both.clone()
+        + &ingress(
+            "n",
+            "retry",
+            "retry.com",
+            &[("/", "Prefix", "mix")],
+            &ann(&[("proxy-next-upstream", "error timeout http_502")]),
+        )
+        + &ingress("n", "plain", "plain.com", &[("/", "Prefix", "mix")], "");
+    h.apply("n.yaml", &m).await;
+    for _ in 0..6 {
+        let r = get(h.http(), "retry.com", "/").await;
+        assert_eq!(
+            r.backend(),
+            Some("good"),
+            "a 502 is retried on the other endpoint"
+        );
+    }
+    // Without the annotation a 502 is passed through, and a POST is never resent.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(h.http(), "plain.com", "/").await.status);
+    }
+    assert!(statuses.contains(&StatusCode::BAD_GATEWAY), "{statuses:?}");
+    let mut posted = Vec::new();
+    for _ in 0..4 {
+        let req = Request::post("/")
+            .header("host", "retry.com")
+            .body(Full::new(Bytes::from_static(b"x")))
+            .unwrap();
+        posted.push(send(h.http(), req).await.status);
+    }
+    assert!(posted.contains(&StatusCode::BAD_GATEWAY), "{posted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_alias_serves_the_same_routes() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let m = service("a", "web", &[&web])
+        + &ingress(
+            "a",
+            "i",
+            "main.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("server-alias", "www.main.com")]),
+        );
+    h.apply("a.yaml", &m).await;
+    assert_eq!(
+        get(h.http(), "www.main.com", "/").await.backend(),
+        Some("web")
+    );
+    assert_eq!(
+        get(h.http(), "other.com", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_source_range_answers_403_outside_the_ranges() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    let m = service("a", "web", &[&web])
+        + &ingress(
+            "a",
+            "in",
+            "in.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("allowlist-source-range", "10.0.0.0/8, 127.0.0.0/8")]),
+        )
+        + &ingress(
+            "a",
+            "out",
+            "out.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("whitelist-source-range", "10.0.0.0/8")]),
+        );
+    h.apply("a.yaml", &m).await;
+    assert_eq!(get(h.http(), "in.com", "/").await.backend(), Some("web"));
+    assert_eq!(
+        get(h.http(), "out.com", "/").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_rps_trips_with_the_configured_status_and_spares_other_routes() {
+    let web = Echo::start("web").await;
+    let h = Harness::start_with(|c| c.defaults.limit_req_status_code = 429).await;
+    let m = service("l", "web", &[&web])
+        + &ingress(
+            "l",
+            "lim",
+            "lim.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("limit-rps", "1"), ("limit-burst-multiplier", "2")]),
+        )
+        + &ingress("l", "free", "free.com", &[("/", "Prefix", "web")], "");
+    h.apply("l.yaml", &m).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(h.http(), "lim.com", "/").await.status.as_u16());
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    // rate 1/s with burst 2: three through at once (one more if a second ticks over).
+    assert!((3..=4).contains(&ok), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[9], 429);
+    for _ in 0..10 {
+        assert_eq!(
+            get(h.http(), "free.com", "/").await.status,
+            StatusCode::OK,
+            "other routes are not limited"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_connections_caps_requests_in_flight_per_client() {
+    let slow = Echo::start_with("slow", std::time::Duration::from_millis(400)).await;
+    let h = Harness::start().await;
+    let m = service("c", "slow", &[&slow])
+        + &ingress(
+            "c",
+            "c",
+            "c.com",
+            &[("/", "Prefix", "slow")],
+            &ann(&[("limit-connections", "2")]),
+        );
+    h.apply("c.yaml", &m).await;
+    let addr = h.http();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { get(addr, "c.com", "/").await.status }))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 2, "{statuses:?}");
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+            .count(),
+        3
+    );
+    // Slots come back when responses end.
+    assert_eq!(get(addr, "c.com", "/").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_challenges_and_checks_htpasswd_credentials() {
+    let web = Echo::start("web").await;
+    let h = Harness::start().await;
+    // {SHA} of "pass", as `htpasswd -s` writes it.
+    let secret = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic-auth, namespace: b}\ntype: Opaque\nstringData: {auth: \"alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\"}\n";
+    let m = service("b", "web", &[&web])
+        + secret
+        + &ingress(
+            "b",
+            "b",
+            "b.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("auth-type", "basic"),
+                ("auth-secret", "basic-auth"),
+                ("auth-realm", "Authentication Required - alice"),
+            ]),
+        );
+    h.apply("b.yaml", &m).await;
+    let r = get(h.http(), "b.com", "/").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        "Basic realm=\"Authentication Required - alice\""
+    );
+    let with = |auth: &'static str| {
+        Request::get("/")
+            .header("host", "b.com")
+            .header("authorization", auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    assert_eq!(
+        send(h.http(), with("Basic YWxpY2U6cGFzcw=="))
+            .await
+            .backend(),
+        Some("web")
+    ); // alice:pass
+    assert_eq!(
+        send(h.http(), with("Basic YWxpY2U6d3Jvbmc=")).await.status,
+        StatusCode::UNAUTHORIZED
+    ); // alice:wrong
+    assert_eq!(
+        send(h.http(), with("Basic Ym9iOnBhc3M=")).await.status,
+        StatusCode::UNAUTHORIZED
+    ); // bob:pass
+    assert_eq!(
+        send(h.http(), with("Bearer abc")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        web.hits.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the authenticated request got through"
+    );
+}

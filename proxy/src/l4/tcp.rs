@@ -1,0 +1,439 @@
+//! The TCP shell: accept, optional PROXY header in, connect with failover, optional PROXY
+//! header out, then a two-way copy with half-close and an idle timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use tokio::io::AsyncRead;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::Ctx;
+use super::L4Error;
+use super::metrics::ServiceStats;
+use super::resolve;
+use crate::metrics::UpstreamErrorKind;
+use crate::model::GlobalSettings;
+use crate::pool::ConnectError;
+use crate::proxy_protocol;
+use crate::proxy_protocol::Header;
+use crate::proxy_protocol::Parsed;
+use crate::server::draining;
+use crate::upstream::EndpointState;
+use crate::upstream::UpstreamState;
+
+/// Bytes read at once per direction.
+const BUF: usize = 16 * 1024;
+
+/// Accepts on `listener` for service `key` until `stop` flips.
+pub(super) async fn serve(
+    listener: TcpListener,
+    key: String,
+    ctx: Arc<Ctx>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stats = ctx.metrics.service(&key);
+    loop {
+        // Wait for a free slot without holding it while idle in accept (as `server::spawn`).
+        tokio::select! {
+            p = ctx.connections.acquire() => if p.is_err() { break },
+            _ = draining(&mut stop) => break,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = draining(&mut stop) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(service = %key, error = %e, "L4 accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let permit = match ctx.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => tokio::select! {
+                p = ctx.connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = draining(&mut stop) => break,
+            },
+        };
+        let (key, ctx, stats) = (key.clone(), ctx.clone(), stats.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _tracked = ctx.track();
+            ServiceStats::add(&stats.connections_total, 1);
+            ServiceStats::add(&stats.connections_active, 1);
+            let mut kill = ctx.kill.subscribe();
+            tokio::select! {
+                r = connection(stream, peer, &key, &ctx, &stats) => match r {
+                    Ok(()) => {}
+                    Err(e) => tracing::debug!(service = %key, client = %peer, side = ?e.side(), error = %e, "L4 connection failed"),
+                },
+                _ = draining(&mut kill) => {
+                    tracing::debug!(service = %key, client = %peer, "L4 connection cut at the end of the drain");
+                }
+            }
+            ServiceStats::sub(&stats.connections_active, 1);
+        });
+    }
+    tracing::debug!(service = %key, "L4 TCP listener stopped");
+}
+
+async fn connection(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    key: &str,
+    ctx: &Ctx,
+    stats: &ServiceStats,
+) -> Result<(), L4Error> {
+    let _ = client.set_nodelay(true);
+    let local = client.local_addr().map_err(L4Error::client)?;
+    // On a dual-stack socket an IPv4 client shows as `::ffff:a.b.c.d`: pass on `a.b.c.d`.
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let (peer, local) = (canonical(peer), canonical(local));
+    // The service and its endpoints as of this connection.
+    let snap = ctx.dataplane.snapshot();
+    let svc = snap.table.l4.get(key).ok_or_else(|| L4Error::ServiceGone {
+        key: key.to_string(),
+    })?;
+    let (mut source, mut destination) = (peer, local);
+    let mut early = Vec::new();
+    if svc.proxy_protocol_in {
+        let (header, rest) =
+            match read_proxy_header(&mut client, peer, ctx.settings.proxy_protocol_timeout).await {
+                Ok(h) => h,
+                Err(e) => {
+                    ServiceStats::add(&stats.proxy_protocol_errors, 1);
+                    return Err(e);
+                }
+            };
+        // LOCAL and UNKNOWN headers mean: use the connection's own addresses.
+        if let (Some(s), Some(d)) = (header.source, header.destination) {
+            source = s;
+            destination = d;
+        }
+        early = rest;
+    }
+    let upstream = match snap.upstreams.get(&svc.upstream) {
+        Some(u) => u.clone(),
+        None => {
+            ServiceStats::add(&stats.no_endpoints, 1);
+            return Err(L4Error::NoEndpoints {
+                upstream: svc.upstream.clone(),
+            });
+        }
+    };
+    let attempt = connect(&upstream, &svc.upstream, &snap.table.settings, ctx, stats).await;
+    let (mut server, endpoint) = match attempt {
+        Ok(c) => c,
+        Err(e) => {
+            ServiceStats::add(&stats.no_endpoints, 1);
+            ctx.dataplane
+                .metrics()
+                .upstream_error(&svc.upstream, UpstreamErrorKind::NoEndpoints);
+            return Err(e);
+        }
+    };
+    let proxy_out = svc.proxy_protocol_out;
+    // Do not pin an old table for the life of a long connection.
+    drop(upstream);
+    drop(snap);
+    let _in_flight = endpoint.start();
+    if proxy_out {
+        server
+            .write_all(&proxy_protocol::encode_v1(source, destination))
+            .await
+            .map_err(L4Error::upstream)?;
+    }
+    if !early.is_empty() {
+        server.write_all(&early).await.map_err(L4Error::upstream)?;
+        ServiceStats::add(&stats.bytes_in, early.len() as u64);
+    }
+    let idle = copy_both_ways(
+        client.into_split(),
+        server.into_split(),
+        ctx.settings.idle_timeout,
+        stats,
+    )
+    .await?;
+    if idle {
+        ServiceStats::add(&stats.idle_timeouts, 1);
+        tracing::debug!(service = %key, client = %peer, "L4 connection idle timeout");
+    }
+    Ok(())
+}
+
+/// Reads a PROXY header from the client within `timeout`. Returns it and the payload bytes
+/// that arrived behind it.
+async fn read_proxy_header(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Result<(Header, Vec<u8>), L4Error> {
+    let read = async {
+        let mut buf = vec![0u8; proxy_protocol::MAX_LEN];
+        let mut filled = 0;
+        loop {
+            let n = client
+                .read(&mut buf[filled..])
+                .await
+                .map_err(L4Error::client)?;
+            if n == 0 {
+                return Err(L4Error::ProxyProtocolEof { client: peer });
+            }
+            filled += n;
+            match proxy_protocol::parse(&buf[..filled]) {
+                Ok(Parsed::Header(h)) => return Ok((h, buf[h.len..filled].to_vec())),
+                // `parse` never waits for more than MAX_LEN bytes, so the buffer has room.
+                Ok(Parsed::Incomplete) if filled < buf.len() => {}
+                Ok(Parsed::Incomplete) => {
+                    return Err(L4Error::ProxyProtocol {
+                        client: peer,
+                        source: proxy_protocol::ProxyProtocolError::V2TooLong(filled),
+                    });
+                }
+                Err(source) => {
+                    return Err(L4Error::ProxyProtocol {
+                        client: peer,
+                        source,
+                    });
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| L4Error::ProxyProtocolTimeout {
+            client: peer,
+            timeout,
+        })?
+}
+
+/// Connects to an endpoint of `upstream`, failing over to others on connect errors.
+async fn connect(
+    upstream: &UpstreamState,
+    upstream_id: &str,
+    settings: &GlobalSettings,
+    ctx: &Ctx,
+    stats: &ServiceStats,
+) -> Result<(TcpStream, Arc<EndpointState>), L4Error> {
+    let tries = match ctx.settings.next_upstream_tries {
+        0 => upstream.endpoints.len(),
+        n => n as usize,
+    };
+    let timeout = ctx.settings.connect_timeout;
+    let mut tried = Vec::with_capacity(tries);
+    let mut last = None;
+    while tried.len() < tries {
+        let Some(i) = upstream.pick(Instant::now(), &tried) else {
+            break;
+        };
+        tried.push(i);
+        let ep = &upstream.endpoints[i];
+        let started = Instant::now();
+        match connect_one(ep, timeout).await {
+            Ok(s) => {
+                ep.record_success(Instant::now(), started.elapsed());
+                return Ok((s, ep.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %upstream_id, endpoint = %ep.endpoint, error = %e, "L4 connect failed");
+                ServiceStats::add(&stats.connect_errors, 1);
+                ctx.dataplane
+                    .metrics()
+                    .upstream_error(upstream_id, UpstreamErrorKind::Connect);
+                ep.record_failure(Instant::now(), settings);
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(e) => L4Error::Connect(e),
+        None => L4Error::NoEndpoints {
+            upstream: upstream_id.to_string(),
+        },
+    })
+}
+
+async fn connect_one(ep: &EndpointState, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let open = async {
+        let addr = resolve(&ep.endpoint).await?;
+        TcpStream::connect(addr)
+            .await
+            .map_err(|source| ConnectError::Io {
+                endpoint: ep.endpoint.to_string(),
+                source,
+            })
+    };
+    let stream =
+        tokio::time::timeout(timeout, open)
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                endpoint: ep.endpoint.to_string(),
+                timeout,
+            })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Copies both ways until both sides have sent EOF, one fails, or nothing moves for
+/// `idle`. An EOF from one side shuts down the write half of the other and the opposite
+/// direction goes on. Returns whether the idle timeout ended it.
+pub(super) async fn copy_both_ways<CR, CW, SR, SW>(
+    (mut client_r, mut client_w): (CR, CW),
+    (mut server_r, mut server_w): (SR, SW),
+    idle: Duration,
+    stats: &ServiceStats,
+) -> Result<bool, L4Error>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    SR: AsyncRead + Unpin,
+    SW: AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let up = pipe(
+        &mut client_r,
+        &mut server_w,
+        &activity,
+        &stats.bytes_in,
+        L4Error::client,
+        L4Error::upstream,
+    );
+    let down = pipe(
+        &mut server_r,
+        &mut client_w,
+        &activity,
+        &stats.bytes_out,
+        L4Error::upstream,
+        L4Error::client,
+    );
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => r.map(|_| false),
+        () = activity.idle_for(idle) => Ok(true),
+    }
+}
+
+async fn pipe<R, W>(
+    r: &mut R,
+    w: &mut W,
+    activity: &Activity,
+    bytes: &AtomicU64,
+    read_err: fn(std::io::Error) -> L4Error,
+    write_err: fn(std::io::Error) -> L4Error,
+) -> Result<(), L4Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = r.read(&mut buf).await.map_err(read_err)?;
+        activity.mark();
+        if n == 0 {
+            // Half-close: pass the EOF on and keep the other direction going. The peer
+            // may already be gone; the other direction reports that if it matters.
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+        w.write_all(&buf[..n]).await.map_err(write_err)?;
+        activity.mark();
+        ServiceStats::add(bytes, n as u64);
+    }
+}
+
+/// The time of the last byte moved, shared by both directions of one connection.
+#[derive(Debug)]
+struct Activity {
+    base: tokio::time::Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            base: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = self.base + last + idle;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn half_close_passes_eof_and_keeps_the_other_direction() {
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (server, mut server_peer) = tokio::io::duplex(64);
+        let stats = ServiceStats::default();
+        let copy = tokio::spawn(async move {
+            copy_both_ways(
+                tokio::io::split(client),
+                tokio::io::split(server),
+                Duration::from_secs(60),
+                &stats,
+            )
+            .await
+        });
+        client_peer.write_all(b"ping").await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        // The server sees the bytes, then EOF.
+        let mut got = Vec::new();
+        server_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        // And can still answer.
+        server_peer.write_all(b"pong").await.unwrap();
+        server_peer.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client_peer.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong");
+        assert!(!copy.await.unwrap().unwrap());
+    }
+
+    #[tokio::test]
+    async fn idle_connections_end() {
+        let (client, _client_peer) = tokio::io::duplex(64);
+        let (server, _server_peer) = tokio::io::duplex(64);
+        let stats = ServiceStats::default();
+        let idle = copy_both_ways(
+            tokio::io::split(client),
+            tokio::io::split(server),
+            Duration::from_millis(50),
+            &stats,
+        )
+        .await
+        .unwrap();
+        assert!(idle);
+    }
+}
