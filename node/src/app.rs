@@ -145,9 +145,7 @@ impl Node {
         let dataplane = Arc::new(Dataplane::new(resolver, Arc::new(Metrics::default())));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { what, addr, source })
+            listen(addr).map_err(|source| NodeError::Bind { what, addr, source })
         };
         let admin = bind("admin", cfg.admin.listen).await?;
         let http = match cfg.listen.http {
@@ -319,6 +317,22 @@ impl Node {
         }
         left
     }
+}
+
+/// The accept backlog of client listeners. `TcpListener::bind` uses 128, which drops
+/// connection attempts in a burst (the client then waits a second for its SYN to be resent).
+const BACKLOG: u32 = 4096;
+
+/// Binds a listener with [`BACKLOG`] and `SO_REUSEADDR` (so a restart does not wait out TIME_WAIT).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 enum Input {
