@@ -49,10 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
 
 fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".into(),
-        );
+        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
@@ -60,10 +57,7 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             if state.is_ready() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no routing table yet\n".into(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "no routing table yet\n".into())
             }
         }
         "/metrics" => {
@@ -138,10 +132,8 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 }),
             });
             let mut r = text(StatusCode::OK, format!("{body:#}\n"));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

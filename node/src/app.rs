@@ -20,7 +20,6 @@ use raftgate_proxy::Dataplane;
 use raftgate_proxy::metrics::Metrics;
 use raftgate_proxy::server::ServerSettings;
 use raftgate_proxy::server::Shared;
-use raftgate_proxy::server::TlsAcceptor;
 use raftgate_proxy::tls::SniResolver;
 use raftgate_proxy::tls::TlsError;
 use tokio::net::TcpListener;
@@ -89,10 +88,7 @@ impl NodeState {
 
     /// Files or objects the source could not read, as of the last change.
     pub fn source_errors(&self) -> Vec<String> {
-        self.source_errors
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default()
+        self.source_errors.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// The L4 manager, once started.
@@ -141,7 +137,7 @@ impl Node {
             }
         };
         let resolver = Arc::new(SniResolver::new(default_key));
-        let tls_config = Arc::new(raftgate_proxy::tls::server_config(resolver.clone())?);
+        let acceptors = raftgate_proxy::tls::TlsAcceptors::new(resolver.clone())?;
         let dataplane = Arc::new(Dataplane::new(resolver, Arc::new(Metrics::default())));
 
         let bind = |what: &'static str, addr: SocketAddr| async move {
@@ -157,11 +153,8 @@ impl Node {
             None => None,
         };
         let addr = |l: &TcpListener, what, a| {
-            l.local_addr().map_err(|source| NodeError::Bind {
-                what,
-                addr: a,
-                source,
-            })
+            l.local_addr()
+                .map_err(|source| NodeError::Bind { what, addr: a, source })
         };
         let admin_addr = addr(&admin, "admin", cfg.admin.listen)?;
         let http_addr = match (&http, cfg.listen.http) {
@@ -216,11 +209,7 @@ impl Node {
             tasks.push(raftgate_proxy::server::spawn(l, None, shared.clone()));
         }
         if let Some(l) = https {
-            tasks.push(raftgate_proxy::server::spawn(
-                l,
-                Some(TlsAcceptor::from(tls_config)),
-                shared.clone(),
-            ));
+            tasks.push(raftgate_proxy::server::spawn(l, Some(acceptors), shared.clone()));
         }
         let l4 = Arc::new(raftgate_proxy::l4::Manager::spawn(
             dataplane.clone(),
@@ -244,10 +233,7 @@ impl Node {
         )));
 
         let compiler = Compiler::new(Options::from_config(&cfg));
-        let Source::Manifests {
-            path,
-            poll_interval,
-        } = cfg.source.clone();
+        let Source::Manifests { path, poll_interval } = cfg.source.clone();
         let input = match path {
             Some(p) => Input::Dir(ManifestDir::new(p)),
             None => {
@@ -437,11 +423,7 @@ pub struct CheckReport {
 impl CheckReport {
     /// Anything rejected outright.
     pub fn failed(&self) -> bool {
-        !self.manifest_errors.is_empty()
-            || self
-                .problems
-                .iter()
-                .any(|p| p.severity == Severity::Rejected)
+        !self.manifest_errors.is_empty() || self.problems.iter().any(|p| p.severity == Severity::Rejected)
     }
 }
 
@@ -458,9 +440,7 @@ pub fn check(cfg: &Config) -> CheckReport {
                 .manifest_errors
                 .extend(scan.errors.iter().map(ToString::to_string));
             let (objs, dup) = dir.objects();
-            report
-                .manifest_errors
-                .extend(dup.iter().map(ToString::to_string));
+            report.manifest_errors.extend(dup.iter().map(ToString::to_string));
             objs
         }
         None => crate::demo::objects(cfg.admin.listen),

@@ -54,6 +54,9 @@ pub struct Config {
     pub defaults: RouteDefaults,
     /// L4 (TCP/UDP) services.
     pub l4: L4Config,
+    /// `namespace/name` of an ingress-nginx-style ConfigMap whose keys (`proxy-body-size`,
+    /// `hsts`, `use-forwarded-headers`…) override `defaults` while the node runs. Unset: none.
+    pub controller_configmap: Option<String>,
     /// Logging.
     pub log: LogConfig,
     /// Worker threads; 0 (default) means one per CPU this process may run on. With one, the
@@ -216,6 +219,27 @@ pub struct RouteDefaults {
     pub access_log: bool,
     /// The status of a request rejected by `limit-rps`/`limit-rpm`/`limit-connections`. Default 503.
     pub limit_req_status_code: u16,
+    /// Trust `X-Forwarded-For`/`-Proto`/`-Host`/`-Port` from peers in `proxy_real_ip_cidr`
+    /// (raftgate behind another proxy or load balancer). Default false.
+    pub use_forwarded_headers: bool,
+    /// Peers trusted to tell the client address by `X-Forwarded-For` or a PROXY header.
+    /// Default everything (`0.0.0.0/0`, `::/0`), as ingress-nginx.
+    pub proxy_real_ip_cidr: Vec<String>,
+    /// Client connections on the HTTP and HTTPS listeners start with a PROXY protocol
+    /// header (v1 or v2), required from every client. Default false.
+    pub use_proxy_protocol: bool,
+    /// Send `Strict-Transport-Security` on HTTPS responses of hosts with TLS. Default true.
+    pub hsts: bool,
+    /// Default 15724800 (182 days), as ingress-nginx.
+    pub hsts_max_age: u64,
+    /// Default true.
+    pub hsts_include_subdomains: bool,
+    /// Default false.
+    pub hsts_preload: bool,
+    /// TLS versions offered: `TLSv1.2`, `TLSv1.3` or both. Default `TLSv1.2 TLSv1.3`.
+    pub ssl_protocols: String,
+    /// Idle keep-alive connections kept per upstream endpoint. Default 320.
+    pub upstream_keepalive_connections: u32,
 }
 
 impl Default for RouteDefaults {
@@ -232,6 +256,15 @@ impl Default for RouteDefaults {
             load_balance: Balance::RoundRobin,
             access_log: false,
             limit_req_status_code: 503,
+            use_forwarded_headers: false,
+            proxy_real_ip_cidr: vec!["0.0.0.0/0".into(), "::/0".into()],
+            use_proxy_protocol: false,
+            hsts: true,
+            hsts_max_age: 15_724_800,
+            hsts_include_subdomains: true,
+            hsts_preload: false,
+            ssl_protocols: "TLSv1.2 TLSv1.3".into(),
+            upstream_keepalive_connections: 320,
         }
     }
 }
@@ -331,10 +364,16 @@ impl Config {
         if self.tls.default_certificate.is_some() != self.tls.default_key.is_some() {
             return bad("tls.default_certificate and tls.default_key go together");
         }
-        if self.defaults.proxy_connect_timeout.is_zero()
-            || self.defaults.proxy_read_timeout.is_zero()
-        {
+        if self.defaults.proxy_connect_timeout.is_zero() || self.defaults.proxy_read_timeout.is_zero() {
             return bad("defaults: timeouts must be above zero");
+        }
+        if let Err(e) = parse_ssl_protocols(&self.defaults.ssl_protocols) {
+            return bad(&format!("defaults.ssl_protocols: {e}"));
+        }
+        for c in &self.defaults.proxy_real_ip_cidr {
+            if let Err(e) = raftgate_proxy::limit::IpNet::parse(c) {
+                return bad(&format!("defaults.proxy_real_ip_cidr: {e}"));
+            }
         }
         let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];
         for (i, a) in addrs.iter().enumerate() {
@@ -359,12 +398,32 @@ impl Config {
     }
 }
 
+/// Parses nginx's `ssl_protocols` list; raftgate offers TLS 1.2 and 1.3 only.
+pub fn parse_ssl_protocols(s: &str) -> Result<raftgate_proxy::model::TlsVersions, String> {
+    let mut v = raftgate_proxy::model::TlsVersions {
+        tls12: false,
+        tls13: false,
+    };
+    for p in s.split_whitespace() {
+        match p {
+            "TLSv1.2" => v.tls12 = true,
+            "TLSv1.3" => v.tls13 = true,
+            "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => {
+                return Err(format!("{p} is not offered (insecure); use TLSv1.2 and TLSv1.3"));
+            }
+            other => return Err(format!("unknown protocol {other:?}")),
+        }
+    }
+    if !v.tls12 && !v.tls13 {
+        return Err("no protocol given".into());
+    }
+    Ok(v)
+}
+
 /// Parses a duration: `250ms`, `5s`, `2m`, `1h`, or a bare number of seconds (as ingress-nginx annotations).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
     let n: u64 = num.parse().ok()?;
     Some(match unit {
         "" | "s" => Duration::from_secs(n),
@@ -405,16 +464,14 @@ impl fmt::Display for NumOrStr {
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = NumOrStr::deserialize(d)?;
-    parse_duration(&v.to_string()).ok_or_else(|| {
-        serde::de::Error::custom(format!("invalid duration {v:?}; use e.g. 250ms, 5s, 2m"))
-    })
+    parse_duration(&v.to_string())
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {v:?}; use e.g. 250ms, 5s, 2m")))
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = NumOrStr::deserialize(d)?;
-    parse_size(&v.to_string()).ok_or_else(|| {
-        serde::de::Error::custom(format!("invalid size {v:?}; use e.g. 0, 512, 8k, 1m"))
-    })
+    parse_size(&v.to_string())
+        .ok_or_else(|| serde::de::Error::custom(format!("invalid size {v:?}; use e.g. 0, 512, 8k, 1m")))
 }
 
 impl fmt::Debug for NumOrStr {
@@ -471,24 +528,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("invalid duration"), "{e}");
-        let c: Config =
-            serde_yaml::from_str("listen: {http: 127.0.0.1:80, https: 127.0.0.1:80}").unwrap();
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("used by two listeners")
-        );
+        let c: Config = serde_yaml::from_str("listen: {http: 127.0.0.1:80, https: 127.0.0.1:80}").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("used by two listeners"));
         let c: Config = serde_yaml::from_str("tls: {default_certificate: /x.pem}").unwrap();
         assert!(c.validate().is_err());
     }
 
     #[test]
     fn source_kinds() {
-        let c: Config = serde_yaml::from_str(
-            "source: {kind: manifests, path: /etc/raftgate/manifests, poll_interval: 1s}",
-        )
-        .unwrap();
+        let c: Config =
+            serde_yaml::from_str("source: {kind: manifests, path: /etc/raftgate/manifests, poll_interval: 1s}")
+                .unwrap();
         assert_eq!(
             c.source,
             Source::Manifests {

@@ -161,11 +161,7 @@ pub enum ManifestError {
     #[error("not valid YAML or JSON: {0}")]
     Syntax(#[source] serde_yaml::Error),
     #[error("{kind} {name}: {reason}")]
-    Object {
-        kind: String,
-        name: String,
-        reason: String,
-    },
+    Object { kind: String, name: String, reason: String },
 }
 
 /// Parses a manifest file's text. The outer error means the file as a whole is unreadable;
@@ -212,11 +208,7 @@ fn object(value: serde_yaml::Value, kind: &str) -> Option<Result<Object, Manifes
         .unwrap_or_default()
         .to_string();
     let meta = value.get("metadata");
-    let field = |f: &str| {
-        meta.and_then(|m| m.get(f))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
+    let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(|v| v.as_str()).map(str::to_string);
     let name = match (field("namespace"), field("name")) {
         (Some(ns), Some(n)) => format!("{ns}/{n}"),
         (None, Some(n)) => n,
@@ -294,9 +286,7 @@ items:
     fn multi_document_lists_and_per_object_errors() {
         let objs = parse(MIXED).unwrap();
         assert_eq!(objs.len(), 3, "the Deployment is skipped");
-        assert!(
-            matches!(&objs[0], Ok(Object::Service(s)) if s.metadata.namespace.as_deref() == Some("shop"))
-        );
+        assert!(matches!(&objs[0], Ok(Object::Service(s)) if s.metadata.namespace.as_deref() == Some("shop")));
         let Err(e) = &objs[1] else {
             panic!("an Ingress of the wrong shape must fail")
         };
@@ -315,12 +305,8 @@ items:
 
     #[test]
     fn garbage_is_a_file_error_and_old_api_versions_are_explained() {
-        assert!(matches!(
-            parse("kind: [unclosed"),
-            Err(ManifestError::Syntax(_))
-        ));
-        let objs = parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n")
-            .unwrap();
+        assert!(matches!(parse("kind: [unclosed"), Err(ManifestError::Syntax(_))));
+        let objs = parse("apiVersion: extensions/v1beta1\nkind: Ingress\nmetadata: {name: old}\n").unwrap();
         assert!(
             objs[0]
                 .as_ref()
@@ -334,9 +320,7 @@ items:
 
     #[test]
     fn json_manifests_parse_too() {
-        let objs =
-            parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{}}"#)
-                .unwrap();
+        let objs = parse(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{}}"#).unwrap();
         assert!(matches!(&objs[0], Ok(Object::Service(_))));
     }
 }

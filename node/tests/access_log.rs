@@ -39,19 +39,12 @@ async fn one_json_line_per_request_with_the_request_id() {
     let h = Harness::start_with(|c| c.defaults.access_log = true).await;
     h.apply(
         "a.yaml",
-        &(service("a", "web", &[&web])
-            + &ingress("a", "web", "logged.com", &[("/", "Prefix", "web")], "")),
+        &(service("a", "web", &[&web]) + &ingress("a", "web", "logged.com", &[("/", "Prefix", "web")], "")),
     )
     .await;
     let r = get(h.http(), "logged.com", "/hello?x=1").await;
-    let id = r.json()["headers"]["x-request-id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        get(h.http(), "logged.com", "/hello").await.status,
-        http::StatusCode::OK
-    );
+    let id = r.json()["headers"]["x-request-id"].as_str().unwrap().to_string();
+    assert_eq!(get(h.http(), "logged.com", "/hello").await.status, http::StatusCode::OK);
     // The line is written when the response body ends; wait for both.
     let lines = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {

@@ -188,10 +188,7 @@ async fn default_backend_annotation_serves_when_the_service_has_no_endpoints() {
         + &ingress("d", "i", "d.com", &[("/", "Prefix", "empty")], &ann(&[("default-backend", "fallback")]))
         + &ingress("d", "j", "nofallback.com", &[("/", "Prefix", "empty")], "");
     h.apply("d.yaml", &m).await;
-    assert_eq!(
-        get(h.http(), "d.com", "/").await.backend(),
-        Some("fallback")
-    );
+    assert_eq!(get(h.http(), "d.com", "/").await.backend(), Some("fallback"));
     assert_eq!(
         get(h.http(), "nofallback.com", "/").await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -200,10 +197,7 @@ async fn default_backend_annotation_serves_when_the_service_has_no_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_next_upstream_retries_idempotent_requests_on_listed_statuses() {
-    let (bad, good) = (
-        Echo::start_status("bad", 502).await,
-        Echo::start("good").await,
-    );
+    let (bad, good) = (Echo::start_status("bad", 502).await, Echo::start("good").await);
     // No passive health, so round-robin keeps offering the failing endpoint.
     let h = Harness::start_with(|c| c.defaults.upstream_max_fails = 0).await;
     let both = service("n", "mix", &[&bad, &good]);
@@ -219,11 +213,7 @@ async fn proxy_next_upstream_retries_idempotent_requests_on_listed_statuses() {
     h.apply("n.yaml", &m).await;
     for _ in 0..6 {
         let r = get(h.http(), "retry.com", "/").await;
-        assert_eq!(
-            r.backend(),
-            Some("good"),
-            "a 502 is retried on the other endpoint"
-        );
+        assert_eq!(r.backend(), Some("good"), "a 502 is retried on the other endpoint");
     }
     // Without the annotation a 502 is passed through, and a POST is never resent.
     let mut statuses = Vec::new();
@@ -255,14 +245,8 @@ async fn server_alias_serves_the_same_routes() {
             &ann(&[("server-alias", "www.main.com")]),
         );
     h.apply("a.yaml", &m).await;
-    assert_eq!(
-        get(h.http(), "www.main.com", "/").await.backend(),
-        Some("web")
-    );
-    assert_eq!(
-        get(h.http(), "other.com", "/").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(h.http(), "www.main.com", "/").await.backend(), Some("web"));
+    assert_eq!(get(h.http(), "other.com", "/").await.status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,10 +270,7 @@ async fn allowlist_source_range_answers_403_outside_the_ranges() {
         );
     h.apply("a.yaml", &m).await;
     assert_eq!(get(h.http(), "in.com", "/").await.backend(), Some("web"));
-    assert_eq!(
-        get(h.http(), "out.com", "/").await.status,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(get(h.http(), "out.com", "/").await.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,10 +294,7 @@ async fn limit_rps_trips_with_the_configured_status_and_spares_other_routes() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     // rate 1/s with burst 2: three through at once (one more if a second ticks over).
     assert!((3..=4).contains(&ok), "{statuses:?}");
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 429),
-        "{statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
     assert_eq!(statuses[9], 429);
     for _ in 0..10 {
         assert_eq!(
@@ -395,9 +373,7 @@ async fn basic_auth_challenges_and_checks_htpasswd_credentials() {
             .unwrap()
     };
     assert_eq!(
-        send(h.http(), with("Basic YWxpY2U6cGFzcw=="))
-            .await
-            .backend(),
+        send(h.http(), with("Basic YWxpY2U6cGFzcw==")).await.backend(),
         Some("web")
     ); // alice:pass
     assert_eq!(

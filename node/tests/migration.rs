@@ -81,8 +81,7 @@ async fn ingress_nginx_manifests_from_the_field_notes_work_unchanged() {
         c.l4.bind = "127.0.0.1".parse().unwrap();
     })
     .await;
-    let (cert, key) =
-        raftgate_proxy::tls::self_signed(&["example-corp.com", "www.example-corp.com"]).unwrap();
+    let (cert, key) = raftgate_proxy::tls::self_signed(&["example-corp.com", "www.example-corp.com"]).unwrap();
 
     // 6.2 / 6.3: a MySQL outside the cluster, reached through hand-written Endpoints and the
     // tcp-services ConfigMap (Endpoints.name equals Service.name; port 7306 -> 3306).
@@ -264,10 +263,7 @@ spec:
     // The Nacos console answers under /nacos for any host.
     let r = get(h.http(), "10.1.2.3", "/nacos/index.html").await;
     assert_eq!(r.backend(), Some("nacos"));
-    assert_eq!(
-        get(h.http(), "10.1.2.3", "/other").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(h.http(), "10.1.2.3", "/other").await.status, StatusCode::NOT_FOUND);
 
     // app-root and the TLS redirect: plain HTTP goes to HTTPS first (ssl-redirect), and over
     // HTTPS the root goes to /corp with a 302.
@@ -277,13 +273,11 @@ spec:
     roots
         .add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap())
         .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     for host in ["example-corp.com", "www.example-corp.com"] {
         let tcp = TcpStream::connect(h.https()).await.unwrap();
@@ -291,10 +285,9 @@ spec:
             .connect(ServerName::try_from(host.to_string()).unwrap(), tcp)
             .await
             .expect("the Secret's certificate, verified");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         let req = |path: &str| {
             http::Request::get(path)
@@ -317,9 +310,7 @@ spec:
         .unwrap();
     for i in 0..3 {
         client
-            .send(tokio_tungstenite::tungstenite::Message::text(format!(
-                "hello {i}"
-            )))
+            .send(tokio_tungstenite::tungstenite::Message::text(format!("hello {i}")))
             .await
             .unwrap();
         let m = tokio::time::timeout(Duration::from_secs(5), client.next())

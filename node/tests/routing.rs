@@ -89,28 +89,13 @@ async fn default_backends_and_class_filtering() {
     let mut m = service("app", "web", &[&web]) + &service("app", "fallback", &[&fallback]);
     m += &ingress("app", "web", "web.com", &[("/app", "Prefix", "web")], "");
     m += "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: catchall, namespace: app}\nspec:\n  ingressClassName: raftgate\n  defaultBackend: {service: {name: fallback, port: {name: http}}}\n";
-    m += &ingress(
-        "app",
-        "other-class",
-        "other.com",
-        &[("/", "Prefix", "web")],
-        "",
-    )
-    .replace("ingressClassName: raftgate", "ingressClassName: traefik");
+    m += &ingress("app", "other-class", "other.com", &[("/", "Prefix", "web")], "")
+        .replace("ingressClassName: raftgate", "ingressClassName: traefik");
     h.apply("app.yaml", &m).await;
 
-    assert_eq!(
-        get(h.http(), "web.com", "/app/1").await.backend(),
-        Some("web")
-    );
-    assert_eq!(
-        get(h.http(), "web.com", "/nope").await.backend(),
-        Some("fallback")
-    );
-    assert_eq!(
-        get(h.http(), "unknown.com", "/").await.backend(),
-        Some("fallback")
-    );
+    assert_eq!(get(h.http(), "web.com", "/app/1").await.backend(), Some("web"));
+    assert_eq!(get(h.http(), "web.com", "/nope").await.backend(), Some("fallback"));
+    assert_eq!(get(h.http(), "unknown.com", "/").await.backend(), Some("fallback"));
     assert_eq!(
         get(h.http(), "other.com", "/").await.backend(),
         Some("fallback"),
@@ -143,13 +128,7 @@ async fn no_endpoints_is_503_unreachable_is_502_and_slow_is_504() {
         &[("/", "Prefix", "slow")],
         "  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}\n",
     );
-    m += &ingress(
-        "e",
-        "d",
-        "ghost.com",
-        &[("/", "Prefix", "missing-service")],
-        "",
-    );
+    m += &ingress("e", "d", "ghost.com", &[("/", "Prefix", "missing-service")], "");
     h.apply("e.yaml", &m).await;
 
     assert_eq!(
@@ -160,19 +139,10 @@ async fn no_endpoints_is_503_unreachable_is_502_and_slow_is_504() {
         get(h.http(), "ghost.com", "/").await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        get(h.http(), "dead.com", "/").await.status,
-        StatusCode::BAD_GATEWAY
-    );
+    assert_eq!(get(h.http(), "dead.com", "/").await.status, StatusCode::BAD_GATEWAY);
     let t = Instant::now();
-    assert_eq!(
-        get(h.http(), "slow.com", "/").await.status,
-        StatusCode::GATEWAY_TIMEOUT
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "the 1s read timeout applied"
-    );
+    assert_eq!(get(h.http(), "slow.com", "/").await.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(t.elapsed() < Duration::from_secs(4), "the 1s read timeout applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +173,7 @@ async fn forwarded_headers_host_and_request_id() {
     let h = Harness::start().await;
     h.apply(
         "a.yaml",
-        &(service("a", "web", &[&web])
-            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+        &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
     )
     .await;
     let req = Request::get("/x")
@@ -235,10 +204,7 @@ async fn forwarded_headers_host_and_request_id() {
         .header("x-request-id", "abc-123")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    assert_eq!(
-        send(h.http(), req).await.json()["headers"]["x-request-id"],
-        "abc-123"
-    );
+    assert_eq!(send(h.http(), req).await.json()["headers"]["x-request-id"], "abc-123");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,10 +227,7 @@ async fn body_and_header_limits() {
             .unwrap()
     };
     assert_eq!(send(h.http(), post(1024)).await.json()["body_len"], 1024);
-    assert_eq!(
-        send(h.http(), post(1025)).await.status,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(send(h.http(), post(1025)).await.status, StatusCode::PAYLOAD_TOO_LARGE);
     let big = Request::get("/")
         .header("host", "web.com")
         .header("x-big", "y".repeat(16 * 1024))
@@ -281,10 +244,7 @@ async fn changes_apply_live_and_a_bad_object_leaves_the_rest_serving() {
     let (v1, v2) = (Echo::start("v1").await, Echo::start("v2").await);
     let h = Harness::start().await;
     // Services alone change no route, so they produce no new version.
-    h.write(
-        "svc.yaml",
-        &(service("a", "v1", &[&v1]) + &service("a", "v2", &[&v2])),
-    );
+    h.write("svc.yaml", &(service("a", "v1", &[&v1]) + &service("a", "v2", &[&v2])));
     h.apply(
         "ing.yaml",
         &ingress("a", "web", "web.com", &[("/", "Prefix", "v1")], ""),
@@ -321,10 +281,7 @@ async fn changes_apply_live_and_a_bad_object_leaves_the_rest_serving() {
     .await;
     assert_eq!(get(h.http(), "good.com", "/").await.backend(), Some("v1"));
     assert_eq!(get(h.http(), "web.com", "/").await.backend(), Some("v2"));
-    assert_eq!(
-        get(h.http(), "bad.com", "/").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(h.http(), "bad.com", "/").await.status, StatusCode::NOT_FOUND);
     let problems = h.node.state.problems();
     assert!(
         problems
@@ -354,8 +311,7 @@ async fn round_robin_spreads_requests_over_endpoints() {
     // Same IP, different ports: two slices.
     h.apply(
         "a.yaml",
-        &(service("a", "web", &[&a, &b])
-            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+        &(service("a", "web", &[&a, &b]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
     )
     .await;
     for _ in 0..10 {
@@ -371,8 +327,7 @@ async fn sigterm_drain_finishes_in_flight_requests_and_stops_accepting() {
     let h = Harness::start().await;
     h.apply(
         "a.yaml",
-        &(service("a", "slow", &[&slow])
-            + &ingress("a", "slow", "slow.com", &[("/", "Prefix", "slow")], "")),
+        &(service("a", "slow", &[&slow]) + &ingress("a", "slow", "slow.com", &[("/", "Prefix", "slow")], "")),
     )
     .await;
     let addr = h.http();
@@ -410,10 +365,7 @@ async fn grpc_backend_protocol_speaks_http2_upstream() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["version"], "HTTP/2.0");
     assert_eq!(r.json()["uri"], "http://grpc.com/pkg.Service/Method");
-    assert_eq!(
-        get(h.http(), "plain.com", "/").await.json()["version"],
-        "HTTP/1.1"
-    );
+    assert_eq!(get(h.http(), "plain.com", "/").await.json()["version"], "HTTP/1.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,20 +375,13 @@ async fn the_admin_api_reports_status_and_metrics() {
     let v = h
         .apply(
             "a.yaml",
-            &(service("a", "web", &[&web])
-                + &ingress("a", "web", "web.com", &[("/api", "Prefix", "web")], "")),
+            &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/api", "Prefix", "web")], "")),
         )
         .await;
     for _ in 0..3 {
-        assert_eq!(
-            get(h.http(), "web.com", "/api/x").await.status,
-            StatusCode::OK
-        );
+        assert_eq!(get(h.http(), "web.com", "/api/x").await.status, StatusCode::OK);
     }
-    assert_eq!(
-        get(h.http(), "web.com", "/nope").await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(get(h.http(), "web.com", "/nope").await.status, StatusCode::NOT_FOUND);
     let admin = h.node.admin_addr;
     assert_eq!(get(admin, "x", "/healthz").await.status, StatusCode::OK);
     assert_eq!(get(admin, "x", "/readyz").await.status, StatusCode::OK);
@@ -447,23 +392,16 @@ async fn the_admin_api_reports_status_and_metrics() {
     assert_eq!(status["listeners"].as_array().unwrap().len(), 3);
     let metrics = get(admin, "x", "/metrics").await.body;
     assert!(
-        metrics.contains(
-            "raftgate_http_requests_total{host=\"web.com\",route=\"/api\",status=\"2xx\"} 3"
-        ),
+        metrics.contains("raftgate_http_requests_total{host=\"web.com\",route=\"/api\",status=\"2xx\"} 3"),
         "{metrics}"
     );
     assert!(
         metrics.contains("raftgate_http_requests_total{host=\"\",route=\"\",status=\"4xx\"} 1"),
         "{metrics}"
     );
+    assert!(metrics.contains(&format!("raftgate_config_version {v}")), "{metrics}");
     assert!(
-        metrics.contains(&format!("raftgate_config_version {v}")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(
-            "raftgate_http_request_duration_seconds_count{host=\"web.com\",route=\"/api\"} 3"
-        ),
+        metrics.contains("raftgate_http_request_duration_seconds_count{host=\"web.com\",route=\"/api\"} 3"),
         "{metrics}"
     );
 }
@@ -502,10 +440,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
         t.elapsed()
     );
     let text = String::from_utf8_lossy(&buf);
-    assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
-    );
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,16 +449,14 @@ async fn the_connection_cap_holds_new_connections_until_one_closes() {
     let h = Harness::start_with(|c| c.http.max_connections = 1).await;
     h.apply(
         "a.yaml",
-        &(service("a", "web", &[&web])
-            + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
+        &(service("a", "web", &[&web]) + &ingress("a", "web", "web.com", &[("/", "Prefix", "web")], "")),
     )
     .await;
     // The first connection takes the only slot and stays open (keep-alive).
     let first = tokio::net::TcpStream::connect(h.http()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(first))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(first))
+        .await
+        .unwrap();
     let first_conn = tokio::spawn(conn);
     let req = || {
         Request::get("/")
@@ -577,8 +510,5 @@ async fn https_and_grpcs_backends_speak_tls_upstream() {
     let r = get(h.http(), "grpcs.com", "/pkg.S/M").await;
     assert_eq!(r.json()["version"], "HTTP/2.0", "{} {}", r.status, r.body);
     // Plain HTTP to a TLS-only upstream fails as a bad gateway, not a hang.
-    assert_eq!(
-        get(h.http(), "plain.com", "/").await.status,
-        StatusCode::BAD_GATEWAY
-    );
+    assert_eq!(get(h.http(), "plain.com", "/").await.status, StatusCode::BAD_GATEWAY);
 }

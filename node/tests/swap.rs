@@ -70,8 +70,7 @@ impl WsEcho {
                         p.lock().unwrap().push(req.uri().path().to_string());
                         Ok(resp)
                     };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
-                    else {
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
                         return;
                     };
                     a.fetch_add(1, Ordering::SeqCst);
@@ -115,10 +114,7 @@ impl WsEcho {
 type Ws = WebSocketStream<TcpStream>;
 
 /// Opens a WebSocket through the proxy's plain listener for `host`.
-async fn ws_connect(
-    proxy: SocketAddr,
-    host: &str,
-) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+async fn ws_connect(proxy: SocketAddr, host: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
     let tcp = TcpStream::connect(proxy).await.unwrap();
     let (ws, resp) = tokio::time::timeout(
         Duration::from_secs(5),
@@ -151,14 +147,7 @@ async fn a_websocket_lives_through_config_swaps() {
     let ws_svc = up.service("ws", "chat");
     h.apply(
         "ws.yaml",
-        &(ws_svc.clone()
-            + &ingress(
-                "ws",
-                "chat",
-                "ws.example.com",
-                &[("/", "Prefix", "chat")],
-                "",
-            )),
+        &(ws_svc.clone() + &ingress("ws", "chat", "ws.example.com", &[("/", "Prefix", "chat")], "")),
     )
     .await;
 
@@ -171,13 +160,7 @@ async fn a_websocket_lives_through_config_swaps() {
         .apply(
             "other.yaml",
             &(service("other", "web", &[&web])
-                + &ingress(
-                    "other",
-                    "web",
-                    "other.example.com",
-                    &[("/", "Prefix", "web")],
-                    "",
-                )),
+                + &ingress("other", "web", "other.example.com", &[("/", "Prefix", "web")], "")),
         )
         .await;
     assert_eq!(
@@ -186,12 +169,8 @@ async fn a_websocket_lives_through_config_swaps() {
         "version {v1} is served"
     );
     roundtrip(&mut ws, "after an unrelated swap").await;
-    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap();
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap();
     assert_eq!(got.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
 
     // The WebSocket's own route goes away: new handshakes get 404, the open one carries on.
@@ -207,11 +186,7 @@ async fn a_websocket_lives_through_config_swaps() {
     for i in 0..10 {
         roundtrip(&mut ws, &format!("after the route was removed #{i}")).await;
     }
-    assert_eq!(
-        up.accepted.load(Ordering::SeqCst),
-        1,
-        "one connection all along"
-    );
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 1, "one connection all along");
     assert_eq!(*up.ended.borrow(), 0);
 
     // A clean close reaches the upstream.
@@ -231,13 +206,7 @@ async fn an_idle_websocket_is_closed_after_the_read_timeout() {
         &[("/", "Prefix", "chat")],
         "  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: \"1\"}\n",
     );
-    m += &ingress(
-        "ws",
-        "slow",
-        "slow.example.com",
-        &[("/", "Prefix", "chat")],
-        "",
-    );
+    m += &ingress("ws", "slow", "slow.example.com", &[("/", "Prefix", "chat")], "");
     h.apply("ws.yaml", &m).await;
 
     let mut fast = ws_connect(h.http(), "fast.example.com").await.unwrap();
@@ -267,8 +236,7 @@ async fn an_idle_websocket_is_closed_after_the_read_timeout() {
         "closed after {idle:?}, before the 1s timeout"
     );
     assert!(idle < Duration::from_secs(3), "closed after {idle:?}");
-    up.wait_ended(1, "the upstream side of the tunnel is closed too")
-        .await;
+    up.wait_ended(1, "the upstream side of the tunnel is closed too").await;
     assert_eq!(*up.ended.borrow(), 1);
 
     // The WebSocket on the route with the default (60s) timeout was idle as long and is still open.
@@ -317,17 +285,12 @@ async fn load_client(
         }
         let Some(s) = sender.as_mut() else { continue };
         let outcome = async {
-            s.ready()
-                .await
-                .map_err(|e| format!("connection not ready: {e}"))?;
+            s.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
             let req = Request::get("/load")
                 .header("host", host)
                 .body(Full::new(Bytes::new()))
                 .unwrap();
-            let resp = s
-                .send_request(req)
-                .await
-                .map_err(|e| format!("send: {e}"))?;
+            let resp = s.send_request(req).await.map_err(|e| format!("send: {e}"))?;
             let status = resp.status();
             let backend = resp
                 .headers()
@@ -340,12 +303,9 @@ async fn load_client(
                 .await
                 .map_err(|e| format!("body: {e}"))?
                 .to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| format!("status {status}, body not echo JSON: {e}"))?;
-            if status != StatusCode::OK
-                || !matches!(backend.as_deref(), Some("a" | "b"))
-                || json["uri"] != "/load"
-            {
+            let json: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| format!("status {status}, body not echo JSON: {e}"))?;
+            if status != StatusCode::OK || !matches!(backend.as_deref(), Some("a" | "b")) || json["uri"] != "/load" {
                 return Err(format!("status {status}, backend {backend:?}, body {json}"));
             }
             Ok(())
@@ -375,27 +335,13 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
     h.apply(
         "load.yaml",
         &(service("load", "web", &[&a, &b])
-            + &ingress(
-                "load",
-                "web",
-                "load.example.com",
-                &[("/", "Prefix", "web")],
-                "",
-            )),
+            + &ingress("load", "web", "load.example.com", &[("/", "Prefix", "web")], "")),
     )
     .await;
     let dp = h.node.state.dataplane.clone();
     let base = (*dp.snapshot().table).clone();
-    let upstream = base.vhosts["load.example.com"].routes[0]
-        .backend
-        .upstream
-        .clone();
-    assert_eq!(
-        base.upstreams[&upstream].endpoints.len(),
-        2,
-        "{:?}",
-        base.upstreams
-    );
+    let upstream = base.vhosts["load.example.com"].routes[0].backend.upstream.clone();
+    assert_eq!(base.upstreams[&upstream].endpoints.len(), 2, "{:?}", base.upstreams);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (progress, seen) = watch::channel(0u64);
@@ -434,12 +380,7 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
                 t.vhosts.insert(format!("extra-{i}.example.com"), v);
             }
             // One endpoint goes away (its pooled connections with it).
-            3 => t
-                .upstreams
-                .get_mut(&upstream)
-                .unwrap()
-                .endpoints
-                .truncate(1),
+            3 => t.upstreams.get_mut(&upstream).unwrap().endpoints.truncate(1),
             // Back to the original.
             _ => {}
         }

@@ -40,12 +40,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// A `kubernetes.io/tls` Secret holding a PEM certificate and key.
 fn tls_secret(ns: &str, name: &str, (cert, key): &(String, String)) -> String {
-    let indent = |s: &str| {
-        s.lines()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
     format!(
         "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
         indent(cert),
@@ -58,11 +53,7 @@ fn der(cert_pem: &str) -> CertificateDer<'static> {
 }
 
 /// A client that trusts exactly the given certificates, with the given versions and ALPN.
-fn client(
-    trusted: &[&str],
-    versions: &[&'static SupportedProtocolVersion],
-    alpn: &[&[u8]],
-) -> TlsConnector {
+fn client(trusted: &[&str], versions: &[&'static SupportedProtocolVersion], alpn: &[&[u8]]) -> TlsConnector {
     let mut roots = RootCertStore::empty();
     for pem in trusted {
         roots.add(der(pem)).unwrap();
@@ -103,12 +94,7 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -117,12 +103,7 @@ impl ServerCertVerifier for AnyCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -146,19 +127,12 @@ async fn served_cert(h: &Harness, sni: &str) -> CertificateDer<'static> {
         .into_owned()
 }
 
-async fn connect(
-    h: &Harness,
-    connector: &TlsConnector,
-    sni: &str,
-) -> std::io::Result<TlsStream<TcpStream>> {
+async fn connect(h: &Harness, connector: &TlsConnector, sni: &str) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(h.https()).await?;
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        connector.connect(name, tcp),
-    )
-    .await
-    .expect("handshake within 10s")
+    tokio::time::timeout(std::time::Duration::from_secs(10), connector.connect(name, tcp))
+        .await
+        .expect("handshake within 10s")
 }
 
 /// Asserts the handshake failed because the certificate did not verify.
@@ -180,9 +154,7 @@ async fn get_over<S>(io: S, host: &str, path: &str) -> Reply
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::get(path)
         .header("host", host)
@@ -214,13 +186,8 @@ async fn setup() -> Setup {
     m += &tls_secret("tls", "wild-cert", &wild);
     m += &(ingress("tls", "a", "a.example.com", &[("/", "Prefix", "web")], "")
         + "  tls:\n  - hosts: [a.example.com]\n    secretName: a-cert\n");
-    m += &(ingress(
-        "tls",
-        "wild",
-        "*.wild.example.com",
-        &[("/", "Prefix", "web")],
-        "",
-    ) + "  tls:\n  - hosts: [\"*.wild.example.com\"]\n    secretName: wild-cert\n");
+    m += &(ingress("tls", "wild", "*.wild.example.com", &[("/", "Prefix", "web")], "")
+        + "  tls:\n  - hosts: [\"*.wild.example.com\"]\n    secretName: wild-cert\n");
     m += &(ingress(
         "tls",
         "plain",
@@ -228,13 +195,7 @@ async fn setup() -> Setup {
         &[("/", "Prefix", "web")],
         "  annotations: {nginx.ingress.kubernetes.io/ssl-redirect: \"false\"}\n",
     ) + "  tls:\n  - hosts: [plain.example.com]\n");
-    m += &ingress(
-        "tls",
-        "open",
-        "open.example.com",
-        &[("/", "Prefix", "web")],
-        "",
-    );
+    m += &ingress("tls", "open", "open.example.com", &[("/", "Prefix", "web")], "");
     h.apply("tls.yaml", &m).await;
     let problems = h.node.state.problems();
     assert!(problems.is_empty(), "{problems:#?}");
@@ -261,12 +222,7 @@ async fn setup() -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_picks_the_ingress_certificate_and_unknown_names_get_the_default() {
-    let Setup {
-        h,
-        _web,
-        exact,
-        wild,
-    } = setup().await;
+    let Setup { h, _web, exact, wild } = setup().await;
 
     // Each name verifies against its own certificate alone, and the request is proxied as HTTPS.
     for (sni, cert) in [
@@ -282,11 +238,7 @@ async fn sni_picks_the_ingress_certificate_and_unknown_names_get_the_default() {
         assert_eq!(r.backend(), Some("web"), "{sni}");
         let hd = &r.json()["headers"];
         assert_eq!(hd["x-forwarded-proto"], "https", "{sni}: {hd}");
-        assert_eq!(
-            hd["x-forwarded-port"],
-            h.https().port().to_string(),
-            "{sni}: {hd}"
-        );
+        assert_eq!(hd["x-forwarded-port"], h.https().port().to_string(), "{sni}: {hd}");
         assert_eq!(r.json()["uri"], "/secure?q=1");
     }
 
@@ -302,10 +254,7 @@ async fn sni_picks_the_ingress_certificate_and_unknown_names_get_the_default() {
 
     // Unknown names, a name two labels under the wildcard, and no SNI at all: the default certificate.
     let both = verifying(&[&exact.0, &wild.0]);
-    assert_bad_cert(
-        connect(&h, &both, "unknown.example.com").await,
-        "unknown.example.com",
-    );
+    assert_bad_cert(connect(&h, &both, "unknown.example.com").await, "unknown.example.com");
     let default = served_cert(&h, "unknown.example.com").await;
     assert_ne!(default, der(&exact.0));
     assert_ne!(default, der(&wild.0));
@@ -332,11 +281,7 @@ async fn plain_http_to_a_tls_host_redirects_unless_ssl_redirect_is_off() {
             "/some/path?x=1&y=2",
             format!("https://a.example.com:{port}/some/path?x=1&y=2"),
         ),
-        (
-            "A.Example.com:8080",
-            "/",
-            format!("https://a.example.com:{port}/"),
-        ),
+        ("A.Example.com:8080", "/", format!("https://a.example.com:{port}/")),
         (
             "x.wild.example.com",
             "/w?z",
@@ -344,12 +289,7 @@ async fn plain_http_to_a_tls_host_redirects_unless_ssl_redirect_is_off() {
         ),
     ] {
         let r = get(h.http(), host, path).await;
-        assert_eq!(
-            r.status,
-            StatusCode::PERMANENT_REDIRECT,
-            "{host}{path}: {}",
-            r.body
-        );
+        assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT, "{host}{path}: {}", r.body);
         assert_eq!(
             r.headers.get("location").and_then(|v| v.to_str().ok()),
             Some(location.as_str()),
@@ -365,10 +305,7 @@ async fn plain_http_to_a_tls_host_redirects_unless_ssl_redirect_is_off() {
     assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
     assert_eq!(r.json()["uri"], "/p?q=1");
     // A host without TLS is proxied too.
-    assert_eq!(
-        get(h.http(), "open.example.com", "/").await.backend(),
-        Some("web")
-    );
+    assert_eq!(get(h.http(), "open.example.com", "/").await.backend(), Some("web"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,10 +321,9 @@ async fn http2_over_alpn_and_h2c_with_prior_knowledge() {
     .await
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -423,17 +359,13 @@ async fn http2_over_alpn_and_h2c_with_prior_knowledge() {
     .await
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(
-        get_over(tls, "a.example.com", "/h1").await.backend(),
-        Some("web")
-    );
+    assert_eq!(get_over(tls, "a.example.com", "/h1").await.backend(), Some("web"));
 
     // h2c with prior knowledge on the plain listener.
     let tcp = TcpStream::connect(h.http()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let req = Request::get("http://open.example.com/h2c?x=1")
         .body(Full::new(Bytes::new()))
@@ -461,12 +393,7 @@ async fn http2_over_alpn_and_h2c_with_prior_knowledge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_and_tls13_both_negotiate() {
-    let Setup {
-        h,
-        _web,
-        exact,
-        wild,
-    } = setup().await;
+    let Setup { h, _web, exact, wild } = setup().await;
     for (version, want) in [
         (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),

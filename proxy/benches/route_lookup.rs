@@ -28,6 +28,7 @@ fn table(hosts: usize) -> RoutingTable {
                 },
                 policy: RoutePolicy::default(),
                 source: format!("ns/ing{h}"),
+                canary: None,
             })
             .collect();
         t.vhosts.insert(

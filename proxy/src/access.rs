@@ -57,18 +57,12 @@ impl AccessState {
     /// Compiles a route's checks, reusing the state of `previous` for unchanged settings.
     /// Returns `None` when the route has none. Unparseable values (which the compiler
     /// rejects first) fail closed: a bad allowlist allows nobody, a bad htpasswd nobody.
-    pub fn build(
-        &mut self,
-        source: &str,
-        policy: &RoutePolicy,
-        previous: &AccessState,
-    ) -> Option<Arc<RouteAccess>> {
+    pub fn build(&mut self, source: &str, policy: &RoutePolicy, previous: &AccessState) -> Option<Arc<RouteAccess>> {
         if policy.allow_source.is_empty() && policy.limit.is_none() && policy.basic_auth.is_none() {
             return None;
         }
         // A list that does not parse (the compiler rejects those first) allows nobody.
-        let allow = (!policy.allow_source.is_empty())
-            .then(|| nets(&policy.allow_source).unwrap_or_default());
+        let allow = (!policy.allow_source.is_empty()).then(|| nets(&policy.allow_source).unwrap_or_default());
         let limits = policy.limit.as_ref().map(|l| {
             let key = (source.to_string(), l.clone());
             let limits = self
@@ -101,18 +95,11 @@ impl AccessState {
                 .cloned()
                 .unwrap_or_else(|| Htpasswd::parse(&a.htpasswd).ok().map(Arc::new));
             self.htpasswd.insert(a.htpasswd.clone(), file.clone());
-            let challenge = HeaderValue::from_str(&format!(
-                "Basic realm=\"{}\"",
-                a.realm.replace(['"', '\\'], "")
-            ))
-            .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"\""));
+            let challenge = HeaderValue::from_str(&format!("Basic realm=\"{}\"", a.realm.replace(['"', '\\'], "")))
+                .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"\""));
             (file, challenge)
         });
-        Some(Arc::new(RouteAccess {
-            allow,
-            limits,
-            auth,
-        }))
+        Some(Arc::new(RouteAccess { allow, limits, auth }))
     }
 }
 
@@ -125,11 +112,7 @@ impl RouteAccess {
     /// the client's connection slot until dropped (at the end of the response).
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<Option<Admission>, Denied> {
         let admission = match &self.limits {
-            Some((limits, status)) => Some(
-                limits
-                    .admit(ip, now)
-                    .map_err(|_| Denied::Limited(*status))?,
-            ),
+            Some((limits, status)) => Some(limits.admit(ip, now).map_err(|_| Denied::Limited(*status))?),
             None => None,
         };
         if let Some(allow) = &self.allow {
@@ -213,10 +196,7 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic YWxpY2U6bm9wZQ=="),
         ); // alice:nope
-        assert!(matches!(
-            a.authenticate(&h).await,
-            Err(Denied::Unauthorized(_))
-        ));
+        assert!(matches!(a.authenticate(&h).await, Err(Denied::Unauthorized(_))));
     }
 
     #[test]
@@ -225,8 +205,7 @@ mod tests {
         p.allow_source = vec!["10.0.0.0/8".into(), "garbage".into()];
         let a = build(&p, &AccessState::default());
         assert_eq!(
-            a.admit("10.0.0.1".parse().unwrap(), Instant::now())
-                .unwrap_err(),
+            a.admit("10.0.0.1".parse().unwrap(), Instant::now()).unwrap_err(),
             Denied::Forbidden
         );
     }

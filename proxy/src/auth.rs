@@ -50,18 +50,14 @@ pub const CACHE_CAPACITY: usize = 1024;
 pub enum AuthError {
     #[error("htpasswd line {line}: expected `user:hash`")]
     Malformed { line: usize },
-    #[error(
-        "htpasswd line {line}: plain-text passwords are not supported; hash it with `htpasswd -B`"
-    )]
+    #[error("htpasswd line {line}: plain-text passwords are not supported; hash it with `htpasswd -B`")]
     PlainText { line: usize },
     #[error(
         "htpasswd line {line}: crypt(3) DES hashes are not supported (they only use 8 characters \
          of the password); hash it with `htpasswd -B`"
     )]
     Des { line: usize },
-    #[error(
-        "htpasswd line {line}: unsupported hash scheme `{scheme}`; use bcrypt, $apr1$ or {{SHA}}"
-    )]
+    #[error("htpasswd line {line}: unsupported hash scheme `{scheme}`; use bcrypt, $apr1$ or {{SHA}}")]
     UnsupportedScheme { line: usize, scheme: String },
     #[error("htpasswd line {line}: malformed {scheme} hash")]
     InvalidHash { line: usize, scheme: &'static str },
@@ -178,22 +174,13 @@ impl Hash {
             .or_else(|| hash.strip_prefix("$2a$"))
             .or_else(|| hash.strip_prefix("$2b$"))
         {
-            return parse_bcrypt(rest).ok_or(AuthError::InvalidHash {
-                line,
-                scheme: "bcrypt",
-            });
+            return parse_bcrypt(rest).ok_or(AuthError::InvalidHash { line, scheme: "bcrypt" });
         }
         if let Some(rest) = hash.strip_prefix("$apr1$") {
-            return parse_apr1(rest).ok_or(AuthError::InvalidHash {
-                line,
-                scheme: "$apr1$",
-            });
+            return parse_apr1(rest).ok_or(AuthError::InvalidHash { line, scheme: "$apr1$" });
         }
         if let Some(rest) = hash.strip_prefix("{SHA}") {
-            return parse_sha1(rest).ok_or(AuthError::InvalidHash {
-                line,
-                scheme: "{SHA}",
-            });
+            return parse_sha1(rest).ok_or(AuthError::InvalidHash { line, scheme: "{SHA}" });
         }
         Err(refusal(hash, line))
     }
@@ -202,15 +189,11 @@ impl Hash {
     fn matches(&self, password: &str) -> bool {
         match self {
             Hash::Bcrypt { cost, salt, digest } => bcrypt_matches(*cost, *salt, digest, password),
-            Hash::Apr1 { salt, encoded } => apr1(password.as_bytes(), salt.as_bytes())
-                .ct_eq(encoded)
+            Hash::Apr1 { salt, encoded } => apr1(password.as_bytes(), salt.as_bytes()).ct_eq(encoded).into(),
+            Hash::Sha1(expected) => digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes())
+                .as_ref()
+                .ct_eq(expected)
                 .into(),
-            Hash::Sha1(expected) => {
-                digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes())
-                    .as_ref()
-                    .ct_eq(expected)
-                    .into()
-            }
         }
     }
 }
@@ -242,8 +225,7 @@ fn refusal(hash: &str, line: usize) -> AuthError {
 }
 
 /// The alphabet of crypt(3), MD5-crypt and bcrypt's own base64.
-const CRYPT_ALPHABET: &[u8; 64] =
-    b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const CRYPT_ALPHABET: &[u8; 64] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 fn is_crypt_char(b: u8) -> bool {
     CRYPT_ALPHABET.contains(&b)
@@ -287,13 +269,10 @@ fn parse_apr1(rest: &str) -> Option<Hash> {
         return None;
     }
     let encoded: [u8; 22] = encoded.as_bytes().try_into().ok()?;
-    encoded
-        .iter()
-        .all(|&b| is_crypt_char(b))
-        .then(|| Hash::Apr1 {
-            salt: salt.to_string(),
-            encoded,
-        })
+    encoded.iter().all(|&b| is_crypt_char(b)).then(|| Hash::Apr1 {
+        salt: salt.to_string(),
+        encoded,
+    })
 }
 
 /// Apache's MD5-crypt (`$apr1$`): Poul-Henning Kamp's FreeBSD MD5-crypt with Apache's
@@ -371,9 +350,7 @@ fn apr1(password: &[u8], salt: &[u8]) -> [u8; 22] {
 
 /// Base64 of a 20-byte SHA-1 digest, after the `{SHA}` prefix.
 fn parse_sha1(rest: &str) -> Option<Hash> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(rest)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
     let digest: [u8; 20] = bytes.try_into().ok()?;
     Some(Hash::Sha1(digest))
 }
@@ -559,9 +536,7 @@ mod tests {
 
     #[test]
     fn comments_blank_lines_crlf_and_trailing_fields() {
-        let text = format!(
-            "# made by htpasswd\r\n\r\n   \n{ERIN}\r\n  # indented comment\n{GRACE}:a comment\n"
-        );
+        let text = format!("# made by htpasswd\r\n\r\n   \n{ERIN}\r\n  # indented comment\n{GRACE}:a comment\n");
         let h = Htpasswd::parse(&text).unwrap();
         assert_eq!(h.len(), 2);
         assert!(h.verify("erin", "hunter2"));
@@ -619,10 +594,7 @@ mod tests {
         ];
         for text in cases {
             let err = Htpasswd::parse(&format!("# header\n{text}")).unwrap_err();
-            assert!(
-                matches!(err, AuthError::InvalidHash { line: 2, .. }),
-                "{text}: {err:?}"
-            );
+            assert!(matches!(err, AuthError::InvalidHash { line: 2, .. }), "{text}: {err:?}");
             let hash = text.split_once(':').unwrap().1;
             let body = &hash[hash.len() - 10..];
             assert!(!err.to_string().contains(body), "{err} echoes {text}");
@@ -648,10 +620,7 @@ mod tests {
             (PEGGY, "$5$"),
             (TRENT, "$6$"),
             ("u:$1$abc$def", "$1$"),
-            (
-                "u:$2x$05$imJePb1wASgV7xAtCTTAZOlT4BBcwVg8A5x1GI.cAdNpm0YCX.z/C",
-                "$2x$",
-            ),
+            ("u:$2x$05$imJePb1wASgV7xAtCTTAZOlT4BBcwVg8A5x1GI.cAdNpm0YCX.z/C", "$2x$"),
             ("u:{SSHA}abcdef", "{SSHA}"),
         ] {
             match Htpasswd::parse(text) {
@@ -673,10 +642,7 @@ mod tests {
         let h = file(&[ALICE, ERIN]);
         let shown = format!("{h:?}");
         assert!(shown.contains("alice") && shown.contains("erin"), "{shown}");
-        assert!(
-            !shown.contains("87u9Z") && !shown.contains("imJeP"),
-            "{shown}"
-        );
+        assert!(!shown.contains("87u9Z") && !shown.contains("imJeP"), "{shown}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::access::AccessState;
 use crate::access::RouteAccess;
+use crate::limit::IpNet;
 use crate::metrics::Metrics;
 use crate::metrics::RouteStats;
 use crate::model::Endpoint;
@@ -37,6 +38,10 @@ pub struct Snapshot {
     route_stats: Vec<OnceLock<Arc<RouteStats>>>,
     /// Per-route access checks, by route id.
     access: Vec<Option<Arc<RouteAccess>>>,
+    /// Peers trusted to tell the client address (`real_ip_cidrs`, parsed).
+    trusted: Vec<IpNet>,
+    /// The `Strict-Transport-Security` value, if on.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 impl Snapshot {
@@ -47,7 +52,14 @@ impl Snapshot {
             upstreams: HashMap::new(),
             route_stats: Vec::new(),
             access: Vec::new(),
+            trusted: Vec::new(),
+            hsts: None,
         }
+    }
+
+    /// Whether `ip` may tell the client's address (`proxy-real-ip-cidr`).
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
     }
 
     /// The access checks of route `id`, if it has any.
@@ -117,10 +129,7 @@ impl Dataplane {
     /// Compiles `table` and swaps it in. Endpoint state (pools, health, EWMA) and parsed
     /// certificates carry over for whatever the new table keeps.
     pub fn install(&self, table: RoutingTable) -> Result<(), RouterError> {
-        let mut access_state = self
-            .install
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut access_state = self.install.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let router = Router::new(&table)?;
         let old = self.current.load_full();
         let previous: HashMap<(Endpoint, Protocol), Arc<EndpointState>> = old
@@ -137,9 +146,7 @@ impl Dataplane {
         // Certificates first, so a host that just gained TLS never meets a router without them.
         let certs = CertStore::build(&table, &self.resolver.store());
         self.resolver.install(certs);
-        let route_stats = (0..router.routes().len())
-            .map(|_| OnceLock::new())
-            .collect();
+        let route_stats = (0..router.routes().len()).map(|_| OnceLock::new()).collect();
         let mut next_state = AccessState::default();
         let access = router
             .routes()
@@ -148,12 +155,26 @@ impl Dataplane {
             .collect();
         *access_state = next_state;
         let version = table.version;
+        // Entries that do not parse (the compiler checks them first) trust nobody.
+        let trusted = table
+            .settings
+            .real_ip_cidrs
+            .iter()
+            .filter_map(|c| IpNet::parse(c).ok())
+            .collect();
+        let hsts = table
+            .settings
+            .hsts
+            .as_ref()
+            .and_then(|h| http::HeaderValue::from_str(&h.value()).ok());
         self.current.store(Arc::new(Snapshot {
             table: Arc::new(table),
             router,
             upstreams,
             route_stats,
             access,
+            trusted,
+            hsts,
         }));
         self.version.send_replace(version);
         self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);

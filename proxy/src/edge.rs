@@ -153,10 +153,7 @@ mod tests {
         assert_eq!(rw(p, "/$2", "/something").as_deref(), Some("/"));
         assert_eq!(rw(p, "/$2", "/something/").as_deref(), Some("/"));
         assert_eq!(rw(p, "/$2", "/something/new").as_deref(), Some("/new"));
-        assert_eq!(
-            rw(p, "/$2", "/something/new?x=1").as_deref(),
-            Some("/new?x=1")
-        );
+        assert_eq!(rw(p, "/$2", "/something/new?x=1").as_deref(), Some("/new?x=1"));
         assert_eq!(
             rw(p, "/$2", "/SomeThing/new").as_deref(),
             Some("/new"),
@@ -164,10 +161,7 @@ mod tests {
         );
         assert_eq!(rw(p, "/$2", "/other"), None);
         // Without captures the whole path is replaced.
-        assert_eq!(
-            rw(&regex::escape("/app"), "/", "/app/deep/path").as_deref(),
-            Some("/")
-        );
+        assert_eq!(rw(&regex::escape("/app"), "/", "/app/deep/path").as_deref(), Some("/"));
         assert_eq!(
             rw("/a(.*)", "/b?fixed=1", "/a/x?y=2").as_deref(),
             Some("/b?fixed=1&y=2")
@@ -207,10 +201,7 @@ mod tests {
             .unwrap();
         let r = cors_preflight(&pre, &cors(&["https://a.com"])).unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
-        assert_eq!(
-            r.headers()[header::ACCESS_CONTROL_ALLOW_METHODS],
-            "GET, POST"
-        );
+        assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
         assert_eq!(r.headers()[header::ACCESS_CONTROL_MAX_AGE], "600");
         let plain_options = Request::options("/x").body(()).unwrap();
         assert!(cors_preflight(&plain_options, &cors(&["*"])).is_none());
@@ -222,14 +213,6 @@ mod tests {
         let r = app_root(&root, "corp.com", "/corp", false).unwrap();
         assert_eq!(r.status(), StatusCode::FOUND);
         assert_eq!(r.headers()[header::LOCATION], "http://corp.com/corp");
-        assert!(
-            app_root(
-                &Request::get("/x").body(()).unwrap(),
-                "corp.com",
-                "/corp",
-                false
-            )
-            .is_none()
-        );
+        assert!(app_root(&Request::get("/x").body(()).unwrap(), "corp.com", "/corp", false).is_none());
     }
 }

@@ -15,6 +15,7 @@ use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
 use std::time::Instant;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -55,6 +56,8 @@ use crate::pool::BoxError;
 use crate::pool::Conn;
 use crate::pool::ConnectError;
 use crate::router::Lookup;
+use crate::select::Choice;
+use crate::select::Pick;
 use crate::upstream::EndpointState;
 use crate::upstream::InFlight;
 
@@ -74,8 +77,8 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     pub fn new(client: SocketAddr, local: SocketAddr, tls: bool, https_port: u16) -> ConnInfo {
-        let client_ip = HeaderValue::from_str(&client.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let client_ip =
+            HeaderValue::from_str(&client.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnInfo {
             client,
             local,
@@ -162,7 +165,7 @@ pub async fn handle(
     }
     // The access phase: limits, allowlist, basic auth.
     if let Some(access) = entry.and_then(|e| snap.access(e.id)) {
-        match access.admit(conn.client.ip(), Instant::now()) {
+        match access.admit(client_ip(&snap, &conn, req.headers()).0, Instant::now()) {
             Ok(admission) => log.admission = admission,
             Err(denied) => return Ok(log.finish(deny(denied))),
         }
@@ -177,19 +180,17 @@ pub async fn handle(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Ok(log.finish(local(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "413 Request Entity Too Large\n",
-            )));
+            return Ok(log.finish(local(StatusCode::PAYLOAD_TOO_LARGE, "413 Request Entity Too Large\n")));
         }
     }
-    let upstream = &backend.upstream;
+    // The canary, if the route has one and its rules pick it.
+    let choice = crate::select::choose(&snap, entry, backend, policy, req.headers());
+    let upstream = choice.upstream;
+    if let (true, Some(a)) = (choice.canary, log.access.as_mut()) {
+        a.upstream = upstream.to_string();
+    }
     let rewrite = entry.and_then(|e| e.rewrite.as_ref());
-    let mut resp = match proxy(
-        &dp, &snap, &conn, req, upstream, policy, rewrite, &host, log,
-    )
-    .await
-    {
+    let mut resp = match proxy(&dp, &snap, &conn, req, &choice, policy, rewrite, &host, log).await {
         Ok(resp) => resp,
         Err((e, log)) => {
             tracing::debug!(upstream = %upstream, error = %e, "request failed");
@@ -202,6 +203,10 @@ pub async fn handle(
     if let Some(cors) = &policy.cors {
         edge::cors_headers(resp.headers_mut(), cors, origin.as_ref());
     }
+    if let (true, true, Some(hsts)) = (conn.tls, tls, &snap.hsts) {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     Ok(resp)
 }
 
@@ -213,27 +218,19 @@ async fn proxy(
     snap: &Arc<Snapshot>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-    upstream_id: &str,
+    choice: &Choice<'_>,
     policy: &RoutePolicy,
     rewrite: Option<&(regex::Regex, String)>,
     host: &HeaderValue,
     mut log: RequestLog,
 ) -> Result<Response<Body>, (ProxyError, RequestLog)> {
     // `default-backend`: a Service with no ready endpoints hands over to the fallback.
-    let has_endpoints = |id: &str| {
-        snap.upstreams
-            .get(id)
-            .is_some_and(|u| !u.endpoints.is_empty())
-    };
+    let has_endpoints = |id: &str| snap.upstreams.get(id).is_some_and(|u| !u.endpoints.is_empty());
     let upstream_id = match &policy.fallback {
-        Some(fb) if !has_endpoints(upstream_id) => fb.upstream.as_str(),
-        _ => upstream_id,
+        Some(fb) if !has_endpoints(choice.upstream) => fb.upstream.as_str(),
+        _ => choice.upstream,
     };
-    let Some(upstream) = snap
-        .upstreams
-        .get(upstream_id)
-        .filter(|u| !u.endpoints.is_empty())
-    else {
+    let Some(upstream) = snap.upstreams.get(upstream_id).filter(|u| !u.endpoints.is_empty()) else {
         return Err((ProxyError::NoEndpoints, log));
     };
     let settings = &snap.table.settings;
@@ -245,6 +242,16 @@ async fn proxy(
     }
     let protocol = upstream.endpoints[0].protocol;
     let host_str = host.to_str().unwrap_or_default();
+    // Affinity and hash-by belong to the chosen backend, not to a `default-backend` fallback.
+    // Their keys come from the request as the client sent it (before any rewrite).
+    let keyed = choice.affinity.is_some() || choice.hash_by.is_some();
+    let mut pick = if keyed && upstream_id == choice.upstream {
+        let client = client_ip(snap, conn, req.headers()).0;
+        Pick::new(choice, req.headers(), req.uri(), client, host_str)
+    } else {
+        Pick::Balance
+    };
+    let client_tls = conn.tls;
 
     let (parts, body) = req.into_parts();
     let body: Body = if body.is_end_stream() {
@@ -302,7 +309,8 @@ async fn proxy(
     } else if !headers.contains_key(header::HOST) && !host.is_empty() {
         headers.insert(header::HOST, host.clone());
     }
-    add_forwarded(headers, conn, host);
+    let (client, trusted) = client_ip(snap, conn, headers);
+    add_forwarded(headers, conn, host, client, trusted);
     if let Some(prefix) = policy
         .forwarded_prefix
         .as_deref()
@@ -332,7 +340,7 @@ async fn proxy(
     let mut req = out;
     while tried.len() < tries {
         let now = Instant::now();
-        let Some(idx) = upstream.pick(now, &tried) else {
+        let Some(idx) = pick.next(upstream, now, &tried) else {
             break;
         };
         let ep = upstream.endpoints[idx].clone();
@@ -352,8 +360,7 @@ async fn proxy(
                     Err(e) => {
                         tracing::debug!(endpoint = %ep.endpoint, error = %e, "connect failed");
                         ep.record_failure(Instant::now(), settings);
-                        dp.metrics()
-                            .upstream_error(upstream_id, UpstreamErrorKind::Connect);
+                        dp.metrics().upstream_error(upstream_id, UpstreamErrorKind::Connect);
                         let next = match e {
                             ConnectError::Timeout { .. } => policy.next_upstream.timeout,
                             _ => policy.next_upstream.error,
@@ -368,19 +375,13 @@ async fn proxy(
             };
             let sent_at = Instant::now();
             match send(conn, req, read_timeout).await {
-                Ok((resp, _))
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && client_upgrade.is_none() =>
-                {
+                Ok((resp, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() => {
                     // A 101 the client never asked for has no tunnel to go to.
                     return Err((ProxyError::UnexpectedUpgrade, log));
                 }
                 Ok((resp, _))
                     if resend.is_some()
-                        && policy
-                            .next_upstream
-                            .statuses
-                            .contains(&resp.status().as_u16())
+                        && policy.next_upstream.statuses.contains(&resp.status().as_u16())
                         && tried.len() < tries
                         && upstream.pick(Instant::now(), &tried).is_some() =>
                 {
@@ -392,8 +393,7 @@ async fn proxy(
                     let Some((method, uri, version, headers)) = &resend else {
                         return Err((ProxyError::BadRequest, log));
                     };
-                    let mut again =
-                        Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
+                    let mut again = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
                     *again.method_mut() = method.clone();
                     *again.uri_mut() = uri.clone();
                     *again.version_mut() = *version;
@@ -403,7 +403,7 @@ async fn proxy(
                 }
                 Ok((resp, h1)) => {
                     ep.record_success(Instant::now(), sent_at.elapsed());
-                    return Ok(respond(
+                    let mut resp = respond(
                         resp,
                         h1,
                         ep,
@@ -411,7 +411,13 @@ async fn proxy(
                         client_upgrade,
                         read_timeout,
                         log,
-                    ));
+                        usize::try_from(settings.upstream_keepalive_connections).unwrap_or(usize::MAX),
+                    );
+                    // A new or moved affinity session: the cookie names the endpoint that answered.
+                    if let Some(cookie) = pick.set_cookie(client_tls, SystemTime::now()) {
+                        resp.headers_mut().append(header::SET_COOKIE, cookie);
+                    }
+                    return Ok(resp);
                 }
                 Err(SendError::NotSent(back, e)) => {
                     req = *back;
@@ -491,6 +497,7 @@ fn classify(e: hyper::Error) -> ProxyError {
     ProxyError::Upstream(e)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn respond(
     resp: Response<Incoming>,
     h1: Option<http1::SendRequest<Body>>,
@@ -499,6 +506,7 @@ fn respond(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     read_timeout: Duration,
     mut log: RequestLog,
+    keepalive: usize,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     log.status = parts.status.as_u16();
@@ -508,10 +516,7 @@ fn respond(
             tokio::spawn(tunnel(client, upstream, read_timeout, in_flight));
         }
         // The 101 keeps its Connection and Upgrade headers.
-        return Response::from_parts(
-            parts,
-            http_body_util::Empty::new().map_err(BoxError::from).boxed(),
-        );
+        return Response::from_parts(parts, http_body_util::Empty::new().map_err(BoxError::from).boxed());
     }
     strip_hop_by_hop(&mut parts.headers);
     let mut body = Tracked {
@@ -522,6 +527,7 @@ fn respond(
         idle: read_timeout,
         timer: None,
         log: Some(log),
+        keepalive,
     };
     if body.inner.is_end_stream() {
         // An empty body may never be polled: the connection is free now.
@@ -581,12 +587,14 @@ struct Tracked {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Written when the body ends or is dropped.
     log: Option<RequestLog>,
+    /// Idle connections the endpoint's pool may keep.
+    keepalive: usize,
 }
 
 impl Tracked {
     fn release(&mut self) {
         if let (Some(ep), Some(s)) = (self.ep.take(), self.h1.take()) {
-            ep.pool.put(s, Instant::now());
+            ep.pool.put(s, Instant::now(), self.keepalive);
         }
     }
 }
@@ -595,10 +603,7 @@ impl http_body::Body for Tracked {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
@@ -619,9 +624,7 @@ impl http_body::Body for Tracked {
             }
             Poll::Pending => {
                 let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         this.h1 = None;
@@ -737,10 +740,7 @@ impl http_body::Body for Logged {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(r, Poll::Ready(None)) {
             self.log = None;
@@ -814,7 +814,49 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+/// The client's address: the connection's peer, or, with `use-forwarded-headers` and a
+/// trusted peer, the address nginx's `real_ip_recursive` finds in `X-Forwarded-For` (the
+/// rightmost one not trusted). The flag says whether forwarded headers are trusted.
+fn client_ip(snap: &Snapshot, conn: &ConnInfo, headers: &HeaderMap) -> (std::net::IpAddr, bool) {
+    let peer = conn.client.ip();
+    if !snap.table.settings.use_forwarded_headers || !snap.trusts(peer) {
+        return (peer, false);
+    }
+    let chain: Vec<std::net::IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    let ip = chain
+        .iter()
+        .rev()
+        .find(|ip| !snap.trusts(**ip))
+        .or(chain.first())
+        .copied()
+        .unwrap_or(peer);
+    (ip, true)
+}
+
+fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue, client: std::net::IpAddr, trusted: bool) {
+    let real_ip = if client == conn.client.ip() {
+        Some(conn.client_ip.clone())
+    } else {
+        HeaderValue::from_str(&client.to_string()).ok()
+    };
+    if let Some(v) = real_ip {
+        h.insert(X_REAL_IP.clone(), v);
+    }
+    // Trusted forwarded headers pass through; otherwise ours replace whatever came.
+    let keep = |h: &HeaderMap, name: &HeaderName| trusted && h.contains_key(name);
+    if !keep(h, &X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), conn.proto());
+    }
+    if !keep(h, &X_FORWARDED_PORT) {
+        h.insert(X_FORWARDED_PORT.clone(), conn.local_port.clone());
+    }
+    h.insert(X_SCHEME.clone(), conn.proto());
     let xff = match h
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -826,10 +868,9 @@ fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
-    h.insert(X_REAL_IP.clone(), conn.client_ip.clone());
-    h.insert(X_FORWARDED_PROTO.clone(), conn.proto());
-    h.insert(X_SCHEME.clone(), conn.proto());
-    h.insert(X_FORWARDED_PORT.clone(), conn.local_port.clone());
+    if keep(h, &X_FORWARDED_HOST) {
+        return;
+    }
     let raw = host.to_str().unwrap_or_default();
     let forwarded_host = match crate::router::normalize_host(raw) {
         std::borrow::Cow::Borrowed(n) if n.len() == raw.len() => Some(host.clone()),
@@ -843,10 +884,7 @@ fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
 /// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's
 /// `$request_id`). Returns the id.
 fn ensure_request_id(h: &mut HeaderMap) -> Option<HeaderValue> {
-    if let Some(v) = h
-        .get(&X_REQUEST_ID)
-        .filter(|v| !v.is_empty() && v.len() <= 200)
-    {
+    if let Some(v) = h.get(&X_REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200) {
         return Some(v.clone());
     }
     let v = crate::id::request_id();
@@ -856,11 +894,7 @@ fn ensure_request_id(h: &mut HeaderMap) -> Option<HeaderValue> {
 
 fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<Body> {
     let name = crate::router::normalize_host(host);
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let location = if https_port == 443 {
         format!("https://{name}{path}")
     } else {
@@ -880,8 +914,7 @@ fn deny(denied: Denied) -> Response<Body> {
         Denied::Forbidden => local(StatusCode::FORBIDDEN, "403 Forbidden\n"),
         Denied::Unauthorized(challenge) => {
             let mut resp = local(StatusCode::UNAUTHORIZED, "401 Authorization Required\n");
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge);
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
             resp
         }
     }
@@ -909,9 +942,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -921,9 +952,7 @@ impl ProxyError {
             ProxyError::Timeout => "504 Gateway Timeout\n",
             ProxyError::BodyTooLarge => "413 Request Entity Too Large\n",
             ProxyError::BadRequest => "400 Bad Request\n",
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => {
-                "502 Bad Gateway\n"
-            }
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => "502 Bad Gateway\n",
         }
     }
 

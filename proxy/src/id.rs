@@ -20,6 +20,11 @@ fn next() -> u64 {
     })
 }
 
+/// A random 64-bit number (xorshift64*, seeded per thread from the OS): not for secrets.
+pub(crate) fn random() -> u64 {
+    next()
+}
+
 /// A fresh request id, as a header value.
 pub(crate) fn request_id() -> http::HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";

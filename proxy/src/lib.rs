@@ -5,6 +5,7 @@
 //! * [`dataplane`]: the live snapshot, swapped atomically.
 //! * [`server`] and [`handler`]: listeners and the request path.
 //! * [`upstream`] and [`pool`]: endpoint selection, passive health and connections.
+//! * [`select`]: per-request choices: canary, affinity cookie, hash-by key.
 //! * [`tls`]: SNI certificate selection.
 
 pub mod access;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod router;
+pub mod select;
 pub mod server;
 pub mod tls;
 pub mod upstream;

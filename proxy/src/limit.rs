@@ -209,19 +209,14 @@ impl Client {
         let ms = whole_ms(self.last, now);
         let mut next = self.excess;
         for (bucket, excess) in buckets.iter().zip(next.iter_mut()) {
-            *excess = excess
-                .saturating_add(ONE)
-                .saturating_sub(bucket.drained(ms));
+            *excess = excess.saturating_add(ONE).saturating_sub(bucket.drained(ms));
             if *excess > bucket.burst {
                 return Decision::Reject(bucket.limit);
             }
         }
         self.excess = next;
         if ms > 0 {
-            self.last = self
-                .last
-                .checked_add(Duration::from_millis(ms))
-                .unwrap_or(now);
+            self.last = self.last.checked_add(Duration::from_millis(ms)).unwrap_or(now);
         }
         Decision::Allow
     }
@@ -474,9 +469,7 @@ impl Limits {
             burst_multiplier: config.burst_multiplier,
             max_keys: config.max_keys,
         };
-        let has_rate = [rate.rps, rate.rpm]
-            .iter()
-            .any(|n| n.is_some_and(|n| n > 0));
+        let has_rate = [rate.rps, rate.rpm].iter().any(|n| n.is_some_and(|n| n > 0));
         Limits {
             rate: has_rate.then(|| RateLimiter::new(rate)),
             conn: config
@@ -824,12 +817,8 @@ impl IpNet {
     /// dual-stack socket) is matched as IPv4, as nginx's access and geo modules do.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                (u32::from(net) ^ u32::from(ip)) & mask_v4(self.prefix) == 0
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                (u128::from(net) ^ u128::from(ip)) & mask_v6(self.prefix) == 0
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => (u32::from(net) ^ u32::from(ip)) & mask_v4(self.prefix) == 0,
+            (IpAddr::V6(net), IpAddr::V6(ip)) => (u128::from(net) ^ u128::from(ip)) & mask_v6(self.prefix) == 0,
             _ => false,
         }
     }
@@ -904,9 +893,7 @@ pub fn parse_cidr_list(s: &str) -> Result<Vec<IpNet>, CidrError> {
     if s.trim().is_empty() {
         return Ok(Vec::new());
     }
-    s.split(',')
-        .map(|entry| IpNet::parse(entry.trim()))
-        .collect()
+    s.split(',').map(|entry| IpNet::parse(entry.trim())).collect()
 }
 
 #[cfg(test)]
@@ -1214,10 +1201,7 @@ mod tests {
         drop(g1);
         assert_eq!(l.active(a), 1);
         let g3 = l.acquire(a).unwrap();
-        assert_eq!(
-            l.acquire(ip("::ffff:192.0.2.1")).unwrap_err(),
-            Limit::Connections
-        );
+        assert_eq!(l.acquire(ip("::ffff:192.0.2.1")).unwrap_err(), Limit::Connections);
         drop((g2, g3));
         assert_eq!(l.active(a), 0);
         assert_eq!(l.tracked(), 1);
@@ -1374,28 +1358,13 @@ mod tests {
     #[test]
     fn cidr_errors_name_the_input_and_the_reason() {
         let msg = |s: &str| IpNet::parse(s).unwrap_err().to_string();
-        assert_eq!(
-            msg("10.0.0.0/33"),
-            r#""10.0.0.0/33": prefix length out of range"#
-        );
+        assert_eq!(msg("10.0.0.0/33"), r#""10.0.0.0/33": prefix length out of range"#);
         assert_eq!(msg("::/129"), r#""::/129": prefix length out of range"#);
-        assert_eq!(
-            msg("10.0.0.0/300"),
-            r#""10.0.0.0/300": prefix length out of range"#
-        );
+        assert_eq!(msg("10.0.0.0/300"), r#""10.0.0.0/300": prefix length out of range"#);
         assert_eq!(msg("10.0.0.0/"), r#""10.0.0.0/": invalid prefix length"#);
-        assert_eq!(
-            msg("10.0.0.0/08"),
-            r#""10.0.0.0/08": invalid prefix length"#
-        );
-        assert_eq!(
-            msg("10.0.0.0/+8"),
-            r#""10.0.0.0/+8": invalid prefix length"#
-        );
-        assert_eq!(
-            msg("10.0.0.0/8/8"),
-            r#""10.0.0.0/8/8": invalid prefix length"#
-        );
+        assert_eq!(msg("10.0.0.0/08"), r#""10.0.0.0/08": invalid prefix length"#);
+        assert_eq!(msg("10.0.0.0/+8"), r#""10.0.0.0/+8": invalid prefix length"#);
+        assert_eq!(msg("10.0.0.0/8/8"), r#""10.0.0.0/8/8": invalid prefix length"#);
         assert_eq!(msg("10.0.0/8"), r#""10.0.0/8": not an IP address"#);
         assert_eq!(msg("example.com"), r#""example.com": not an IP address"#);
         assert_eq!(msg("fe80::1%eth0"), r#""fe80::1%eth0": not an IP address"#);
@@ -1411,11 +1380,7 @@ mod tests {
     fn cidr_lists_read_like_ingress_nginx() {
         assert_eq!(
             parse_cidr_list("10.0.0.0/8, 192.168.0.1 ,2001:db8::/32").unwrap(),
-            vec![
-                net("10.0.0.0/8"),
-                net("192.168.0.1/32"),
-                net("2001:db8::/32")
-            ]
+            vec![net("10.0.0.0/8"), net("192.168.0.1/32"), net("2001:db8::/32")]
         );
         assert_eq!(parse_cidr_list("").unwrap(), vec![]);
         assert_eq!(parse_cidr_list("  ").unwrap(), vec![]);
@@ -1424,9 +1389,7 @@ mod tests {
             r#""": empty entry"#
         );
         assert_eq!(
-            parse_cidr_list("10.0.0.0/8, 10.0.0.0/33")
-                .unwrap_err()
-                .to_string(),
+            parse_cidr_list("10.0.0.0/8, 10.0.0.0/33").unwrap_err().to_string(),
             r#""10.0.0.0/33": prefix length out of range"#
         );
     }
@@ -1444,22 +1407,18 @@ mod tests {
 
     /// Request times as microsecond offsets, ascending; on a millisecond grid if asked.
     fn arb_times() -> impl Strategy<Value = Vec<(u8, u64)>> {
-        (
-            prop::collection::vec((0u8..3, 0u64..400_000), 1..200),
-            any::<bool>(),
-        )
-            .prop_map(|(steps, grid)| {
-                let mut t = 0;
-                steps
-                    .into_iter()
-                    .map(|(who, step)| {
-                        // Mostly short gaps, so that buckets fill up.
-                        let step = if step % 4 == 0 { step } else { step / 100 };
-                        t += if grid { step / 1000 * 1000 } else { step };
-                        (who, t)
-                    })
-                    .collect()
-            })
+        (prop::collection::vec((0u8..3, 0u64..400_000), 1..200), any::<bool>()).prop_map(|(steps, grid)| {
+            let mut t = 0;
+            steps
+                .into_iter()
+                .map(|(who, step)| {
+                    // Mostly short gaps, so that buckets fill up.
+                    let step = if step % 4 == 0 { step } else { step / 100 };
+                    t += if grid { step / 1000 * 1000 } else { step };
+                    (who, t)
+                })
+                .collect()
+        })
     }
 
     proptest! {

@@ -34,8 +34,7 @@ impl RouteStats {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -77,9 +76,7 @@ impl Metrics {
         let Ok(mut map) = self.routes.lock() else {
             return Arc::default();
         };
-        map.entry((host.to_string(), route.to_string()))
-            .or_default()
-            .clone()
+        map.entry((host.to_string(), route.to_string())).or_default().clone()
     }
 
     /// The stats of requests that matched no route (empty `host` and `route` labels).
@@ -134,14 +131,8 @@ impl Metrics {
                 "raftgate_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
             );
             let sum = s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(
-                out,
-                "raftgate_http_request_duration_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "raftgate_http_request_duration_seconds_count{{{labels}}} {count}"
-            );
+            let _ = writeln!(out, "raftgate_http_request_duration_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "raftgate_http_request_duration_seconds_count{{{labels}}} {count}");
         }
         out.push_str("# HELP raftgate_upstream_errors_total Failed attempts to reach an upstream, by kind.\n");
         out.push_str("# TYPE raftgate_upstream_errors_total counter\n");
@@ -192,9 +183,7 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -211,19 +200,13 @@ mod tests {
         let mut out = String::new();
         m.render(&mut out);
         assert!(
-            out.contains(
-                r#"raftgate_http_requests_total{host="a.com",route="/x\"y",status="2xx"} 1"#
-            ),
+            out.contains(r#"raftgate_http_requests_total{host="a.com",route="/x\"y",status="2xx"} 1"#),
             "{out}"
         );
         assert!(out.contains(r#"status="5xx"} 1"#));
         assert!(out.contains(r#"le="0.0025"} 0"#));
         assert!(out.contains(r#"le="0.005"} 1"#));
         assert!(out.contains(r#"le="+Inf"} 2"#));
-        assert!(
-            out.contains(
-                r#"raftgate_upstream_errors_total{upstream="ns/svc:80",kind="connect"} 1"#
-            )
-        );
+        assert!(out.contains(r#"raftgate_upstream_errors_total{upstream="ns/svc:80",kind="connect"} 1"#));
     }
 }

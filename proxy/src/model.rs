@@ -97,6 +97,142 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// The object this route came from (`namespace/name`), for logs and metrics.
     pub source: String,
+    /// An alternative backend for part of the traffic (a canary Ingress on the same host and path).
+    #[serde(default)]
+    pub canary: Option<Canary>,
+}
+
+/// A canary: the backend of a `canary: "true"` Ingress, attached to the route of the main
+/// Ingress with the same host and path. A request goes to it by header, then by cookie, then
+/// by weight, in that order (ingress-nginx's precedence).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub backend: Backend,
+    /// `canary-by-header`, and how its value is read.
+    #[serde(default)]
+    pub header: Option<CanaryHeader>,
+    /// `canary-by-cookie`: the cookie's value `always` sends to the canary, `never` to the main backend.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// `canary-weight`: this many requests out of [`Self::weight_total`] go to the canary.
+    #[serde(default)]
+    pub weight: u32,
+    /// `canary-weight-total` (default 100).
+    #[serde(default = "default_weight_total")]
+    pub weight_total: u32,
+    /// The canary Ingress's own `affinity` (the route's policy applies to the main backend only).
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+    /// The canary Ingress's own `upstream-hash-by`.
+    #[serde(default)]
+    pub hash_by: Option<HashBy>,
+    /// The canary Ingress (`namespace/name`), for logs.
+    pub source: String,
+}
+
+fn default_weight_total() -> u32 {
+    100
+}
+
+/// `canary-by-header`: which request header decides, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CanaryHeader {
+    /// The header name, lower-cased.
+    pub name: String,
+    pub matches: HeaderMatch,
+}
+
+/// How the `canary-by-header` value is read. Values that do not decide fall through to the
+/// cookie, then the weight.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum HeaderMatch {
+    /// `always` sends to the canary, `never` to the main backend.
+    AlwaysNever,
+    /// `canary-by-header-value`: this exact value sends to the canary.
+    Value(String),
+    /// `canary-by-header-pattern`: a value this regex matches (anywhere, case-sensitive, as
+    /// nginx's `ngx.re.match`) sends to the canary.
+    Pattern(String),
+}
+
+/// Cookie session affinity (`affinity: cookie`): a client keeps going to the same endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Affinity {
+    /// `session-cookie-name` (default `INGRESSCOOKIE`).
+    pub cookie: String,
+    /// `session-cookie-path` (default: the route's path, `/` for a regex path).
+    pub path: String,
+    /// `session-cookie-max-age` in seconds: sets `Max-Age` and `Expires`. `None`: a session cookie.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// `session-cookie-samesite`.
+    #[serde(default)]
+    pub same_site: Option<SameSite>,
+    /// `affinity-mode`.
+    #[serde(default)]
+    pub mode: AffinityMode,
+}
+
+/// How sticky a session is (`affinity-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityMode {
+    /// The cookie holds a session key, consistently hashed onto the current endpoints:
+    /// scaling up moves about 1/(N+1) of the sessions to the new endpoint.
+    #[default]
+    Balanced,
+    /// The cookie names one endpoint (a hash of its address); the session stays there
+    /// until that endpoint is gone or fails.
+    Persistent,
+}
+
+/// The cookie's `SameSite` attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SameSite {
+    None,
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::None => "None",
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+/// `upstream-hash-by`: the request's key, consistently hashed onto the endpoints, so one
+/// key keeps going to one endpoint. Parts are concatenated; a missing variable is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HashBy {
+    pub parts: Vec<HashPart>,
+}
+
+/// One piece of an `upstream-hash-by` key: literal text or an nginx variable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum HashPart {
+    Text(String),
+    /// `$remote_addr`: the client's IP address.
+    RemoteAddr,
+    /// `$request_uri`: the original path and query.
+    RequestUri,
+    /// `$uri`: the normalised path, without the query.
+    Uri,
+    /// `$args`: the query string.
+    Args,
+    /// `$host`: the request's host, lower-cased, without a port.
+    Host,
+    /// `$http_<name>`: a request header (name lower-cased, `_` as `-`).
+    Header(String),
+    /// `$cookie_<name>`: a cookie's value.
+    Cookie(String),
+    /// `$arg_<name>`: a query parameter's raw value.
+    Arg(String),
 }
 
 /// How a route's path is matched.
@@ -178,6 +314,11 @@ pub struct RoutePolicy {
     pub cors: Option<Cors>,
     /// `default-backend`: where requests go when the route's Service has no ready endpoints.
     pub fallback: Option<Backend>,
+    /// `affinity: cookie` and the `session-cookie-*` annotations. Takes precedence over
+    /// [`Self::hash_by`] and the upstream's [`Balance`], as in ingress-nginx.
+    pub affinity: Option<Affinity>,
+    /// `upstream-hash-by`. Takes precedence over the upstream's [`Balance`].
+    pub hash_by: Option<HashBy>,
 }
 
 impl Default for RoutePolicy {
@@ -200,6 +341,8 @@ impl Default for RoutePolicy {
             basic_auth: None,
             cors: None,
             fallback: None,
+            affinity: None,
+            hash_by: None,
         }
     }
 }
@@ -292,13 +435,7 @@ pub struct UpstreamId;
 
 impl UpstreamId {
     /// `namespace/service:port`, with `|protocol` and `|balance` suffixes when not the defaults.
-    pub fn format(
-        namespace: &str,
-        service: &str,
-        port: &str,
-        protocol: Protocol,
-        balance: Balance,
-    ) -> String {
+    pub fn format(namespace: &str, service: &str, port: &str, protocol: Protocol, balance: Balance) -> String {
         let mut id = format!("{namespace}/{service}:{port}");
         if protocol != Protocol::Http {
             id.push('|');
@@ -415,6 +552,21 @@ pub struct GlobalSettings {
     pub access_log: bool,
     /// The policy of requests sent to a default backend (the configured defaults).
     pub default_policy: RoutePolicy,
+    /// Trust `X-Forwarded-*` from clients in [`Self::real_ip_cidrs`]: the client address is
+    /// taken from `X-Forwarded-For` and the proto/host/port headers pass through
+    /// (ingress-nginx's `use-forwarded-headers`).
+    pub use_forwarded_headers: bool,
+    /// Peers trusted to tell the client's address, by `X-Forwarded-For` or a PROXY header
+    /// (ingress-nginx's `proxy-real-ip-cidr`, default everything).
+    pub real_ip_cidrs: Vec<String>,
+    /// Client connections start with a PROXY protocol header (`use-proxy-protocol`).
+    pub use_proxy_protocol: bool,
+    /// `Strict-Transport-Security` on HTTPS responses of hosts with TLS; `None` is off.
+    pub hsts: Option<Hsts>,
+    /// TLS versions offered to clients (`ssl-protocols`).
+    pub tls_versions: TlsVersions,
+    /// Idle keep-alive connections kept per upstream endpoint (`upstream-keepalive-connections`).
+    pub upstream_keepalive_connections: u32,
 }
 
 impl Default for GlobalSettings {
@@ -424,6 +576,61 @@ impl Default for GlobalSettings {
             upstream_fail_timeout_ms: 10_000,
             access_log: false,
             default_policy: RoutePolicy::default(),
+            use_forwarded_headers: false,
+            real_ip_cidrs: vec!["0.0.0.0/0".into(), "::/0".into()],
+            use_proxy_protocol: false,
+            hsts: Some(Hsts::default()),
+            tls_versions: TlsVersions::default(),
+            upstream_keepalive_connections: 320,
+        }
+    }
+}
+
+/// `Strict-Transport-Security`, with ingress-nginx's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hsts {
+    pub max_age: u64,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+impl Default for Hsts {
+    fn default() -> Self {
+        Hsts {
+            max_age: 15_724_800,
+            include_subdomains: true,
+            preload: false,
+        }
+    }
+}
+
+impl Hsts {
+    /// The header value.
+    pub fn value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+}
+
+/// Which TLS versions are offered. At least one is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsVersions {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+impl Default for TlsVersions {
+    /// ingress-nginx's default `ssl-protocols: TLSv1.2 TLSv1.3`.
+    fn default() -> Self {
+        TlsVersions {
+            tls12: true,
+            tls13: true,
         }
     }
 }
@@ -450,13 +657,7 @@ pub enum Delta {
 /// The changes that turn `old` into `new`: `apply(old, diff(old, new)) == new`.
 pub fn diff(old: &RoutingTable, new: &RoutingTable) -> Vec<Delta> {
     let mut out = Vec::new();
-    diff_map(
-        &old.vhosts,
-        &new.vhosts,
-        &mut out,
-        Delta::PutVhost,
-        Delta::DelVhost,
-    );
+    diff_map(&old.vhosts, &new.vhosts, &mut out, Delta::PutVhost, Delta::DelVhost);
     diff_map(
         &old.upstreams,
         &new.upstreams,
@@ -559,14 +760,26 @@ mod tests {
     use super::*;
 
     fn arb_table() -> impl Strategy<Value = RoutingTable> {
-        let vhost = (
-            prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3),
-            any::<bool>(),
-        )
-            .prop_map(|(paths, tls)| VirtualHost {
+        let vhost = (prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3), any::<bool>()).prop_map(|(paths, tls)| {
+            VirtualHost {
                 routes: paths
                     .into_iter()
                     .map(|(p, u)| Route {
+                        canary: p.contains('c').then(|| Canary {
+                            backend: Backend { upstream: "b".into() },
+                            header: Some(CanaryHeader {
+                                name: "x-canary".into(),
+                                matches: HeaderMatch::Pattern(p.clone()),
+                            }),
+                            cookie: None,
+                            weight: p.len() as u32,
+                            weight_total: 100,
+                            affinity: None,
+                            hash_by: Some(HashBy {
+                                parts: vec![HashPart::Header("x-user".into())],
+                            }),
+                            source: "ns/canary".into(),
+                        }),
                         path: PathMatch::Prefix(p),
                         backend: Backend { upstream: u },
                         policy: RoutePolicy::default(),
@@ -575,7 +788,8 @@ mod tests {
                     .collect(),
                 default_backend: None,
                 tls,
-            });
+            }
+        });
         let upstream = prop::collection::vec(1u16..4, 0..3).prop_map(|ports| Upstream {
             endpoints: ports
                 .into_iter()
@@ -592,39 +806,35 @@ mod tests {
             any::<bool>(),
             prop::collection::btree_set(1u16..5, 0..3),
         )
-            .prop_map(|(version, vhosts, upstreams, sni, default, log, ports)| {
-                RoutingTable {
-                    l4: ports
-                        .into_iter()
-                        .map(|port| {
-                            let svc = L4Service {
-                                protocol: if port % 2 == 0 {
-                                    L4Protocol::Tcp
-                                } else {
-                                    L4Protocol::Udp
-                                },
-                                port,
-                                upstream: "a".into(),
-                                proxy_protocol_in: port == 3,
-                                proxy_protocol_out: false,
-                                source: "ns/tcp-services".into(),
-                            };
-                            (svc.key(), svc)
-                        })
-                        .collect(),
-                    version,
-                    vhosts,
-                    upstreams,
-                    certificates: BTreeMap::new(),
-                    sni,
-                    default_backend: default.then(|| Backend {
-                        upstream: "a".into(),
-                    }),
-                    settings: GlobalSettings {
-                        access_log: log,
-                        ..GlobalSettings::default()
-                    },
-                }
+            .prop_map(|(version, vhosts, upstreams, sni, default, log, ports)| RoutingTable {
+                l4: ports
+                    .into_iter()
+                    .map(|port| {
+                        let svc = L4Service {
+                            protocol: if port % 2 == 0 {
+                                L4Protocol::Tcp
+                            } else {
+                                L4Protocol::Udp
+                            },
+                            port,
+                            upstream: "a".into(),
+                            proxy_protocol_in: port == 3,
+                            proxy_protocol_out: false,
+                            source: "ns/tcp-services".into(),
+                        };
+                        (svc.key(), svc)
+                    })
+                    .collect(),
+                version,
+                vhosts,
+                upstreams,
+                certificates: BTreeMap::new(),
+                sni,
+                default_backend: default.then(|| Backend { upstream: "a".into() }),
+                settings: GlobalSettings {
+                    access_log: log,
+                    ..GlobalSettings::default()
+                },
             })
     }
 

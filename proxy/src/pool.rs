@@ -33,8 +33,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type sent upstream and returned downstream.
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Idle HTTP/1.1 connections kept per endpoint (ingress-nginx's `upstream-keepalive-connections`).
-const MAX_IDLE: usize = 320;
 /// How long an idle connection is kept (ingress-nginx's `upstream-keepalive-timeout`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -95,10 +93,7 @@ impl Pool {
     pub fn reuse(&self, now: Instant) -> Option<Conn> {
         if self.protocol.is_h2() {
             let guard = self.h2.lock().ok()?;
-            return guard
-                .as_ref()
-                .filter(|s| !s.is_closed())
-                .map(|s| Conn::H2(s.clone()));
+            return guard.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some((s, since)) = idle.pop() {
@@ -110,12 +105,13 @@ impl Pool {
     }
 
     /// Returns an HTTP/1.1 connection whose response has been read to the end.
-    pub fn put(&self, sender: http1::SendRequest<Body>, now: Instant) {
+    /// Keeps at most `max_idle` (ingress-nginx's `upstream-keepalive-connections`).
+    pub fn put(&self, sender: http1::SendRequest<Body>, now: Instant, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < MAX_IDLE {
+            if idle.len() < max_idle {
                 idle.push((sender, now));
             }
         }
@@ -158,10 +154,7 @@ impl Pool {
             let (sender, conn) = http1::Builder::new()
                 .handshake(TokioIo::new(io))
                 .await
-                .map_err(|source| ConnectError::Handshake {
-                    endpoint: name,
-                    source,
-                })?;
+                .map_err(|source| ConnectError::Handshake { endpoint: name, source })?;
             tokio::spawn(async move {
                 if let Err(e) = conn.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection closed");
@@ -182,16 +175,12 @@ impl Pool {
                     source,
                 })?
                 .next()
-                .ok_or_else(|| ConnectError::NoAddress {
-                    endpoint: name.clone(),
-                })?,
+                .ok_or_else(|| ConnectError::NoAddress { endpoint: name.clone() })?,
         };
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ConnectError::Io {
-                endpoint: name.clone(),
-                source,
-            })?;
+        let tcp = TcpStream::connect(addr).await.map_err(|source| ConnectError::Io {
+            endpoint: name.clone(),
+            source,
+        })?;
         let _ = tcp.set_nodelay(true);
         if !self.protocol.is_tls() {
             return Ok(Io::Plain(tcp));
@@ -199,12 +188,10 @@ impl Pool {
         // No SNI and no verification, as ingress-nginx's defaults (`proxy-ssl-verify: off`).
         let server_name = match &self.endpoint {
             Endpoint::Addr(a) => ServerName::IpAddress(a.ip().into()),
-            Endpoint::Dns { host, .. } => {
-                ServerName::try_from(host.clone()).map_err(|e| ConnectError::Tls {
-                    endpoint: name.clone(),
-                    source: io::Error::other(e),
-                })?
-            }
+            Endpoint::Dns { host, .. } => ServerName::try_from(host.clone()).map_err(|e| ConnectError::Tls {
+                endpoint: name.clone(),
+                source: io::Error::other(e),
+            })?,
         };
         let config = upstream_tls_config(self.protocol).map_err(|e| ConnectError::Tls {
             endpoint: name.clone(),
@@ -214,10 +201,7 @@ impl Pool {
         let tls = connector
             .connect(server_name, tcp)
             .await
-            .map_err(|source| ConnectError::Tls {
-                endpoint: name,
-                source,
-            })?;
+            .map_err(|source| ConnectError::Tls { endpoint: name, source })?;
         Ok(Io::Tls(Box::new(tls)))
     }
 }
@@ -266,12 +250,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -280,12 +259,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -301,11 +275,7 @@ pub enum Io {
 }
 
 impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -314,11 +284,7 @@ impl AsyncRead for Io {
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

@@ -114,9 +114,7 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
             },
             0x20..=0x7e => {}
             _ => {
-                return Err(ProxyProtocolError::V1Malformed(
-                    "byte outside printable ASCII",
-                ));
+                return Err(ProxyProtocolError::V1Malformed("byte outside printable ASCII"));
             }
         }
     }
@@ -128,8 +126,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
         };
     };
     // Checked above: every byte before `end` is printable ASCII, so this cannot fail.
-    let line = std::str::from_utf8(&buf[V1_PREFIX.len()..end])
-        .map_err(|_| ProxyProtocolError::V1Malformed("not ASCII"))?;
+    let line =
+        std::str::from_utf8(&buf[V1_PREFIX.len()..end]).map_err(|_| ProxyProtocolError::V1Malformed("not ASCII"))?;
     let len = end + 2;
     let mut fields = line.split(' ');
     let family = fields.next().unwrap_or_default();
@@ -154,9 +152,7 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
         fields.next(),
         fields.next(),
     ) else {
-        return Err(ProxyProtocolError::V1Malformed(
-            "expected exactly four fields",
-        ));
+        return Err(ProxyProtocolError::V1Malformed("expected exactly four fields"));
     };
     let src = v1_ip(src, v6)?;
     let dst = v1_ip(dst, v6)?;
@@ -241,14 +237,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
     } else {
         match family {
             0x11 | 0x12 => {
-                let ip = |o: usize| {
-                    IpAddr::V4(Ipv4Addr::new(
-                        block[o],
-                        block[o + 1],
-                        block[o + 2],
-                        block[o + 3],
-                    ))
-                };
+                let ip = |o: usize| IpAddr::V4(Ipv4Addr::new(block[o], block[o + 1], block[o + 2], block[o + 3]));
                 let port = |o: usize| u16::from_be_bytes([block[o], block[o + 1]]);
                 (
                     Some(SocketAddr::new(ip(0), port(8))),
@@ -344,6 +333,119 @@ pub fn encode_v2_local() -> Vec<u8> {
     out
 }
 
+/// Why a PROXY header could not be read from a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Invalid(#[from] ProxyProtocolError),
+    #[error("no complete PROXY header within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("closed before sending a complete PROXY header")]
+    Eof,
+    #[error("reading a PROXY header: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Reads a PROXY header (v1 or v2) from the start of `stream` within `timeout`. Returns it
+/// and the bytes that arrived behind it, which belong to the payload.
+pub async fn read_header<S>(stream: &mut S, timeout: std::time::Duration) -> Result<(Header, Vec<u8>), ReadError>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = vec![0u8; MAX_LEN];
+        let mut filled = 0;
+        loop {
+            let n = stream.read(&mut buf[filled..]).await.map_err(ReadError::Io)?;
+            if n == 0 {
+                return Err(ReadError::Eof);
+            }
+            filled += n;
+            match parse(&buf[..filled])? {
+                Parsed::Header(h) => return Ok((h, buf[h.len..filled].to_vec())),
+                // `parse` never waits for more than MAX_LEN bytes, so the buffer has room.
+                Parsed::Incomplete if filled < buf.len() => {}
+                Parsed::Incomplete => return Err(ProxyProtocolError::V2TooLong(filled).into()),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ReadError::Timeout(timeout))?
+}
+
+/// A stream that first yields bytes already read from it (those behind a PROXY header).
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Rewind<S> {
+        Rewind { prefix, pos: 0, inner }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.pos = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -393,10 +495,7 @@ mod tests {
         assert_eq!(parse(long.as_bytes()), Err(ProxyProtocolError::V1TooLong));
         // Without a CRLF, 107 bytes are the most it waits for.
         assert_eq!(parse(&long.as_bytes()[..106]), Ok(Parsed::Incomplete));
-        assert_eq!(
-            parse(&long.as_bytes()[..107]),
-            Err(ProxyProtocolError::V1TooLong)
-        );
+        assert_eq!(parse(&long.as_bytes()[..107]), Err(ProxyProtocolError::V1TooLong));
     }
 
     #[test]
@@ -426,10 +525,7 @@ mod tests {
         assert_eq!(parse(b""), Ok(Parsed::Incomplete));
         assert_eq!(parse(b"PRO"), Ok(Parsed::Incomplete));
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4"), Ok(Parsed::Incomplete));
-        assert_eq!(
-            parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r"),
-            Ok(Parsed::Incomplete)
-        );
+        assert_eq!(parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r"), Ok(Parsed::Incomplete));
         assert_eq!(parse(b"\r\n\r\n\0"), Ok(Parsed::Incomplete));
     }
 
@@ -491,24 +587,12 @@ mod tests {
             b.extend_from_slice(&len.to_be_bytes());
             b
         };
-        assert_eq!(
-            parse(&with(0x11, 0x11, 12)),
-            Err(ProxyProtocolError::V2Version(1))
-        );
-        assert_eq!(
-            parse(&with(0x22, 0x11, 12)),
-            Err(ProxyProtocolError::V2Command(2))
-        );
-        assert_eq!(
-            parse(&with(0x21, 0x13, 12)),
-            Err(ProxyProtocolError::V2Family(0x13))
-        );
+        assert_eq!(parse(&with(0x11, 0x11, 12)), Err(ProxyProtocolError::V2Version(1)));
+        assert_eq!(parse(&with(0x22, 0x11, 12)), Err(ProxyProtocolError::V2Command(2)));
+        assert_eq!(parse(&with(0x21, 0x13, 12)), Err(ProxyProtocolError::V2Family(0x13)));
         assert_eq!(
             parse(&with(0x21, 0x11, 11)),
-            Err(ProxyProtocolError::V2ShortAddress {
-                family: 0x11,
-                len: 11
-            })
+            Err(ProxyProtocolError::V2ShortAddress { family: 0x11, len: 11 })
         );
         assert_eq!(
             parse(&with(0x21, 0x11, u16::MAX)),
@@ -519,10 +603,7 @@ mod tests {
             parse(&with(0x31, 0x11, 12)[..13]),
             Err(ProxyProtocolError::V2Version(3))
         );
-        assert_eq!(
-            parse(b"\r\n\r\nX"),
-            Err(ProxyProtocolError::NotProxyProtocol)
-        );
+        assert_eq!(parse(b"\r\n\r\nX"), Err(ProxyProtocolError::NotProxyProtocol));
     }
 
     #[test]
@@ -542,10 +623,8 @@ mod tests {
 
     fn arb_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
-            (any::<[u8; 4]>(), any::<u16>())
-                .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), p)),
-            (any::<[u8; 16]>(), any::<u16>())
-                .prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), p)),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), p)),
         ]
     }
 

@@ -55,6 +55,8 @@ pub struct RouteEntry {
     /// `rewrite-target`: the route's path as a case-insensitive regex anchored at the start
     /// (nginx's `rewrite`), and the replacement.
     pub rewrite: Option<(Regex, String)>,
+    /// The route's canary, compiled (its header regex and weight counter).
+    pub canary: Option<crate::select::CanaryState>,
 }
 
 #[derive(Debug, Default)]
@@ -141,8 +143,17 @@ impl Router {
                         }
                         None => None,
                     };
+                    let canary = match &route.canary {
+                        Some(c) => Some(crate::select::CanaryState::new(c).map_err(|source| RouterError::Regex {
+                            host: host.clone(),
+                            path: format!("{} (canary-by-header-pattern)", route.path),
+                            source,
+                        })?),
+                        None => None,
+                    };
                     r.routes.push(RouteEntry {
                         id,
+                        canary,
                         rewrite,
                         host: host.clone(),
                         route: route.clone(),
@@ -155,8 +166,7 @@ impl Router {
             if host == ANY_HOST {
                 r.any_host = Some(idx);
             } else if let Some(suffix) = host.strip_prefix("*.") {
-                r.wildcard_hosts
-                    .insert(suffix.to_ascii_lowercase().into(), idx);
+                r.wildcard_hosts.insert(suffix.to_ascii_lowercase().into(), idx);
             } else {
                 r.exact_hosts.insert(host.to_ascii_lowercase().into(), idx);
             }
@@ -176,10 +186,7 @@ impl Router {
         let host = normalize_host(host);
         let Some(vhost) = self.find_vhost(&host) else {
             return match &self.default_backend {
-                Some(b) => Lookup::Default {
-                    backend: b,
-                    tls: false,
-                },
+                Some(b) => Lookup::Default { backend: b, tls: false },
                 None => Lookup::NotFound,
             };
         };
@@ -187,11 +194,7 @@ impl Router {
         if let Some(id) = vhost.find_route(&path) {
             return Lookup::Route(&self.routes[id]);
         }
-        match vhost
-            .default_backend
-            .as_ref()
-            .or(self.default_backend.as_ref())
-        {
+        match vhost.default_backend.as_ref().or(self.default_backend.as_ref()) {
             Some(b) => Lookup::Default {
                 backend: b,
                 tls: vhost.tls,
@@ -306,8 +309,7 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
 /// A path that needs none of that is returned as is, without allocating.
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
     let path = if path.is_empty() { "/" } else { path };
-    let needs_work =
-        path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
+    let needs_work = path.contains('%') || path.contains("//") || path.contains("/.") || !path.starts_with('/');
     if !needs_work {
         return Cow::Borrowed(path);
     }

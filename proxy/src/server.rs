@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 pub use tokio_rustls::TlsAcceptor;
 
+use crate::tls::TlsAcceptors;
+
 use crate::dataplane::Dataplane;
 use crate::handler::ConnInfo;
 use crate::handler::handle;
@@ -63,11 +65,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        dataplane: Arc<Dataplane>,
-        settings: ServerSettings,
-        drain: watch::Receiver<bool>,
-    ) -> Shared {
+    pub fn new(dataplane: Arc<Dataplane>, settings: ServerSettings, drain: watch::Receiver<bool>) -> Shared {
         let connections = Arc::new(Semaphore::new(settings.max_connections));
         Shared {
             dataplane,
@@ -89,7 +87,7 @@ impl Shared {
 }
 
 /// Starts accepting on `listener`, with TLS if `tls` is set. Stops accepting when draining.
-pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) -> JoinHandle<()> {
+pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptors>, shared: Shared) -> JoinHandle<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -148,9 +146,9 @@ pub fn spawn(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Shared) ->
 }
 
 async fn connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<TlsAcceptors>,
     shared: Shared,
     builder: Arc<auto::Builder<TokioExecutor>>,
 ) {
@@ -162,13 +160,33 @@ async fn connection(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let info = ConnInfo::new(peer, local, tls.is_some(), shared.settings.https_port);
-    match tls {
+    let snap = shared.dataplane.snapshot();
+    let settings = &snap.table.settings;
+    // `use-proxy-protocol`: every connection starts with a PROXY header; its address counts
+    // only when the peer is trusted (`proxy-real-ip-cidr`).
+    let (mut client, mut early) = (peer, Vec::new());
+    if settings.use_proxy_protocol {
+        match crate::proxy_protocol::read_header(&mut stream, shared.settings.header_read_timeout).await {
+            Ok((header, rest)) => {
+                if let Some(source) = header.source.filter(|_| snap.trusts(peer.ip())) {
+                    client = source;
+                }
+                early = rest;
+            }
+            Err(e) => {
+                tracing::debug!(client = %peer, error = %e, "PROXY header refused");
+                return;
+            }
+        }
+    }
+    let stream = crate::proxy_protocol::Rewind::new(early, stream);
+    let info = ConnInfo::new(client, local, tls.is_some(), shared.settings.https_port);
+    let acceptor = tls.as_ref().map(|t| t.for_versions(settings.tls_versions).clone());
+    drop(snap);
+    match acceptor {
         None => serve(stream, info, shared, &builder).await,
         Some(acceptor) => {
-            match tokio::time::timeout(shared.settings.header_read_timeout, acceptor.accept(stream))
-                .await
-            {
+            match tokio::time::timeout(shared.settings.header_read_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => serve(s, info, shared, &builder).await,
                 Ok(Err(e)) => {
                     metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);

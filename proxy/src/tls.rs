@@ -47,8 +47,7 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsE
     if chain.is_empty() {
         return Err(TlsError::NoCertificate);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| TlsError::KeyPem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::KeyPem(e.to_string()))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -159,12 +158,56 @@ impl ResolvesServerCert for SniResolver {
 
 /// The server-side rustls config: TLS 1.2 and 1.3, ALPN h2 then http/1.1.
 pub fn server_config(resolver: Arc<SniResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    config_for(resolver, &[&rustls::version::TLS12, &rustls::version::TLS13])
+}
+
+fn config_for(
+    resolver: Arc<SniResolver>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+/// One acceptor per `ssl-protocols` choice, sharing the certificate resolver, so the choice
+/// can change with the table without rebuilding listeners.
+#[derive(Clone)]
+pub struct TlsAcceptors {
+    both: tokio_rustls::TlsAcceptor,
+    tls12: tokio_rustls::TlsAcceptor,
+    tls13: tokio_rustls::TlsAcceptor,
+}
+
+impl std::fmt::Debug for TlsAcceptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsAcceptors")
+    }
+}
+
+impl TlsAcceptors {
+    pub fn new(resolver: Arc<SniResolver>) -> Result<TlsAcceptors, TlsError> {
+        let make = |v: &[&'static rustls::SupportedProtocolVersion]| {
+            config_for(resolver.clone(), v).map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+        };
+        Ok(TlsAcceptors {
+            both: make(&[&rustls::version::TLS12, &rustls::version::TLS13])?,
+            tls12: make(&[&rustls::version::TLS12])?,
+            tls13: make(&[&rustls::version::TLS13])?,
+        })
+    }
+
+    /// The acceptor offering `versions` (both when the choice is empty).
+    pub fn for_versions(&self, versions: crate::model::TlsVersions) -> &tokio_rustls::TlsAcceptor {
+        match (versions.tls12, versions.tls13) {
+            (true, false) => &self.tls12,
+            (false, true) => &self.tls13,
+            _ => &self.both,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,10 +249,7 @@ mod tests {
         let t = table_with("ns/c", self_signed(&["a.com"]).unwrap(), &["a.com"]);
         let s1 = CertStore::build(&t, &CertStore::default());
         let s2 = CertStore::build(&t, &s1);
-        assert!(Arc::ptr_eq(
-            &s1.find("a.com").unwrap(),
-            &s2.find("a.com").unwrap()
-        ));
+        assert!(Arc::ptr_eq(&s1.find("a.com").unwrap(), &s2.find("a.com").unwrap()));
     }
 
     #[test]
@@ -218,14 +258,8 @@ mod tests {
         let (_, k2) = self_signed(&["b.com"]).unwrap();
         assert!(certified_key(&c1, &k1).is_ok());
         assert!(matches!(certified_key(&c1, &k2), Err(TlsError::Mismatch)));
-        assert!(matches!(
-            certified_key("garbage", &k1),
-            Err(TlsError::NoCertificate)
-        ));
-        assert!(matches!(
-            certified_key(&c1, "garbage"),
-            Err(TlsError::KeyPem(_))
-        ));
+        assert!(matches!(certified_key("garbage", &k1), Err(TlsError::NoCertificate)));
+        assert!(matches!(certified_key(&c1, "garbage"), Err(TlsError::KeyPem(_))));
         let truncated = &c1[..c1.len() / 2];
         assert!(certified_key(truncated, &k1).is_err());
     }

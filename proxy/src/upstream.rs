@@ -4,6 +4,13 @@
 //! live in [`crate::pool`]. An [`EndpointState`] outlives table swaps: when a new table
 //! keeps an endpoint, the new upstream reuses the old state, so pools, EWMA and
 //! ejections carry over.
+//!
+//! Besides the [`Balance`] modes, two request-keyed selections live here, both on
+//! rendezvous (highest random weight) hashing over [`EndpointState::hash`], a stable hash
+//! of the endpoint's address: [`UpstreamState::pick_hash`] (`upstream-hash-by`) and
+//! [`UpstreamState::pick_sticky`] (cookie affinity). Rendezvous hashing needs no ring to
+//! rebuild, gives every key a full ranking of the endpoints (a retry takes the next one),
+//! and when an endpoint joins only the keys it now wins move, about 1/(N+1) of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use crate::model::AffinityMode;
 use crate::model::Balance;
 use crate::model::Endpoint;
 use crate::model::GlobalSettings;
@@ -33,6 +41,9 @@ pub struct EndpointState {
     pub endpoint: Endpoint,
     pub protocol: Protocol,
     pub pool: Pool,
+    /// A stable hash of the address ([`endpoint_hash`]): its identity for consistent hashing,
+    /// and the value of a persistent affinity cookie.
+    pub hash: u64,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     health: Mutex<Health>,
@@ -49,6 +60,7 @@ impl EndpointState {
     pub fn new(endpoint: Endpoint, protocol: Protocol) -> EndpointState {
         EndpointState {
             pool: Pool::new(endpoint.clone(), protocol),
+            hash: endpoint_hash(&endpoint),
             endpoint,
             protocol,
             in_flight: AtomicUsize::new(0),
@@ -93,10 +105,7 @@ impl EndpointState {
         if let Ok(mut h) = self.health.lock() {
             h.ejected_until = None;
             let sample = latency.as_nanos() as f64;
-            let elapsed = h
-                .ewma_at
-                .map(|t| now.saturating_duration_since(t))
-                .unwrap_or_default();
+            let elapsed = h.ewma_at.map(|t| now.saturating_duration_since(t)).unwrap_or_default();
             h.ewma_at = Some(now);
             // Peak EWMA: jump up to a slow sample at once, decay towards fast ones.
             if sample > h.ewma_ns {
@@ -109,11 +118,7 @@ impl EndpointState {
     }
 
     fn ewma_cost(&self) -> f64 {
-        let ewma = self
-            .health
-            .lock()
-            .map(|h| h.ewma_ns)
-            .unwrap_or(EWMA_INITIAL_NS as f64);
+        let ewma = self.health.lock().map(|h| h.ewma_ns).unwrap_or(EWMA_INITIAL_NS as f64);
         ewma * (self.in_flight() as f64 + 1.0)
     }
 
@@ -145,10 +150,7 @@ pub struct UpstreamState {
 
 impl UpstreamState {
     /// Builds the live upstream, reusing endpoint state from `previous` where the endpoint is kept.
-    pub fn new(
-        up: &Upstream,
-        previous: &HashMap<(Endpoint, Protocol), Arc<EndpointState>>,
-    ) -> UpstreamState {
+    pub fn new(up: &Upstream, previous: &HashMap<(Endpoint, Protocol), Arc<EndpointState>>) -> UpstreamState {
         let endpoints = up
             .endpoints
             .iter()
@@ -171,27 +173,87 @@ impl UpstreamState {
     /// is ejected it picks among those anyway (panic mode), so an upstream never goes dark
     /// just because passive health got pessimistic.
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len())
-            .filter(|i| !tried.contains(i))
-            .collect();
-        if candidates.is_empty() {
+        let pool = &self.eligible(now, tried);
+        if pool.is_empty() {
             return None;
         }
-        let healthy: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| !self.endpoints[i].is_ejected(now))
-            .collect();
-        let pool = if healthy.is_empty() {
-            &candidates
-        } else {
-            &healthy
-        };
         Some(match self.balance {
             Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
             Balance::LeastRequest => self.p2c(pool, |e| e.in_flight() as f64),
             Balance::Ewma => self.p2c(pool, |e| e.ewma_cost()),
         })
+    }
+
+    /// The endpoints a pick may choose from: the untried healthy ones, or every untried one
+    /// when all of those are ejected (panic mode).
+    fn eligible(&self, now: Instant, tried: &[usize]) -> Vec<usize> {
+        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| !tried.contains(i)).collect();
+        let healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| !self.endpoints[i].is_ejected(now))
+            .collect();
+        if healthy.is_empty() { candidates } else { healthy }
+    }
+
+    /// `upstream-hash-by`: the eligible endpoint (as [`Self::pick`]) that ranks first for `key`.
+    /// The same key keeps going to the same endpoint; a retry, or an ejected endpoint's keys,
+    /// go to the key's next-ranked endpoint, and come back once it is healthy again.
+    pub fn pick_hash(&self, key: u64, now: Instant, tried: &[usize]) -> Option<usize> {
+        let pool = self.eligible(now, tried);
+        rendezvous(key, pool.iter().map(|&i| (i, self.endpoints[i].hash)))
+    }
+
+    /// Cookie affinity. `cookie` is the request's affinity cookie, already parsed. Returns the
+    /// endpoint and the cookie value that designates it: the request's own when honoured, a
+    /// new one when a new session starts, `None` when no value could be found.
+    ///
+    /// A cookie is only ever compared with the current endpoints' hashes (persistent) or
+    /// hashed onto them (balanced), so no value can reach an address outside the upstream.
+    /// It is honoured when the endpoint it designates is eligible (untried, and healthy
+    /// unless every untried endpoint is ejected). Otherwise a new session starts:
+    /// * persistent: the endpoint [`Self::pick`] chooses, and a cookie naming it;
+    /// * balanced (as ingress-nginx): a fresh random key from `fresh`, drawn again (up to
+    ///   [`NEW_KEY_DRAWS`] times) until the endpoint it ranks first among all current
+    ///   endpoints is eligible, so the cookie keeps meaning that endpoint afterwards. If no
+    ///   draw lands, [`Self::pick`] serves this request and no cookie is issued.
+    pub fn pick_sticky(
+        &self,
+        mode: AffinityMode,
+        cookie: Option<u64>,
+        now: Instant,
+        tried: &[usize],
+        mut fresh: impl FnMut() -> u64,
+    ) -> Option<(usize, Option<u64>)> {
+        let pool = self.eligible(now, tried);
+        if pool.is_empty() {
+            return None;
+        }
+        let all = || self.endpoints.iter().enumerate().map(|(i, e)| (i, e.hash));
+        if let Some(c) = cookie {
+            let target = match mode {
+                AffinityMode::Persistent => self.endpoints.iter().position(|e| e.hash == c),
+                AffinityMode::Balanced => rendezvous(c, all()),
+            };
+            if let Some(t) = target.filter(|t| pool.contains(t)) {
+                return Some((t, Some(c)));
+            }
+        }
+        match mode {
+            AffinityMode::Persistent => {
+                let i = self.pick(now, tried)?;
+                Some((i, Some(self.endpoints[i].hash)))
+            }
+            AffinityMode::Balanced => {
+                for _ in 0..NEW_KEY_DRAWS {
+                    let key = fresh();
+                    if let Some(t) = rendezvous(key, all()).filter(|t| pool.contains(t)) {
+                        return Some((t, Some(key)));
+                    }
+                }
+                self.pick(now, tried).map(|i| (i, None))
+            }
+        }
     }
 
     /// Power of two random choices by `cost`.
@@ -222,6 +284,47 @@ impl UpstreamState {
         self.rng.store(x, Ordering::Relaxed);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+}
+
+/// How many random keys a new balanced affinity session draws before giving up on a cookie
+/// (ingress-nginx's sticky balancer makes the same kind of bounded attempt).
+pub const NEW_KEY_DRAWS: usize = 20;
+
+/// A stable 64-bit hash of bytes: FNV-1a, then the murmur3 finaliser for avalanche. Unlike
+/// std's hashers it is fixed across processes, builds and nodes, so every member of a
+/// cluster sends a key, or a cookie, to the same endpoint.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix64(h)
+}
+
+/// The hash of an endpoint's address (`10.0.0.1:8080`, `host.example:80`).
+pub fn endpoint_hash(e: &Endpoint) -> u64 {
+    hash64(e.to_string().as_bytes())
+}
+
+/// murmur3's `fmix64`: every input bit affects every output bit.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    x
+}
+
+/// Rendezvous hashing: of `endpoints` (index, [`EndpointState::hash`]), the one whose score
+/// for `key` is highest. Pure: the same key and endpoint set always give the same answer,
+/// and adding an endpoint only moves the keys it now wins.
+pub fn rendezvous(key: u64, endpoints: impl IntoIterator<Item = (usize, u64)>) -> Option<usize> {
+    endpoints
+        .into_iter()
+        .max_by_key(|&(_, h)| (mix64(key ^ h), h))
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -324,5 +427,173 @@ mod tests {
         let n = UpstreamState::new(&next, &prev);
         assert!(Arc::ptr_eq(&n.endpoints[0], &u.endpoints[1]));
         assert_eq!(n.endpoints[0].in_flight(), 1);
+    }
+
+    fn addr_hash(a: u32, port: u16) -> u64 {
+        endpoint_hash(&Endpoint::Addr(SocketAddr::from((a.to_be_bytes(), port))))
+    }
+
+    /// Which of `eps` each of `keys` keys goes to.
+    fn assign(eps: &[u64], keys: u64) -> Vec<u64> {
+        (0..keys)
+            .map(|k| {
+                let i = rendezvous(hash64(&k.to_le_bytes()), eps.iter().copied().enumerate());
+                eps[i.unwrap()]
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Adding an endpoint moves only the keys the new endpoint takes, about 1/(N+1) of them.
+        #[test]
+        fn adding_an_endpoint_moves_few_keys(
+            addrs in proptest::collection::btree_set((proptest::prelude::any::<u32>(), 1u16..4), 2..21),
+        ) {
+            let eps: Vec<u64> = addrs.iter().map(|&(a, p)| addr_hash(a, p)).collect();
+            let (old, added) = eps.split_at(eps.len() - 1);
+            const KEYS: u64 = 4000;
+            let before = assign(old, KEYS);
+            let after = assign(&eps, KEYS);
+            let moved: Vec<usize> = (0..KEYS as usize).filter(|&k| before[k] != after[k]).collect();
+            for &k in &moved {
+                proptest::prop_assert_eq!(after[k], added[0], "a key moved between old endpoints");
+            }
+            let expected = KEYS as f64 / eps.len() as f64;
+            // Binomial: 5 standard deviations of slack (at most ~160 of 4000 keys).
+            let slack = 5.0 * (KEYS as f64 * 0.25).sqrt();
+            proptest::prop_assert!(
+                (moved.len() as f64) <= expected + slack,
+                "{} of {KEYS} keys moved with {} endpoints", moved.len(), eps.len()
+            );
+        }
+
+        /// Removing an endpoint moves only the keys it had.
+        #[test]
+        fn removing_an_endpoint_moves_only_its_keys(
+            addrs in proptest::collection::btree_set((proptest::prelude::any::<u32>(), 1u16..4), 2..21),
+            gone in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let eps: Vec<u64> = addrs.iter().map(|&(a, p)| addr_hash(a, p)).collect();
+            let g = gone.index(eps.len());
+            let mut rest = eps.clone();
+            let removed = rest.remove(g);
+            let before = assign(&eps, 2000);
+            let after = assign(&rest, 2000);
+            for k in 0..2000 {
+                if before[k] != removed {
+                    proptest::prop_assert_eq!(before[k], after[k]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rendezvous_spreads_keys_evenly() {
+        let eps: Vec<u64> = (0..8).map(|i| addr_hash(0x0a00_0001 + i, 8080)).collect();
+        let got = assign(&eps, 80_000);
+        for e in &eps {
+            let n = got.iter().filter(|g| *g == e).count();
+            assert!((8_500..11_500).contains(&n), "{n} of 80000 keys on one of 8 endpoints");
+        }
+        assert_eq!(rendezvous(1, std::iter::empty()), None);
+    }
+
+    #[test]
+    fn hash64_is_stable() {
+        // Fixed values: the mapping must not change between builds or nodes.
+        assert_eq!(hash64(b""), mix64(0xcbf2_9ce4_8422_2325));
+        assert_eq!(hash64(b"10.0.0.1:8080"), hash64(b"10.0.0.1:8080"));
+        assert_ne!(hash64(b"10.0.0.1:8080"), hash64(b"10.0.0.2:8080"));
+        assert_eq!(format!("{:016x}", hash64(b"a")), "82a2a958a9bece5b");
+    }
+
+    #[test]
+    fn hash_picks_keep_a_key_and_fall_back_in_rank_order() {
+        let u = upstream(4, Balance::RoundRobin);
+        let now = Instant::now();
+        let key = hash64(b"user-42");
+        let first = u.pick_hash(key, now, &[]).unwrap();
+        for _ in 0..10 {
+            assert_eq!(u.pick_hash(key, now, &[]), Some(first));
+        }
+        // A retry goes to the key's second choice, deterministically.
+        let second = u.pick_hash(key, now, &[first]).unwrap();
+        assert_ne!(second, first);
+        assert_eq!(u.pick_hash(key, now, &[first]), Some(second));
+        // An ejected endpoint's keys go to their next choice until it returns.
+        let s = GlobalSettings::default();
+        u.endpoints[first].record_failure(now, &s);
+        assert_eq!(u.pick_hash(key, now, &[]), Some(second));
+        let later = now + Duration::from_millis(s.upstream_fail_timeout_ms + 1);
+        assert_eq!(u.pick_hash(key, later, &[]), Some(first));
+        assert_eq!(u.pick_hash(key, now, &[0, 1, 2, 3]), None);
+    }
+
+    #[test]
+    fn persistent_cookies_name_an_endpoint_and_move_when_it_fails() {
+        let u = upstream(3, Balance::RoundRobin);
+        let now = Instant::now();
+        let never = || -> u64 { panic!("persistent mode draws no keys") };
+        // No cookie: the balancer picks, and the cookie names that endpoint.
+        let (i, set) = u.pick_sticky(AffinityMode::Persistent, None, now, &[], never).unwrap();
+        assert_eq!(set, Some(u.endpoints[i].hash));
+        // The cookie brings the client back, whatever round robin would do.
+        for _ in 0..5 {
+            assert_eq!(
+                u.pick_sticky(AffinityMode::Persistent, set, now, &[], never),
+                Some((i, set))
+            );
+        }
+        // A cookie naming no current endpoint cannot choose one: a new session starts.
+        let (j, reset) = u
+            .pick_sticky(AffinityMode::Persistent, Some(0xdead_beef), now, &[], never)
+            .unwrap();
+        assert_eq!(reset, Some(u.endpoints[j].hash));
+        // The sticky endpoint failed in this request: another one, and a new cookie.
+        let (k, moved) = u.pick_sticky(AffinityMode::Persistent, set, now, &[i], never).unwrap();
+        assert_ne!(k, i);
+        assert_eq!(moved, Some(u.endpoints[k].hash));
+        // So does an ejected one.
+        u.endpoints[i].record_failure(now, &GlobalSettings::default());
+        let (k, moved) = u.pick_sticky(AffinityMode::Persistent, set, now, &[], never).unwrap();
+        assert_ne!(k, i);
+        assert_eq!(moved, Some(u.endpoints[k].hash));
+    }
+
+    #[test]
+    fn balanced_cookies_are_keys_hashed_onto_the_endpoints() {
+        let u = upstream(3, Balance::RoundRobin);
+        let now = Instant::now();
+        let mut draws = (1u64..).map(|i| hash64(&i.to_le_bytes()));
+        let (i, key) = u
+            .pick_sticky(AffinityMode::Balanced, None, now, &[], || draws.next().unwrap_or(0))
+            .unwrap();
+        let key = key.unwrap();
+        let all = || u.endpoints.iter().enumerate().map(|(i, e)| (i, e.hash));
+        assert_eq!(
+            rendezvous(key, all()),
+            Some(i),
+            "the cookie means the endpoint it served"
+        );
+        let no_draw = || -> u64 { panic!("a valid cookie draws no key") };
+        assert_eq!(
+            u.pick_sticky(AffinityMode::Balanced, Some(key), now, &[], no_draw),
+            Some((i, Some(key)))
+        );
+        // Its endpoint failed: a new key, which means the endpoint that serves.
+        let (j, new) = u
+            .pick_sticky(AffinityMode::Balanced, Some(key), now, &[i], || {
+                draws.next().unwrap_or(0)
+            })
+            .unwrap();
+        assert_ne!(j, i);
+        assert_eq!(rendezvous(new.unwrap(), all()), Some(j));
+        // Keys that never land on an eligible endpoint: the balancer serves, no cookie.
+        let (other, third) = ((i + 1) % 3, (i + 2) % 3);
+        let (k, none) = u
+            .pick_sticky(AffinityMode::Balanced, None, now, &[i, third], || key)
+            .unwrap();
+        assert_eq!((k, none), (other, None));
+        assert_eq!(u.pick_sticky(AffinityMode::Balanced, None, now, &[0, 1, 2], || 0), None);
     }
 }

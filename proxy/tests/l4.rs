@@ -90,11 +90,7 @@ fn service(protocol: L4Protocol, port: u16, upstream: &str) -> L4Service {
     }
 }
 
-fn table(
-    version: u64,
-    services: &[L4Service],
-    upstreams: &[(&str, &[SocketAddr])],
-) -> RoutingTable {
+fn table(version: u64, services: &[L4Service], upstreams: &[(&str, &[SocketAddr])]) -> RoutingTable {
     RoutingTable {
         version,
         l4: services.iter().map(|s| (s.key(), s.clone())).collect(),
@@ -145,12 +141,9 @@ impl Node {
 
     async fn gone(&self, key: &str) {
         let mut status = self.mgr.status();
-        within(
-            &format!("{key} to close"),
-            status.wait_for(|m| !m.contains_key(key)),
-        )
-        .await
-        .unwrap();
+        within(&format!("{key} to close"), status.wait_for(|m| !m.contains_key(key)))
+            .await
+            .unwrap();
     }
 
     fn stats(&self, key: &str) -> Arc<raftgate_proxy::l4::metrics::ServiceStats> {
@@ -300,11 +293,7 @@ async fn two_hundred_concurrent_connections() {
     let port = free_tcp_port().await;
     let key = format!("tcp/{port}");
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Tcp, port, "up")],
-            &[("up", &[echo])],
-        ),
+        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[echo])]),
         settings(),
     );
     let addr = node.bound(&key).await;
@@ -345,18 +334,12 @@ async fn two_hundred_concurrent_connections() {
 async fn a_refused_endpoint_fails_over_to_the_next() {
     let (echo, _e) = tcp_echo().await;
     // Nothing listens here any more: connects are refused.
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await)
-        .parse()
-        .unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await).parse().unwrap();
     let port = free_tcp_port().await;
     let key = format!("tcp/{port}");
     // Round robin starts with the first endpoint: the dead one.
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Tcp, port, "up")],
-            &[("up", &[dead, echo])],
-        ),
+        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[dead, echo])]),
         settings(),
     );
     let addr = node.bound(&key).await;
@@ -374,17 +357,11 @@ async fn a_refused_endpoint_fails_over_to_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_dead_endpoints_close_the_client_connection() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await)
-        .parse()
-        .unwrap();
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await).parse().unwrap();
     let port = free_tcp_port().await;
     let key = format!("tcp/{port}");
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Tcp, port, "up")],
-            &[("up", &[dead])],
-        ),
+        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[dead])]),
         settings(),
     );
     let addr = node.bound(&key).await;
@@ -409,9 +386,7 @@ async fn listeners_follow_the_table() {
     assert_eq!(node.mgr.bound(&kb), None);
 
     // An entry added: its port opens.
-    node.dp
-        .install(table(2, &[sa.clone(), sb.clone()], ups))
-        .unwrap();
+    node.dp.install(table(2, &[sa.clone(), sb.clone()], ups)).unwrap();
     let addr_b = node.bound(&kb).await;
     assert_eq!(round_trip(addr_b, b"b").await, b"b");
 
@@ -422,17 +397,13 @@ async fn listeners_follow_the_table() {
     kept.read_exact(&mut one).await.unwrap();
 
     // The entry removed: the port closes, B keeps working, the open connection too.
-    node.dp
-        .install(table(3, std::slice::from_ref(&sb), ups))
-        .unwrap();
+    node.dp.install(table(3, std::slice::from_ref(&sb), ups)).unwrap();
     node.gone(&ka).await;
     let err = TcpStream::connect(addr_a).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(round_trip(addr_b, b"still b").await, b"still b");
     kept.write_all(b"2").await.unwrap();
-    within("the kept connection", kept.read_exact(&mut one))
-        .await
-        .unwrap();
+    within("the kept connection", kept.read_exact(&mut one)).await.unwrap();
     assert_eq!(&one, b"2");
 
     // An endpoint change applies to the next connection without reopening the port.
@@ -457,13 +428,7 @@ async fn a_port_in_use_is_reported_and_bound_once_free() {
     let blocker = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = blocker.local_addr().unwrap().port();
     let key = format!("tcp/{port}");
-    let t = |v| {
-        table(
-            v,
-            &[service(L4Protocol::Tcp, port, "up")],
-            &[("up", &[echo])],
-        )
-    };
+    let t = |v| table(v, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[echo])]);
     let node = Node::start(t(1), settings());
     let mut status = node.mgr.status();
     let s = within(
@@ -491,11 +456,7 @@ async fn idle_connections_are_closed() {
     let key = format!("tcp/{port}");
     let idle = Duration::from_millis(500);
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Tcp, port, "up")],
-            &[("up", &[echo])],
-        ),
+        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[echo])]),
         L4Settings {
             idle_timeout: idle,
             ..settings()
@@ -510,10 +471,7 @@ async fn idle_connections_are_closed() {
     let n = within("the idle timeout", c.read(&mut one)).await.unwrap();
     assert_eq!(n, 0, "closed by the proxy");
     assert!(quiet_since.elapsed() >= idle - Duration::from_millis(100));
-    eventually("the idle counter", || {
-        load(&node.stats(&key).idle_timeouts) == 1
-    })
-    .await;
+    eventually("the idle counter", || load(&node.stats(&key).idle_timeouts) == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,10 +497,7 @@ async fn proxy_header_in_is_stripped() {
     assert_eq!(back, b"payload-1");
 
     // v2, the header split across writes.
-    let header = proxy_protocol::encode_v2(
-        "192.0.2.1:4567".parse().unwrap(),
-        "198.51.100.2:443".parse().unwrap(),
-    );
+    let header = proxy_protocol::encode_v2("192.0.2.1:4567".parse().unwrap(), "198.51.100.2:443".parse().unwrap());
     let mut c = TcpStream::connect(addr).await.unwrap();
     c.write_all(&header[..10]).await.unwrap();
     c.flush().await.unwrap();
@@ -561,10 +516,7 @@ async fn proxy_header_in_is_stripped() {
     let r = within("the rejection", c.read_to_end(&mut back)).await;
     assert!(back.is_empty(), "{back:?} ({r:?})");
     let stats = node.stats(&key);
-    eventually("the PROXY error counter", || {
-        load(&stats.proxy_protocol_errors) == 1
-    })
-    .await;
+    eventually("the PROXY error counter", || load(&stats.proxy_protocol_errors) == 1).await;
     assert_eq!(load(&stats.bytes_in), 18);
 }
 
@@ -662,11 +614,7 @@ async fn udp_clients_each_get_their_own_replies() {
     let port = free_udp_port().await;
     let key = format!("udp/{port}");
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Udp, port, "dns")],
-            &[("dns", &[up])],
-        ),
+        table(1, &[service(L4Protocol::Udp, port, "dns")], &[("dns", &[up])]),
         settings(),
     );
     let addr = node.bound(&key).await;
@@ -708,11 +656,7 @@ async fn udp_sessions_expire_when_idle() {
     let port = free_udp_port().await;
     let key = format!("udp/{port}");
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Udp, port, "dns")],
-            &[("dns", &[up])],
-        ),
+        table(1, &[service(L4Protocol::Udp, port, "dns")], &[("dns", &[up])]),
         L4Settings {
             udp_session_timeout: Duration::from_millis(500),
             ..settings()
@@ -725,10 +669,7 @@ async fn udp_sessions_expire_when_idle() {
     let side = |r: &str| parts(r).1;
     assert_eq!(side(&first), side(&second), "one session while active");
     let stats = node.stats(&key);
-    eventually("the session to expire", || {
-        load(&stats.udp_sessions_expired) == 1
-    })
-    .await;
+    eventually("the session to expire", || load(&stats.udp_sessions_expired) == 1).await;
     assert_eq!(load(&stats.udp_sessions_active), 0);
     let third = udp_ask(&sock, addr, "c").await;
     assert_ne!(side(&first), side(&third), "a new session after expiry");
@@ -741,11 +682,7 @@ async fn a_full_udp_table_refuses_new_clients() {
     let port = free_udp_port().await;
     let key = format!("udp/{port}");
     let node = Node::start(
-        table(
-            1,
-            &[service(L4Protocol::Udp, port, "dns")],
-            &[("dns", &[up])],
-        ),
+        table(1, &[service(L4Protocol::Udp, port, "dns")], &[("dns", &[up])]),
         L4Settings {
             max_udp_sessions: 1,
             ..settings()
@@ -770,10 +707,7 @@ async fn draining_closes_every_listener() {
     let node = Node::start(
         table(
             1,
-            &[
-                service(L4Protocol::Tcp, t, "tcp"),
-                service(L4Protocol::Udp, u, "udp"),
-            ],
+            &[service(L4Protocol::Tcp, t, "tcp"), service(L4Protocol::Udp, u, "udp")],
             &[("tcp", &[echo]), ("udp", &[up])],
         ),
         settings(),
@@ -812,10 +746,7 @@ async fn udp_sessions_move_when_their_endpoint_leaves() {
     let port = free_udp_port().await;
     let key = format!("udp/{port}");
     let svc = service(L4Protocol::Udp, port, "dns");
-    let node = Node::start(
-        table(1, std::slice::from_ref(&svc), &[("dns", &[u1])]),
-        settings(),
-    );
+    let node = Node::start(table(1, std::slice::from_ref(&svc), &[("dns", &[u1])]), settings());
     let addr = node.bound(&key).await;
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     assert_eq!(parts(&udp_ask(&sock, addr, "a").await).0, "u1");
@@ -824,10 +755,7 @@ async fn udp_sessions_move_when_their_endpoint_leaves() {
         .install(table(2, std::slice::from_ref(&svc), &[("dns", &[u2])]))
         .unwrap();
     let stats = node.stats(&key);
-    eventually("the stale session to end", || {
-        load(&stats.udp_sessions_active) == 0
-    })
-    .await;
+    eventually("the stale session to end", || load(&stats.udp_sessions_active) == 0).await;
     assert_eq!(parts(&udp_ask(&sock, addr, "b").await).0, "u2");
     assert_eq!(load(&stats.udp_sessions_total), 2);
     assert_eq!(load(&stats.udp_sessions_expired), 0);

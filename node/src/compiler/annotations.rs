@@ -8,9 +8,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use raftgate_proxy::model::Affinity;
+use raftgate_proxy::model::AffinityMode;
 use raftgate_proxy::model::Balance;
+use raftgate_proxy::model::CanaryHeader;
+use raftgate_proxy::model::HashBy;
+use raftgate_proxy::model::HashPart;
+use raftgate_proxy::model::HeaderMatch;
 use raftgate_proxy::model::NextUpstream;
+use raftgate_proxy::model::PathMatch;
 use raftgate_proxy::model::Protocol;
+use raftgate_proxy::model::SameSite;
 
 use crate::config::parse_size;
 
@@ -105,6 +113,116 @@ pub struct Annotations {
     pub service_upstream: bool,
     /// Snippet annotations present on the object; never executed.
     pub ignored_snippets: Vec<String>,
+    /// `canary: "true"` and the `canary-*` annotations: the Ingress is a canary.
+    pub canary: Option<CanaryAnnotations>,
+    /// `affinity: cookie` with `affinity-mode` and the `session-cookie-*` annotations.
+    pub affinity: Option<AffinityAnnotations>,
+    /// `upstream-hash-by`.
+    pub upstream_hash_by: Option<HashBy>,
+}
+
+/// The `canary-*` annotations of a `canary: "true"` Ingress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryAnnotations {
+    /// `canary-by-header`, read as `canary-by-header-value` (first), else
+    /// `canary-by-header-pattern`, else `always`/`never`.
+    pub header: Option<CanaryHeader>,
+    /// `canary-by-cookie`.
+    pub cookie: Option<String>,
+    /// `canary-weight` (default 0).
+    pub weight: u32,
+    /// `canary-weight-total` (default 100).
+    pub weight_total: u32,
+}
+
+/// The session-affinity annotations of an `affinity: cookie` Ingress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AffinityAnnotations {
+    /// `session-cookie-name` (default `INGRESSCOOKIE`).
+    pub cookie: String,
+    /// `session-cookie-path`; unset, each route uses its own path (`/` for a regex).
+    pub path: Option<String>,
+    /// `session-cookie-max-age`.
+    pub max_age: Option<u64>,
+    /// `session-cookie-samesite`.
+    pub same_site: Option<SameSite>,
+    /// `affinity-mode` (default `balanced`).
+    pub mode: AffinityMode,
+}
+
+impl AffinityAnnotations {
+    /// The affinity of one route, its cookie path defaulting to the route's path.
+    pub fn for_path(&self, path: &PathMatch) -> Affinity {
+        let path = match (&self.path, path) {
+            (Some(p), _) => p.clone(),
+            (None, PathMatch::Regex(_)) => "/".into(),
+            (None, PathMatch::Exact(p) | PathMatch::Prefix(p)) => p.clone(),
+        };
+        Affinity {
+            cookie: self.cookie.clone(),
+            path,
+            max_age: self.max_age,
+            same_site: self.same_site,
+            mode: self.mode,
+        }
+    }
+}
+
+/// Canary and affinity values as they come, checked together once all are read.
+#[derive(Default)]
+struct Traffic {
+    canary: bool,
+    header: Option<String>,
+    header_value: Option<String>,
+    header_pattern: Option<String>,
+    cookie: Option<String>,
+    /// The weight and its annotation value, for the error naming it.
+    weight: Option<(u32, String)>,
+    weight_total: Option<u32>,
+    affinity: bool,
+    mode: AffinityMode,
+    cookie_name: Option<String>,
+    cookie_path: Option<String>,
+    max_age: Option<u64>,
+    same_site: Option<SameSite>,
+}
+
+impl Traffic {
+    fn finish(self, a: &mut Annotations) -> Result<(), AnnotationError> {
+        let weight_total = self.weight_total.unwrap_or(100);
+        if let Some((w, value)) = &self.weight {
+            if *w > weight_total {
+                return Err(AnnotationError {
+                    key: "canary-weight".into(),
+                    value: value.clone(),
+                    reason: format!("above canary-weight-total ({weight_total})"),
+                });
+            }
+        }
+        if self.canary {
+            let matches = match (self.header_value, self.header_pattern) {
+                (Some(v), _) => HeaderMatch::Value(v),
+                (None, Some(p)) => HeaderMatch::Pattern(p),
+                (None, None) => HeaderMatch::AlwaysNever,
+            };
+            a.canary = Some(CanaryAnnotations {
+                header: self.header.map(|name| CanaryHeader { name, matches }),
+                cookie: self.cookie,
+                weight: self.weight.map_or(0, |(w, _)| w),
+                weight_total,
+            });
+        }
+        if self.affinity {
+            a.affinity = Some(AffinityAnnotations {
+                cookie: self.cookie_name.unwrap_or_else(|| "INGRESSCOOKIE".into()),
+                path: self.cookie_path,
+                max_age: self.max_age,
+                same_site: self.same_site,
+                mode: self.mode,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Annotations {
@@ -116,6 +234,7 @@ impl Annotations {
         let mut enable_cors = false;
         let mut permanent_code = None;
         let mut temporal_code = None;
+        let mut t = Traffic::default();
         for (full, value) in all {
             let Some(key) = full.strip_prefix(PREFIX) else {
                 continue;
@@ -151,28 +270,16 @@ impl Annotations {
                     a.rewrite_target = Some(v.to_string());
                 }
                 "permanent-redirect" => {
-                    a.permanent_redirect = Some((
-                        url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?,
-                        301,
-                    ))
+                    a.permanent_redirect = Some((url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?, 301))
                 }
                 "temporal-redirect" => {
-                    a.temporal_redirect = Some((
-                        url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?,
-                        302,
-                    ))
+                    a.temporal_redirect = Some((url(v).ok_or_else(|| err("expected an absolute http(s) URL"))?, 302))
                 }
                 "permanent-redirect-code" => {
-                    permanent_code = Some(
-                        redirect_code(v)
-                            .ok_or_else(|| err("expected a 3xx status from 300 to 308"))?,
-                    )
+                    permanent_code = Some(redirect_code(v).ok_or_else(|| err("expected a 3xx status from 300 to 308"))?)
                 }
                 "temporal-redirect-code" => {
-                    temporal_code = Some(
-                        redirect_code(v)
-                            .ok_or_else(|| err("expected a 3xx status from 300 to 308"))?,
-                    )
+                    temporal_code = Some(redirect_code(v).ok_or_else(|| err("expected a 3xx status from 300 to 308"))?)
                 }
                 "x-forwarded-prefix" => a.x_forwarded_prefix = Some(text()?),
                 "backend-protocol" => {
@@ -188,19 +295,14 @@ impl Annotations {
                     })
                 }
                 "proxy-body-size" => {
-                    a.proxy_body_size = Some(
-                        parse_size(v).ok_or_else(|| err("expected a size such as 0, 8k, 1m"))?,
-                    )
+                    a.proxy_body_size = Some(parse_size(v).ok_or_else(|| err("expected a size such as 0, 8k, 1m"))?)
                 }
                 "proxy-connect-timeout" => a.proxy_connect_timeout = Some(secs()?),
                 "proxy-read-timeout" => a.proxy_read_timeout = Some(secs()?),
                 "proxy-send-timeout" => a.proxy_send_timeout = Some(secs()?),
-                "proxy-next-upstream" => {
-                    a.proxy_next_upstream = Some(next_upstream(v).map_err(|r| err(&r))?)
-                }
+                "proxy-next-upstream" => a.proxy_next_upstream = Some(next_upstream(v).map_err(|r| err(&r))?),
                 "proxy-next-upstream-tries" => {
-                    a.proxy_next_upstream_tries =
-                        Some(v.parse().map_err(|_| err("expected a whole number"))?)
+                    a.proxy_next_upstream_tries = Some(v.parse().map_err(|_| err("expected a whole number"))?)
                 }
                 "load-balance" => {
                     a.load_balance = Some(match v {
@@ -217,9 +319,7 @@ impl Annotations {
                 "limit-rpm" => a.limit_rpm = Some(count()?),
                 "limit-connections" => a.limit_connections = Some(count()?),
                 "limit-burst-multiplier" => a.limit_burst_multiplier = Some(count()?),
-                "limit-whitelist" | "limit-allowlist" => {
-                    a.limit_allowlist = cidrs(v).map_err(|r| err(&r))?
-                }
+                "limit-whitelist" | "limit-allowlist" => a.limit_allowlist = cidrs(v).map_err(|r| err(&r))?,
                 "auth-type" => match v {
                     "basic" => a.auth_basic = true,
                     "digest" => {
@@ -243,12 +343,7 @@ impl Annotations {
                         .map(|o| o.trim().to_string())
                         .filter(|o| !o.is_empty())
                         .collect();
-                    if cors.allow_origin.is_empty()
-                        || cors
-                            .allow_origin
-                            .iter()
-                            .any(|o| o != "*" && url(o).is_none())
-                    {
+                    if cors.allow_origin.is_empty() || cors.allow_origin.iter().any(|o| o != "*" && url(o).is_none()) {
                         return Err(err(
                             "expected * or a comma-separated list of http(s)://host[:port] origins",
                         ));
@@ -258,9 +353,7 @@ impl Annotations {
                 "cors-allow-headers" => cors.allow_headers = text()?,
                 "cors-expose-headers" => cors.expose_headers = text()?,
                 "cors-allow-credentials" => cors.allow_credentials = flag()?,
-                "cors-max-age" => {
-                    cors.max_age = v.parse().map_err(|_| err("expected whole seconds"))?
-                }
+                "cors-max-age" => cors.max_age = v.parse().map_err(|_| err("expected whole seconds"))?,
                 "server-alias" => {
                     for h in v.split(',').map(str::trim).filter(|h| !h.is_empty()) {
                         a.server_alias.push(h.to_string());
@@ -268,6 +361,69 @@ impl Annotations {
                 }
                 "default-backend" => a.default_backend = Some(text()?),
                 "service-upstream" => a.service_upstream = flag()?,
+                "canary" => t.canary = flag()?,
+                "canary-by-header" => {
+                    t.header = optional(v, header_name).ok_or_else(|| err("expected a header name"))?
+                }
+                "canary-by-header-value" => {
+                    t.header_value = optional(v, |v| header_safe(v).map(str::to_string))
+                        .ok_or_else(|| err("must be printable text without quotes"))?
+                }
+                "canary-by-header-pattern" => {
+                    if !v.is_empty() {
+                        raftgate_proxy::select::header_pattern(v)
+                            .map_err(|e| err(&format!("invalid regular expression: {e}")))?;
+                        t.header_pattern = Some(v.to_string());
+                    }
+                }
+                "canary-by-cookie" => {
+                    t.cookie = optional(v, cookie_name).ok_or_else(|| err("expected a cookie name"))?
+                }
+                "canary-weight" => {
+                    let w = v
+                        .parse()
+                        .map_err(|_| err("expected a whole number from 0 to canary-weight-total"))?;
+                    t.weight = Some((w, value.clone()));
+                }
+                "canary-weight-total" => t.weight_total = Some(count()?),
+                "affinity" => match v {
+                    "cookie" => t.affinity = true,
+                    _ => return Err(err("expected cookie, the only affinity type")),
+                },
+                "affinity-mode" => {
+                    t.mode = match v {
+                        "balanced" => AffinityMode::Balanced,
+                        "persistent" => AffinityMode::Persistent,
+                        _ => return Err(err("expected balanced or persistent")),
+                    }
+                }
+                "session-cookie-name" => {
+                    t.cookie_name = Some(cookie_name(v).ok_or_else(|| err("expected a cookie name"))?)
+                }
+                "session-cookie-path" => {
+                    let ok = v.starts_with('/') && header_safe(v).is_some() && !v.contains([';', ' ', ',']);
+                    if !ok {
+                        return Err(err("expected a path starting with '/', without ';', ',' or spaces"));
+                    }
+                    t.cookie_path = Some(v.to_string());
+                }
+                "session-cookie-max-age" => {
+                    t.max_age = Some(
+                        v.parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| err("expected whole seconds above 0"))?,
+                    )
+                }
+                "session-cookie-samesite" => {
+                    t.same_site = Some(match v.to_ascii_lowercase().as_str() {
+                        "none" => SameSite::None,
+                        "lax" => SameSite::Lax,
+                        "strict" => SameSite::Strict,
+                        _ => return Err(err("expected None, Lax or Strict")),
+                    })
+                }
+                "upstream-hash-by" => a.upstream_hash_by = Some(hash_by(v).map_err(|r| err(&r))?),
                 k if k.ends_with("-snippet") => a.ignored_snippets.push(k.to_string()),
                 _ => {
                     tracing::debug!(annotation = %full, "annotation not supported by raftgate; ignored")
@@ -283,6 +439,7 @@ impl Annotations {
         if enable_cors {
             a.cors = Some(cors);
         }
+        t.finish(&mut a)?;
         if a.auth_basic && a.auth_secret.is_none() {
             return Err(AnnotationError {
                 key: "auth-type".into(),
@@ -306,6 +463,94 @@ fn boolean(v: &str) -> Option<bool> {
 fn seconds(v: &str) -> Option<Duration> {
     let n: u64 = v.strip_suffix('s').unwrap_or(v).parse().ok()?;
     (n > 0).then(|| Duration::from_secs(n))
+}
+
+/// An empty value is no value (`Some(None)`); any other must parse (`None` if it does not).
+fn optional<T>(v: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Option<T>> {
+    if v.is_empty() {
+        return Some(None);
+    }
+    parse(v).map(Some)
+}
+
+/// An HTTP header name, lower-cased.
+fn header_name(v: &str) -> Option<String> {
+    http::HeaderName::from_bytes(v.as_bytes())
+        .ok()
+        .map(|n| n.as_str().to_string())
+}
+
+/// A cookie name: an RFC 6265 token.
+fn cookie_name(v: &str) -> Option<String> {
+    let separator = |b: u8| b"()<>@,;:\\\"/[]?={} \t".contains(&b);
+    (!v.is_empty() && v.bytes().all(|b| (0x21..0x7f).contains(&b) && !separator(b))).then(|| v.to_string())
+}
+
+/// The variables `upstream-hash-by` understands.
+const HASH_VARIABLES: &str =
+    "$remote_addr, $request_uri, $uri, $args, $host, $http_<name>, $cookie_<name>, $arg_<name>";
+
+/// An `upstream-hash-by` key: nginx variables (`$name` or `${name}`) and literal text.
+fn hash_by(v: &str) -> Result<HashBy, String> {
+    if header_safe(v).is_none() {
+        return Err("must be printable text without quotes".into());
+    }
+    let mut parts = Vec::new();
+    let mut text = String::new();
+    let mut rest = v;
+    while let Some(dollar) = rest.find('$') {
+        text.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced.find('}').ok_or("unclosed ${")?;
+                (&braced[..end], &braced[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                after.split_at(end)
+            }
+        };
+        let named = |prefix: &str| name.strip_prefix(prefix).filter(|n| !n.is_empty());
+        let part = match name {
+            "remote_addr" => HashPart::RemoteAddr,
+            "request_uri" => HashPart::RequestUri,
+            "uri" | "document_uri" => HashPart::Uri,
+            "args" | "query_string" => HashPart::Args,
+            "host" => HashPart::Host,
+            _ => {
+                if let Some(h) = named("http_") {
+                    let h = header_name(&h.replace('_', "-")).ok_or_else(|| format!("${name}: not a header name"))?;
+                    HashPart::Header(h)
+                } else if let Some(c) = named("cookie_") {
+                    HashPart::Cookie(cookie_name(c).ok_or_else(|| format!("${name}: not a cookie name"))?)
+                } else if let Some(a) = named("arg_") {
+                    HashPart::Arg(a.to_string())
+                } else if name.is_empty() {
+                    return Err("'$' must be followed by a variable name".into());
+                } else {
+                    return Err(format!("unsupported variable ${name}; supported: {HASH_VARIABLES}"));
+                }
+            }
+        };
+        if !text.is_empty() {
+            parts.push(HashPart::Text(std::mem::take(&mut text)));
+        }
+        parts.push(part);
+        rest = next;
+    }
+    text.push_str(rest);
+    if !parts.iter().any(|p| !matches!(p, HashPart::Text(_))) {
+        return Err(format!(
+            "no variable, so every request would hash alike; use one of {HASH_VARIABLES}"
+        ));
+    }
+    if !text.is_empty() {
+        parts.push(HashPart::Text(text));
+    }
+    Ok(HashBy { parts })
 }
 
 fn positive(v: &str) -> Option<u32> {
@@ -408,14 +653,8 @@ mod tests {
         assert_eq!(a.load_balance, Some(Balance::Ewma));
         assert_eq!(a.ignored_snippets, vec!["server-snippet".to_string()]);
         assert_eq!(a.app_root.as_deref(), Some("/corp"));
-        assert_eq!(
-            a.permanent_redirect,
-            Some(("https://example.org/new".into(), 308))
-        );
-        assert_eq!(
-            a.allow_source,
-            Some(vec!["10.0.0.0/8".into(), "192.168.1.1/32".into()])
-        );
+        assert_eq!(a.permanent_redirect, Some(("https://example.org/new".into(), 308)));
+        assert_eq!(a.allow_source, Some(vec!["10.0.0.0/8".into(), "192.168.1.1/32".into()]));
         assert_eq!(a.limit_rps, Some(5));
         assert_eq!(
             a.proxy_next_upstream,
@@ -430,10 +669,7 @@ mod tests {
 
     #[test]
     fn cors_defaults_apply_only_when_enabled() {
-        assert_eq!(
-            ann(&[("cors-allow-origin", "https://a.com")]).unwrap().cors,
-            None
-        );
+        assert_eq!(ann(&[("cors-allow-origin", "https://a.com")]).unwrap().cors, None);
         let a = ann(&[
             ("enable-cors", "true"),
             ("cors-allow-origin", "https://a.com, https://b.com:8443"),
@@ -478,16 +714,164 @@ mod tests {
     }
 
     #[test]
+    fn canary_annotations_with_ingress_nginx_defaults() {
+        let a = ann(&[("canary", "true"), ("canary-by-header", "X-Canary")]).unwrap();
+        assert_eq!(
+            a.canary,
+            Some(CanaryAnnotations {
+                header: Some(CanaryHeader {
+                    name: "x-canary".into(),
+                    matches: HeaderMatch::AlwaysNever
+                }),
+                cookie: None,
+                weight: 0,
+                weight_total: 100,
+            })
+        );
+        let a = ann(&[
+            ("canary", "true"),
+            ("canary-by-header", "x-env"),
+            ("canary-by-header-value", "beta"),
+            ("canary-by-header-pattern", "^b.*"),
+            ("canary-by-cookie", "use_canary"),
+            ("canary-weight", "30"),
+            ("canary-weight-total", "1000"),
+        ])
+        .unwrap();
+        let c = a.canary.unwrap();
+        assert_eq!(
+            c.header.unwrap().matches,
+            HeaderMatch::Value("beta".into()),
+            "the value wins over the pattern"
+        );
+        assert_eq!(
+            (c.cookie.as_deref(), c.weight, c.weight_total),
+            (Some("use_canary"), 30, 1000)
+        );
+        let c = ann(&[
+            ("canary", "true"),
+            ("canary-by-header", "x-env"),
+            ("canary-by-header-pattern", "^b.*"),
+        ])
+        .unwrap()
+        .canary
+        .unwrap();
+        assert_eq!(c.header.unwrap().matches, HeaderMatch::Pattern("^b.*".into()));
+        assert_eq!(ann(&[("canary-weight", "10")]).unwrap().canary, None, "not a canary");
+        assert_eq!(
+            ann(&[("canary", "false"), ("canary-weight", "10")]).unwrap().canary,
+            None
+        );
+    }
+
+    #[test]
+    fn affinity_annotations_and_the_cookie_path_default() {
+        let a = ann(&[("affinity", "cookie")]).unwrap().affinity.unwrap();
+        assert_eq!(a.cookie, "INGRESSCOOKIE");
+        assert_eq!(a.mode, AffinityMode::Balanced);
+        assert_eq!(a.for_path(&PathMatch::Prefix("/app".into())).path, "/app");
+        assert_eq!(a.for_path(&PathMatch::Regex("/app(/|$)(.*)".into())).path, "/");
+        let a = ann(&[
+            ("affinity", "cookie"),
+            ("affinity-mode", "persistent"),
+            ("session-cookie-name", "route"),
+            ("session-cookie-path", "/shop"),
+            ("session-cookie-max-age", "172800"),
+            ("session-cookie-samesite", "lax"),
+        ])
+        .unwrap()
+        .affinity
+        .unwrap();
+        let r = a.for_path(&PathMatch::Prefix("/other".into()));
+        assert_eq!(
+            r,
+            Affinity {
+                cookie: "route".into(),
+                path: "/shop".into(),
+                max_age: Some(172_800),
+                same_site: Some(SameSite::Lax),
+                mode: AffinityMode::Persistent,
+            }
+        );
+        assert_eq!(ann(&[("session-cookie-name", "x")]).unwrap().affinity, None);
+    }
+
+    #[test]
+    fn upstream_hash_by_variables_and_text() {
+        let key = |v: &str| ann(&[("upstream-hash-by", v)]).map(|a| a.upstream_hash_by.unwrap().parts);
+        assert_eq!(key("$remote_addr"), Ok(vec![HashPart::RemoteAddr]));
+        assert_eq!(key("$request_uri$host"), Ok(vec![HashPart::RequestUri, HashPart::Host]));
+        assert_eq!(key("$http_x_user_id"), Ok(vec![HashPart::Header("x-user-id".into())]));
+        assert_eq!(
+            key("user:${cookie_session}/$arg_id"),
+            Ok(vec![
+                HashPart::Text("user:".into()),
+                HashPart::Cookie("session".into()),
+                HashPart::Text("/".into()),
+                HashPart::Arg("id".into()),
+            ])
+        );
+        for (v, needle) in [
+            ("$binary_remote_addr", "unsupported variable $binary_remote_addr"),
+            ("constant", "no variable"),
+            ("$", "followed by a variable name"),
+            ("${host", "unclosed"),
+            ("$http_", "unsupported variable $http_"),
+        ] {
+            let e = key(v).unwrap_err();
+            assert_eq!(e.key, "upstream-hash-by");
+            assert!(e.reason.contains(needle), "{v}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn invalid_traffic_values_name_the_key_and_value() {
+        for (pairs, key) in [
+            (vec![("canary-weight", "ten")], "canary-weight"),
+            (vec![("canary-weight", "-5")], "canary-weight"),
+            (vec![("canary", "true"), ("canary-weight", "101")], "canary-weight"),
+            (
+                vec![
+                    ("canary", "true"),
+                    ("canary-weight", "300"),
+                    ("canary-weight-total", "200"),
+                ],
+                "canary-weight",
+            ),
+            (vec![("canary-weight-total", "0")], "canary-weight-total"),
+            (
+                vec![("canary-by-header-pattern", "(unclosed")],
+                "canary-by-header-pattern",
+            ),
+            (vec![("canary-by-header", "bad header")], "canary-by-header"),
+            (vec![("canary-by-cookie", "a;b")], "canary-by-cookie"),
+            (vec![("affinity", "ip")], "affinity"),
+            (vec![("affinity-mode", "sticky")], "affinity-mode"),
+            (
+                vec![("session-cookie-samesite", "Sometimes")],
+                "session-cookie-samesite",
+            ),
+            (vec![("session-cookie-max-age", "-1")], "session-cookie-max-age"),
+            (vec![("session-cookie-max-age", "0")], "session-cookie-max-age"),
+            (vec![("session-cookie-name", "a b")], "session-cookie-name"),
+            (vec![("session-cookie-path", "shop")], "session-cookie-path"),
+            (vec![("session-cookie-path", "/a;Domain=evil")], "session-cookie-path"),
+        ] {
+            let e = ann(&pairs).unwrap_err();
+            assert_eq!(e.key, key, "{pairs:?}");
+        }
+        let e = ann(&[("canary-by-header-pattern", "(unclosed")]).unwrap_err();
+        assert!(e.reason.starts_with("invalid regular expression"), "{e}");
+        let e = ann(&[("canary", "true"), ("canary-weight", "150")]).unwrap_err();
+        assert_eq!(e.value, "150");
+        assert!(e.to_string().contains("above canary-weight-total (100)"), "{e}");
+    }
+
+    #[test]
     fn other_prefixes_and_unknown_keys_are_ignored() {
         let mut m = BTreeMap::new();
-        m.insert(
-            "kubernetes.io/ingress.class".to_string(),
-            "nginx".to_string(),
-        );
+        m.insert("kubernetes.io/ingress.class".to_string(), "nginx".to_string());
         m.insert(format!("{PREFIX}some-future-thing"), "x".to_string());
-        assert_eq!(
-            Annotations::parse(Some(&m)).unwrap(),
-            Annotations::default()
-        );
+        assert_eq!(Annotations::parse(Some(&m)).unwrap(), Annotations::default());
     }
 }

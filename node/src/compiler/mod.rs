@@ -13,6 +13,7 @@
 //! alone, and if an earlier version of it was valid, that version keeps serving.
 
 pub mod annotations;
+mod defaults;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -27,10 +28,10 @@ use raftgate_proxy::model::ANY_HOST;
 use raftgate_proxy::model::Backend;
 use raftgate_proxy::model::Balance;
 use raftgate_proxy::model::BasicAuth;
+use raftgate_proxy::model::Canary;
 use raftgate_proxy::model::Certificate;
 use raftgate_proxy::model::Cors;
 use raftgate_proxy::model::Endpoint;
-use raftgate_proxy::model::GlobalSettings;
 use raftgate_proxy::model::L4Protocol;
 use raftgate_proxy::model::L4Service;
 use raftgate_proxy::model::PathMatch;
@@ -47,6 +48,7 @@ use raftgate_proxy::router::prefix_key;
 use self::annotations::AnnotationError;
 use self::annotations::Annotations;
 use self::annotations::AuthSecretType;
+use self::annotations::CanaryAnnotations;
 use crate::config::RouteDefaults;
 use crate::objects::Key;
 use crate::objects::Objects;
@@ -112,6 +114,8 @@ pub struct Options {
     pub udp_services: Option<String>,
     /// Ports the node's own listeners use; L4 entries on them are refused.
     pub reserved_ports: Vec<u16>,
+    /// The ingress-nginx-style ConfigMap (`namespace/name`) laid over `defaults`, if any.
+    pub controller_configmap: Option<String>,
 }
 
 impl Options {
@@ -131,6 +135,7 @@ impl Options {
             tcp_services: cfg.l4.tcp_services_configmap.clone(),
             udp_services: cfg.l4.udp_services_configmap.clone(),
             reserved_ports: reserved,
+            controller_configmap: cfg.controller_configmap.clone(),
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct Output {
 pub struct Compiler {
     opts: Options,
     last_good: BTreeMap<Key, Ingress>,
+    /// The config's defaults with the controller ConfigMap laid over them, for this compilation.
+    effective: RouteDefaults,
 }
 
 /// One Ingress, validated and translated, before merging.
@@ -158,6 +165,9 @@ struct Plan {
     tls_hosts: Vec<(String, Option<String>)>,
     default_backend: Option<Backend>,
     upstreams: Vec<(String, UpstreamRef)>,
+    /// A canary Ingress: its routes are not served themselves but attached to the main
+    /// routes with the same host and path (see [`attach_canary`]).
+    canary: Option<CanaryAnnotations>,
 }
 
 /// What an upstream id stands for, to resolve it against Services and endpoints.
@@ -170,6 +180,23 @@ struct UpstreamRef {
     balance: Balance,
     /// Use the ClusterIP and Service port instead of the endpoints (`service-upstream`).
     service_upstream: bool,
+}
+
+impl UpstreamRef {
+    /// The upstream's id (see [`UpstreamId::format`]), with `|cluster-ip` for `service-upstream`.
+    fn id(&self) -> String {
+        let mut id = UpstreamId::format(
+            &self.namespace,
+            &self.service,
+            &self.port.to_string(),
+            self.protocol,
+            self.balance,
+        );
+        if self.service_upstream {
+            id.push_str("|cluster-ip");
+        }
+        id
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +217,7 @@ impl fmt::Display for PortRef {
 impl Compiler {
     pub fn new(opts: Options) -> Compiler {
         Compiler {
+            effective: opts.defaults.clone(),
             opts,
             last_good: BTreeMap::new(),
         }
@@ -198,13 +226,24 @@ impl Compiler {
     /// Compiles everything. Deterministic: the same objects (and history) give the same table.
     pub fn compile(&mut self, objs: &Objects) -> Output {
         let mut out = Output::default();
-        let d = &self.opts.defaults;
-        out.table.settings = GlobalSettings {
-            upstream_max_fails: d.upstream_max_fails,
-            upstream_fail_timeout_ms: d.upstream_fail_timeout.as_millis() as u64,
-            access_log: d.access_log,
-            default_policy: policy(d, &Annotations::default()),
-        };
+        self.effective = self.opts.defaults.clone();
+        if let Some(name) = &self.opts.controller_configmap {
+            let key = match name.split_once('/') {
+                Some((ns, n)) => Key::new(ns, n),
+                None => Key::new("default", name),
+            };
+            if let Some(cm) = objs.config_maps.get(&key) {
+                for reason in defaults::overlay(&mut self.effective, cm.data.iter().flatten()) {
+                    out.problems.push(Problem {
+                        kind: "ConfigMap",
+                        object: key.to_string(),
+                        severity: Severity::Warning,
+                        reason,
+                    });
+                }
+            }
+        }
+        out.table.settings = defaults::settings(&self.effective, policy(&self.effective, &Annotations::default()));
         let default_class = self.default_class_is_ours(objs);
         let mut ours: Vec<&Ingress> = objs
             .ingresses
@@ -245,9 +284,7 @@ impl Compiler {
                             ));
                             plans.push(plan);
                         }
-                        None => out
-                            .problems
-                            .push(problem(Severity::Rejected, e.to_string())),
+                        None => out.problems.push(problem(Severity::Rejected, e.to_string())),
                     }
                 }
             }
@@ -348,7 +385,7 @@ impl Compiler {
                 )
             })
             .collect();
-        let d = &self.opts.defaults;
+        let d = &self.effective;
         let mut policy = policy(d, &ann);
         if ann.auth_basic {
             policy.basic_auth = Some(basic_auth(objs, &ns, &ann)?);
@@ -363,13 +400,10 @@ impl Compiler {
             tls_hosts: Vec::new(),
             default_backend: None,
             upstreams: Vec::new(),
+            canary: ann.canary.clone(),
         };
         let service_upstream = ann.service_upstream;
         let upstream = |service: &str, port: PortRef, plan: &mut Plan| -> Backend {
-            let mut id = UpstreamId::format(&ns, service, &port.to_string(), protocol, balance);
-            if service_upstream {
-                id.push_str("|cluster-ip");
-            }
             let r = UpstreamRef {
                 namespace: ns.clone(),
                 service: service.into(),
@@ -378,27 +412,27 @@ impl Compiler {
                 balance,
                 service_upstream,
             };
+            let id = r.id();
             plan.upstreams.push((id.clone(), r));
             Backend { upstream: id }
         };
-        let backend =
-            |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
-                let Some(svc) = &b.service else {
-                    return Err(CompileError::ResourceBackend { path: path.into() });
-                };
-                let number = svc.port.as_ref().and_then(|p| p.number);
-                let name = svc.port.as_ref().and_then(|p| p.name.clone());
-                let port = match (number, name) {
-                    (Some(n), _) => PortRef::Number(n),
-                    (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
-                    _ => {
-                        return Err(CompileError::NoPort {
-                            service: svc.name.clone(),
-                        });
-                    }
-                };
-                Ok(upstream(&svc.name, port, plan))
+        let backend = |b: &IngressBackend, path: &str, plan: &mut Plan| -> Result<Backend, CompileError> {
+            let Some(svc) = &b.service else {
+                return Err(CompileError::ResourceBackend { path: path.into() });
             };
+            let number = svc.port.as_ref().and_then(|p| p.number);
+            let name = svc.port.as_ref().and_then(|p| p.name.clone());
+            let port = match (number, name) {
+                (Some(n), _) => PortRef::Number(n),
+                (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
+                _ => {
+                    return Err(CompileError::NoPort {
+                        service: svc.name.clone(),
+                    });
+                }
+            };
+            Ok(upstream(&svc.name, port, plan))
+        };
         if let Some(fallback) = &ann.default_backend {
             // ingress-nginx's `default-backend` names a Service in the Ingress's namespace; the
             // port is its first one.
@@ -410,9 +444,7 @@ impl Compiler {
                 .and_then(|p| p.first())
                 .map(|p| p.port);
             match port {
-                Some(p) => {
-                    policy.fallback = Some(upstream(fallback, PortRef::Number(p), &mut plan))
-                }
+                Some(p) => policy.fallback = Some(upstream(fallback, PortRef::Number(p), &mut plan)),
                 None => warnings.push(format!(
                     "default-backend Service {ns}/{fallback} not found or has no ports; ignored"
                 )),
@@ -438,12 +470,7 @@ impl Compiler {
                 }
             };
             let mut routes = Vec::new();
-            for p in rule
-                .http
-                .as_ref()
-                .map(|h| h.paths.as_slice())
-                .unwrap_or_default()
-            {
+            for p in rule.http.as_ref().map(|h| h.paths.as_slice()).unwrap_or_default() {
                 let raw = p.path.clone().unwrap_or_default();
                 let path = match p.path_type.as_str() {
                     "Exact" => PathMatch::Exact(validate_path(&raw)?.to_string()),
@@ -472,18 +499,19 @@ impl Compiler {
                     other => {
                         return Err(CompileError::Path {
                             path: raw,
-                            reason: format!(
-                                "pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"
-                            ),
+                            reason: format!("pathType {other:?} is not one of Exact, Prefix, ImplementationSpecific"),
                         });
                     }
                 };
                 let b = backend(&p.backend, path.as_str(), &mut plan)?;
+                let mut policy = policy.clone();
+                policy.affinity = ann.affinity.as_ref().map(|a| a.for_path(&path));
                 routes.push(Route {
                     path,
                     backend: b,
-                    policy: policy.clone(),
+                    policy,
                     source: source.clone(),
+                    canary: None,
                 });
             }
             plan.rules.push((host, routes));
@@ -532,9 +560,7 @@ fn l4_entry(
     }
     let mut parts = value.trim().split(':');
     let target = parts.next().unwrap_or_default();
-    let svc_port = parts
-        .next()
-        .ok_or("expected <namespace>/<service>:<port>")?;
+    let svc_port = parts.next().ok_or("expected <namespace>/<service>:<port>")?;
     let proxy_in = parts.next();
     let proxy_out = parts.next();
     if parts.next().is_some() {
@@ -606,23 +632,14 @@ fn basic_auth(objs: &Objects, ns: &str, ann: &Annotations) -> Result<BasicAuth, 
         secret: key.to_string(),
         reason,
     };
-    let secret = objs
-        .secrets
-        .get(&key)
-        .ok_or_else(|| err("Secret not found".into()))?;
+    let secret = objs.secrets.get(&key).ok_or_else(|| err("Secret not found".into()))?;
     let mut data: BTreeMap<String, String> = secret
         .data
         .iter()
         .flatten()
         .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
         .collect();
-    data.extend(
-        secret
-            .string_data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    data.extend(secret.string_data.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
     let htpasswd = match ann.auth_secret_type {
         AuthSecretType::File => data
             .get("auth")
@@ -644,8 +661,7 @@ fn basic_auth(objs: &Objects, ns: &str, ann: &Annotations) -> Result<BasicAuth, 
 /// Services are looked up by the caller.
 fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let limited =
-        ann.limit_rps.is_some() || ann.limit_rpm.is_some() || ann.limit_connections.is_some();
+    let limited = ann.limit_rps.is_some() || ann.limit_rpm.is_some() || ann.limit_connections.is_some();
     RoutePolicy {
         ssl_redirect: ann.ssl_redirect.unwrap_or(d.ssl_redirect),
         force_ssl_redirect: ann.force_ssl_redirect.unwrap_or(false),
@@ -656,9 +672,7 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
         connect_timeout_ms: ms(ann.proxy_connect_timeout.unwrap_or(d.proxy_connect_timeout)),
         read_timeout_ms: ms(ann.proxy_read_timeout.unwrap_or(d.proxy_read_timeout)),
         send_timeout_ms: ms(ann.proxy_send_timeout.unwrap_or(d.proxy_send_timeout)),
-        next_upstream_tries: ann
-            .proxy_next_upstream_tries
-            .unwrap_or(d.proxy_next_upstream_tries),
+        next_upstream_tries: ann.proxy_next_upstream_tries.unwrap_or(d.proxy_next_upstream_tries),
         next_upstream: ann.proxy_next_upstream.clone().unwrap_or_default(),
         app_root: ann.app_root.clone(),
         rewrite_target: ann.rewrite_target.clone(),
@@ -690,6 +704,9 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
             max_age: c.max_age,
         }),
         fallback: None,
+        // Set per route: the cookie path defaults to the route's.
+        affinity: None,
+        hash_by: ann.upstream_hash_by.clone(),
     }
 }
 
@@ -700,11 +717,15 @@ fn order_key(i: &Ingress) -> (bool, Option<k8s_openapi::jiff::Timestamp>, Key) {
 }
 
 fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
+    // Canaries claim nothing: they attach to the main routes once those are all in place.
+    let (canaries, plans): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|p| p.canary.is_some());
     let t = &mut out.table;
     // Who claimed a (host, path) first, for the duplicate warning.
     let mut claimed: BTreeMap<(String, PathMatch), String> = BTreeMap::new();
     let mut refs: BTreeMap<String, UpstreamRef> = BTreeMap::new();
     let mut sni_secrets: BTreeMap<String, (String, Key)> = BTreeMap::new();
+    // Each Ingress's accepted server-alias hosts, which share its routes' canaries.
+    let mut alias_hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let rule_hosts: BTreeSet<String> = plans
         .iter()
         .flat_map(|p| p.rules.iter().map(|(h, _)| h.clone()))
@@ -728,6 +749,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                     format!("server-alias {alias} ignored: an Ingress rule defines that host"),
                 );
             } else {
+                alias_hosts.entry(owner.clone()).or_default().push(alias.clone());
                 aliases.push((alias, routes));
             }
         }
@@ -792,6 +814,9 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
             refs.entry(id).or_insert(r);
         }
     }
+    for plan in canaries {
+        attach_canary(plan, t, &mut refs, &alias_hosts, &mut out.problems);
+    }
     // A host from a later Ingress may be covered by an earlier TLS entry.
     for host in sni_secrets.keys() {
         for (name, vhost) in t.vhosts.iter_mut() {
@@ -837,27 +862,101 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
     }
 }
 
+/// Attaches a canary Ingress's backends to the main routes with the same host and path,
+/// oldest canary first; anything else in a canary Ingress (TLS, default backend, aliases,
+/// other annotations) is ignored, as in ingress-nginx. The canary upstream speaks the main
+/// backend's protocol but keeps its own `load-balance`, `upstream-hash-by` and affinity.
+fn attach_canary(
+    plan: Plan,
+    t: &mut RoutingTable,
+    refs: &mut BTreeMap<String, UpstreamRef>,
+    alias_hosts: &BTreeMap<String, Vec<String>>,
+    problems: &mut Vec<Problem>,
+) {
+    let Some(spec) = plan.canary else { return };
+    let owner = plan.key.to_string();
+    let mut warn = |reason: String| {
+        problems.push(Problem {
+            kind: "Ingress",
+            object: owner.clone(),
+            severity: Severity::Warning,
+            reason,
+        })
+    };
+    let planned: BTreeMap<&str, &UpstreamRef> = plan.upstreams.iter().map(|(id, r)| (id.as_str(), r)).collect();
+    let same_path = |a: &PathMatch, b: &PathMatch| match (a, b) {
+        (PathMatch::Prefix(x), PathMatch::Prefix(y)) => prefix_key(x) == prefix_key(y),
+        _ => a == b,
+    };
+    for (host, routes) in &plan.rules {
+        for r in routes {
+            // The same path, else the same text under another type (say the main Ingress
+            // has `use-regex` and the canary not: ingress-nginx matches the location's text).
+            let main = t.vhosts.get_mut(host).and_then(|v| {
+                let i = (v.routes.iter().position(|m| same_path(&m.path, &r.path)))
+                    .or_else(|| v.routes.iter().position(|m| m.path.as_str() == r.path.as_str()))?;
+                v.routes.get_mut(i)
+            });
+            let Some(main) = main else {
+                warn(format!(
+                    "canary for host {host} path {} ignored: no main (non-canary) Ingress serves it",
+                    r.path
+                ));
+                continue;
+            };
+            if let Some(first) = &main.canary {
+                warn(format!(
+                    "canary for host {host} path {} ignored: Ingress {} (older) is its canary already",
+                    r.path, first.source
+                ));
+                continue;
+            }
+            let Some(own) = planned.get(r.backend.upstream.as_str()) else {
+                continue;
+            };
+            let protocol = refs.get(&main.backend.upstream).map_or(own.protocol, |m| m.protocol);
+            let upstream = UpstreamRef {
+                protocol,
+                ..(*own).clone()
+            };
+            let id = upstream.id();
+            refs.entry(id.clone()).or_insert(upstream);
+            let canary = Canary {
+                backend: Backend { upstream: id },
+                header: spec.header.clone(),
+                cookie: spec.cookie.clone(),
+                weight: spec.weight,
+                weight_total: spec.weight_total,
+                affinity: r.policy.affinity.clone(),
+                hash_by: r.policy.hash_by.clone(),
+                source: owner.clone(),
+            };
+            main.canary = Some(canary.clone());
+            let (main_source, main_path) = (main.source.clone(), main.path.clone());
+            for alias in alias_hosts.get(&main_source).into_iter().flatten() {
+                let served = t.vhosts.get_mut(alias).into_iter().flat_map(|v| v.routes.iter_mut());
+                for a in served.filter(|a| a.source == main_source && a.path == main_path && a.canary.is_none()) {
+                    a.canary = Some(canary.clone());
+                }
+            }
+        }
+    }
+}
+
 /// Whether TLS name `tls` (exact or `*.` wildcard) covers rule host `host`.
 fn covers(tls: &str, host: &str) -> bool {
     if tls.eq_ignore_ascii_case(host) {
         return true;
     }
     match (tls.strip_prefix("*."), host.split_once('.')) {
-        (Some(suffix), Some((label, rest))) => {
-            !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix)
-        }
+        (Some(suffix), Some((label, rest))) => !label.is_empty() && label != "*" && rest.eq_ignore_ascii_case(suffix),
         _ => false,
     }
 }
 
 /// A Kubernetes rule host: a lower-case DNS subdomain, optionally with a leading `*.`.
 fn validate_host(h: &str) -> Result<(), CompileError> {
-    let err = |reason| {
-        Err(CompileError::Host {
-            host: h.into(),
-            reason,
-        })
-    };
+    let err = |reason| Err(CompileError::Host { host: h.into(), reason });
     let name = h.strip_prefix("*.").unwrap_or(h);
     if name.is_empty() || name.len() > 253 {
         return err("must be 1 to 253 characters");
@@ -874,9 +973,7 @@ fn validate_host(h: &str) -> Result<(), CompileError> {
             .iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         {
-            return err(
-                "must be lower-case letters, digits, '-' and '.', with '*.' only as a prefix",
-            );
+            return err("must be lower-case letters, digits, '-' and '.', with '*.' only as a prefix");
         }
         if b[0] == b'-' || b[b.len() - 1] == b'-' {
             return err("labels must start and end with a letter or digit");
@@ -952,11 +1049,7 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
         return (up, warnings);
     }
     if let (Some(sp), true) = (found, r.service_upstream) {
-        match spec
-            .cluster_ip
-            .as_deref()
-            .filter(|ip| !ip.is_empty() && *ip != "None")
-        {
+        match spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") {
             Some(ip) => {
                 let mut eps = BTreeSet::new();
                 push_addr(&mut eps, ip, sp.port, &mut warnings);
@@ -1000,10 +1093,7 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             let Some(port) = s
                 .ports
                 .as_ref()
-                .and_then(|ps| {
-                    ps.iter()
-                        .find(|p| p.name.clone().unwrap_or_default() == sp_name)
-                })
+                .and_then(|ps| ps.iter().find(|p| p.name.clone().unwrap_or_default() == sp_name))
                 .and_then(|p| p.port)
             else {
                 continue;

@@ -154,12 +154,7 @@ spec:
         defaults: RouteDefaults::default(),
         ..Options::default()
     });
-    assert!(
-        c.compile(&objects(&yaml))
-            .table
-            .vhosts
-            .contains_key("c.com")
-    );
+    assert!(c.compile(&objects(&yaml)).table.vhosts.contains_key("c.com"));
 }
 
 #[test]
@@ -171,20 +166,12 @@ fn the_oldest_ingress_wins_a_duplicate_host_and_path() {
             "2024-06-01T00:00:00Z",
             &rule("a.com", "/api/", "Prefix", "new"),
         )
-        + &ingress(
-            "older",
-            "2023-01-01T00:00:00Z",
-            &rule("a.com", "/api", "Prefix", "old"),
-        );
+        + &ingress("older", "2023-01-01T00:00:00Z", &rule("a.com", "/api", "Prefix", "old"));
     let out = compile(&yaml);
     let routes = &out.table.vhosts["a.com"].routes;
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].source, "app/older");
-    let w: Vec<_> = out
-        .problems
-        .iter()
-        .filter(|p| p.object == "app/newer")
-        .collect();
+    let w: Vec<_> = out.problems.iter().filter(|p| p.object == "app/newer").collect();
     assert_eq!(w.len(), 1);
     assert!(
         w[0].reason.contains("already served by Ingress app/older"),
@@ -193,16 +180,8 @@ fn the_oldest_ingress_wins_a_duplicate_host_and_path() {
     );
     // Exact and Prefix on the same path are not duplicates.
     let yaml = svc("a", "10.0.0.1")
-        + &ingress(
-            "e",
-            "2024-06-01T00:00:00Z",
-            &rule("a.com", "/x", "Exact", "a"),
-        )
-        + &ingress(
-            "p",
-            "2023-01-01T00:00:00Z",
-            &rule("a.com", "/x", "Prefix", "a"),
-        );
+        + &ingress("e", "2024-06-01T00:00:00Z", &rule("a.com", "/x", "Exact", "a"))
+        + &ingress("p", "2023-01-01T00:00:00Z", &rule("a.com", "/x", "Prefix", "a"));
     assert_eq!(compile(&yaml).table.vhosts["a.com"].routes.len(), 2);
 }
 
@@ -220,20 +199,13 @@ fn an_invalid_regex_rejects_only_that_ingress() {
     let out = compile(
         &(svc("web", "10.0.0.1")
             + &bad
-            + &ingress(
-                "good",
-                "2024-01-01T00:00:00Z",
-                &rule("good.com", "/", "Prefix", "web"),
-            )),
+            + &ingress("good", "2024-01-01T00:00:00Z", &rule("good.com", "/", "Prefix", "web"))),
     );
     assert!(out.table.vhosts.contains_key("good.com"));
     assert!(!out.table.vhosts.contains_key("bad.com"));
     let r = rejected(&out);
     assert_eq!(r.len(), 1);
-    assert!(
-        r[0].contains("app/bad") && r[0].contains("invalid regex"),
-        "{r:?}"
-    );
+    assert!(r[0].contains("app/bad") && r[0].contains("invalid regex"), "{r:?}");
 }
 
 #[test]
@@ -288,9 +260,7 @@ fn a_missing_service_or_port_serves_503_with_a_warning() {
     );
     let out = compile(&(svc("web", "10.0.0.1") + &wrong_port));
     assert!(
-        out.problems
-            .iter()
-            .any(|p| p.reason.contains("port 81 not found")),
+        out.problems.iter().any(|p| p.reason.contains("port 81 not found")),
         "{:?}",
         out.problems
     );
@@ -332,10 +302,7 @@ spec:
         );
     let out = compile(&yaml);
     let up = &out.table.upstreams["app/external-mysql:7306"];
-    assert_eq!(
-        up.endpoints,
-        vec![Endpoint::Addr("192.0.2.10:3306".parse().unwrap())]
-    );
+    assert_eq!(up.endpoints, vec![Endpoint::Addr("192.0.2.10:3306".parse().unwrap())]);
 }
 
 #[test]
@@ -348,11 +315,7 @@ metadata: {name: ext, namespace: app}
 spec: {type: ExternalName, externalName: api.example.org., ports: [{port: 80}]}
 "#
     .to_string()
-        + &ingress(
-            "i",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "ext"),
-        );
+        + &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "ext"));
     let out = compile(&yaml);
     assert_eq!(
         out.table.upstreams["app/ext:80"].endpoints,
@@ -375,10 +338,8 @@ fn bad_hosts_and_paths_are_rejected_with_reasons() {
         ("a.com", "/", "Fuzzy", "not one of"),
         ("a.com", "/", "\"\"", "pathType is required"),
     ] {
-        let out = compile(
-            &(svc("web", "10.0.0.1")
-                + &ingress("i", "2024-01-01T00:00:00Z", &rule(host, path, ty, "web"))),
-        );
+        let out =
+            compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &rule(host, path, ty, "web"))));
         let r = rejected(&out);
         assert_eq!(r.len(), 1, "{host} {path} {ty}");
         assert!(r[0].contains(needle), "{host} {path}: {}", r[0]);
@@ -387,20 +348,12 @@ fn bad_hosts_and_paths_are_rejected_with_reasons() {
 
 #[test]
 fn an_invalid_annotation_rejects_the_ingress_and_snippets_are_ignored() {
-    let ing = ingress(
-        "i",
-        "2024-01-01T00:00:00Z",
-        &rule("a.com", "/", "Prefix", "web"),
-    )
-    .replace(
+    let ing = ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")).replace(
         "namespace: app,",
         "namespace: app, annotations: {nginx.ingress.kubernetes.io/proxy-body-size: huge},",
     );
     let r = rejected(&compile(&(svc("web", "10.0.0.1") + &ing)));
-    assert!(
-        r[0].contains("proxy-body-size") && r[0].contains("huge"),
-        "{r:?}"
-    );
+    assert!(r[0].contains("proxy-body-size") && r[0].contains("huge"), "{r:?}");
 
     let ing = ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")).replace(
         "namespace: app,",
@@ -408,11 +361,7 @@ fn an_invalid_annotation_rejects_the_ingress_and_snippets_are_ignored() {
     );
     let out = compile(&(svc("web", "10.0.0.1") + &ing));
     assert!(out.table.vhosts.contains_key("a.com"));
-    assert!(
-        out.problems
-            .iter()
-            .any(|p| p.reason.contains("never executed"))
-    );
+    assert!(out.problems.iter().any(|p| p.reason.contains("never executed")));
 }
 
 #[test]
@@ -425,21 +374,13 @@ fn annotations_set_the_route_policy() {
     let r = &out.table.vhosts["a.com"].routes[0];
     assert_eq!(r.policy.max_body_bytes, None);
     assert_eq!(r.policy.read_timeout_ms, 3_600_000);
-    assert_eq!(
-        out.table.upstreams[&r.backend.upstream].protocol,
-        Protocol::H2c
-    );
+    assert_eq!(out.table.upstreams[&r.backend.upstream].protocol, Protocol::H2c);
     assert_eq!(r.backend.upstream, "app/web:80|h2c");
 }
 
 fn tls_secret(name: &str, hosts: &[&str]) -> String {
     let (cert, key) = raftgate_proxy::tls::self_signed(hosts).unwrap();
-    let indent = |s: &str| {
-        s.lines()
-            .map(|l| format!("    {l}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
     format!(
         "\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: app}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
         indent(&cert),
@@ -449,23 +390,16 @@ fn tls_secret(name: &str, hosts: &[&str]) -> String {
 
 #[test]
 fn tls_hosts_get_certificates_and_redirects() {
-    let tls = rule("a.com", "/", "Prefix", "web")
-        + "  tls:\n  - hosts: [a.com, \"*.wild.com\"]\n    secretName: cert\n";
+    let tls =
+        rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com, \"*.wild.com\"]\n    secretName: cert\n";
     let yaml = svc("web", "10.0.0.1")
         + &tls_secret("cert", &["a.com", "*.wild.com"])
         + &ingress("i", "2024-01-01T00:00:00Z", &tls)
-        + &ingress(
-            "j",
-            "2024-02-01T00:00:00Z",
-            &rule("x.wild.com", "/", "Prefix", "web"),
-        );
+        + &ingress("j", "2024-02-01T00:00:00Z", &rule("x.wild.com", "/", "Prefix", "web"));
     let out = compile(&yaml);
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     assert!(out.table.vhosts["a.com"].tls);
-    assert!(
-        out.table.vhosts["x.wild.com"].tls,
-        "covered by the wildcard TLS host"
-    );
+    assert!(out.table.vhosts["x.wild.com"].tls, "covered by the wildcard TLS host");
     assert_eq!(out.table.sni["a.com"], "app/cert");
     assert_eq!(out.table.sni["*.wild.com"], "app/cert");
     assert!(out.table.certificates.contains_key("app/cert"));
@@ -473,8 +407,7 @@ fn tls_hosts_get_certificates_and_redirects() {
 
 #[test]
 fn missing_or_malformed_secrets_fall_back_to_the_default_certificate() {
-    let tls =
-        rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: nope\n";
+    let tls = rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: nope\n";
     let out = compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
     assert!(
         out.table.vhosts["a.com"].tls,
@@ -488,10 +421,8 @@ fn missing_or_malformed_secrets_fall_back_to_the_default_certificate() {
     );
 
     let garbage = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: bad, namespace: app}\ntype: kubernetes.io/tls\nstringData: {tls.crt: garbage, tls.key: garbage}\n";
-    let tls =
-        rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: bad\n";
-    let out =
-        compile(&(svc("web", "10.0.0.1") + garbage + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
+    let tls = rule("a.com", "/", "Prefix", "web") + "  tls:\n  - hosts: [a.com]\n    secretName: bad\n";
+    let out = compile(&(svc("web", "10.0.0.1") + garbage + &ingress("i", "2024-01-01T00:00:00Z", &tls)));
     assert!(out.table.certificates.is_empty());
     assert!(
         out.problems
@@ -513,17 +444,11 @@ spec:
   ingressClassName: nginx
   defaultBackend: {service: {name: web, port: {number: 80}}}
 "#;
-    let with_rules = ingress(
-        "r",
-        "2024-01-01T00:00:00Z",
-        &rule("a.com", "/x", "Prefix", "web"),
-    )
-    .replace(
+    let with_rules = ingress("r", "2024-01-01T00:00:00Z", &rule("a.com", "/x", "Prefix", "web")).replace(
         "  rules:",
         "  defaultBackend: {service: {name: other, port: {number: 80}}}\n  rules:",
     );
-    let out =
-        compile(&(svc("web", "10.0.0.1") + &svc("other", "10.0.0.2") + only_default + &with_rules));
+    let out = compile(&(svc("web", "10.0.0.1") + &svc("other", "10.0.0.2") + only_default + &with_rules));
     assert_eq!(
         out.table.default_backend,
         Some(Backend {
@@ -554,21 +479,13 @@ fn rules_without_a_host_go_to_the_any_host_vhost() {
 #[test]
 fn a_broken_update_keeps_the_last_valid_version_serving() {
     let mut c = compiler("nginx");
-    let good = svc("web", "10.0.0.1")
-        + &ingress(
-            "i",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        );
+    let good = svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"));
     let first = c.compile(&objects(&good));
     let broken = good
         .replace("pathType: Prefix", "pathType: Exact")
         .replace("path: \"/\"", "path: \"no-slash\"");
     let out = c.compile(&objects(&broken));
-    assert_eq!(
-        out.table, first.table,
-        "the last valid version still serves"
-    );
+    assert_eq!(out.table, first.table, "the last valid version still serves");
     assert!(rejected(&out)[0].contains("still serving its last valid version"));
     // Deleting it removes it, and it does not come back.
     let out = c.compile(&objects(&svc("web", "10.0.0.1")));
@@ -581,16 +498,8 @@ fn a_broken_update_keeps_the_last_valid_version_serving() {
 fn compilation_is_deterministic_whatever_the_insertion_order() {
     let parts = [
         svc("web", "10.0.0.1"),
-        ingress(
-            "a",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        ),
-        ingress(
-            "b",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        ),
+        ingress("a", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
+        ingress("b", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
     ];
     let mut fwd = Objects::default();
     let mut rev = Objects::default();
@@ -670,10 +579,7 @@ data: {"53": "app/web:80"}
         r.iter()
             .any(|p| p.contains("\"3000\"") && p.contains("<namespace>/<service>"))
     );
-    assert!(
-        r.iter()
-            .any(|p| p.contains("\"3001\"") && p.contains("SOCKS"))
-    );
+    assert!(r.iter().any(|p| p.contains("\"3001\"") && p.contains("SOCKS")));
 }
 
 #[test]
@@ -698,14 +604,8 @@ fn redirect_rewrite_and_access_annotations_reach_the_policy() {
     assert_eq!(r.policy.app_root.as_deref(), Some("/corp"));
     assert_eq!(r.policy.allow_source, vec!["10.0.0.0/8".to_string()]);
     let limit = r.policy.limit.as_ref().unwrap();
-    assert_eq!(
-        (limit.rps, limit.burst_multiplier, limit.status),
-        (Some(2), 5, 503)
-    );
-    assert_eq!(
-        r.policy.cors.as_ref().unwrap().allow_origin,
-        vec!["*".to_string()]
-    );
+    assert_eq!((limit.rps, limit.burst_multiplier, limit.status), (Some(2), 5, 503));
+    assert_eq!(r.policy.cors.as_ref().unwrap().allow_origin, vec!["*".to_string()]);
     assert_eq!(r.policy.forwarded_prefix.as_deref(), Some("/api"));
 }
 
@@ -715,19 +615,11 @@ fn basic_auth_needs_a_usable_secret_and_fails_closed() {
     let secret = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic, namespace: app}\nstringData: {auth: \"alice:{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\"}\n";
     let auth = r#"nginx.ingress.kubernetes.io/auth-type: basic, nginx.ingress.kubernetes.io/auth-secret: basic, nginx.ingress.kubernetes.io/auth-realm: "Staff only""#;
     let ing = with_annotations(
-        &ingress(
-            "i",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        ),
+        &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
         auth,
     );
     let out = compile(&(svc("web", "10.0.0.1") + secret + &ing));
-    let a = out.table.vhosts["a.com"].routes[0]
-        .policy
-        .basic_auth
-        .clone()
-        .unwrap();
+    let a = out.table.vhosts["a.com"].routes[0].policy.basic_auth.clone().unwrap();
     assert_eq!(a.realm, "Staff only");
     assert!(a.htpasswd.starts_with("alice:"));
 
@@ -737,19 +629,12 @@ fn basic_auth_needs_a_usable_secret_and_fails_closed() {
 
     let map = "\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: basic, namespace: app}\nstringData: {alice: \"{SHA}nU4eI71bcnBGqeO0t9tXvY1u5oQ=\"}\n";
     let ing_map = with_annotations(
-        &ingress(
-            "i",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        ),
+        &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
         &format!("{auth}, nginx.ingress.kubernetes.io/auth-secret-type: auth-map"),
     );
     let out = compile(&(svc("web", "10.0.0.1") + map + &ing_map));
     assert!(
-        out.table.vhosts["a.com"].routes[0]
-            .policy
-            .basic_auth
-            .is_some(),
+        out.table.vhosts["a.com"].routes[0].policy.basic_auth.is_some(),
         "{:?}",
         out.problems
     );
@@ -758,21 +643,11 @@ fn basic_auth_needs_a_usable_secret_and_fails_closed() {
 #[test]
 fn server_aliases_serve_the_same_routes_unless_a_rule_owns_the_host() {
     let ing = with_annotations(
-        &ingress(
-            "i",
-            "2024-01-01T00:00:00Z",
-            &rule("a.com", "/", "Prefix", "web"),
-        ),
+        &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
         r#"nginx.ingress.kubernetes.io/server-alias: "www.a.com, b.com""#,
     );
     let out = compile(
-        &(svc("web", "10.0.0.1")
-            + &ing
-            + &ingress(
-                "j",
-                "2024-02-01T00:00:00Z",
-                &rule("b.com", "/", "Prefix", "web"),
-            )),
+        &(svc("web", "10.0.0.1") + &ing + &ingress("j", "2024-02-01T00:00:00Z", &rule("b.com", "/", "Prefix", "web"))),
     );
     assert_eq!(out.table.vhosts["www.a.com"].routes[0].source, "app/i");
     assert_eq!(
@@ -788,15 +663,10 @@ fn server_aliases_serve_the_same_routes_unless_a_rule_owns_the_host() {
 
 #[test]
 fn service_upstream_and_default_backend_annotations() {
-    let yaml = svc("web", "10.0.0.1")
-        .replace("spec: {ports:", "spec: {clusterIP: 10.96.0.7, ports:")
+    let yaml = svc("web", "10.0.0.1").replace("spec: {ports:", "spec: {clusterIP: 10.96.0.7, ports:")
         + &svc("fallback", "10.0.0.2")
         + &with_annotations(
-            &ingress(
-                "i",
-                "2024-01-01T00:00:00Z",
-                &rule("a.com", "/", "Prefix", "web"),
-            ),
+            &ingress("i", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web")),
             r#"nginx.ingress.kubernetes.io/service-upstream: "true", nginx.ingress.kubernetes.io/default-backend: fallback"#,
         );
     let out = compile(&yaml);
@@ -810,5 +680,236 @@ fn service_upstream_and_default_backend_annotations() {
     assert_eq!(
         out.table.upstreams[&fb.upstream].endpoints,
         vec![Endpoint::Addr("10.0.0.2:8080".parse().unwrap())]
+    );
+}
+
+/// An Ingress with annotations, `nginx.ingress.kubernetes.io/` prefixed.
+fn annotated(name: &str, created: &str, body: &str, pairs: &[(&str, &str)]) -> String {
+    let list: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("nginx.ingress.kubernetes.io/{k}: \"{v}\""))
+        .collect();
+    with_annotations(&ingress(name, created, body), &list.join(", "))
+}
+
+fn warnings(out: &Output) -> Vec<String> {
+    out.problems
+        .iter()
+        .filter(|p| p.severity == Severity::Warning)
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn a_canary_attaches_to_the_main_route_and_is_not_served_itself() {
+    let yaml = svc("web", "10.0.0.1")
+        + &svc("web-canary", "10.0.0.2")
+        + &ingress("main", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"))
+        // Older than the main Ingress: a canary still never claims the path.
+        + &annotated(
+            "canary",
+            "2023-01-01T00:00:00Z",
+            &rule("a.com", "/", "Prefix", "web-canary"),
+            &[("canary", "true"), ("canary-by-header", "X-Canary"), ("canary-by-cookie", "c"), ("canary-weight", "20")],
+        );
+    let out = compile(&yaml);
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let routes = &out.table.vhosts["a.com"].routes;
+    assert_eq!(routes.len(), 1);
+    assert_eq!(routes[0].source, "app/main");
+    assert_eq!(routes[0].backend.upstream, "app/web:80");
+    let c = routes[0].canary.as_ref().unwrap();
+    assert_eq!(c.backend.upstream, "app/web-canary:80");
+    assert_eq!(
+        c.header,
+        Some(raftgate_proxy::model::CanaryHeader {
+            name: "x-canary".into(),
+            matches: raftgate_proxy::model::HeaderMatch::AlwaysNever,
+        })
+    );
+    assert_eq!((c.cookie.as_deref(), c.weight, c.weight_total), (Some("c"), 20, 100));
+    assert_eq!(c.source, "app/canary");
+    assert_eq!(
+        out.table.upstreams["app/web-canary:80"].endpoints,
+        vec![Endpoint::Addr("10.0.0.2:8080".parse().unwrap())]
+    );
+    // Without its canary the table is the same but for the canary: diff stays small.
+    let without = compile(
+        &(svc("web", "10.0.0.1")
+            + &svc("web-canary", "10.0.0.2")
+            + &ingress("main", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"))),
+    );
+    let deltas = raftgate_proxy::model::diff(&without.table, &out.table);
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+}
+
+#[test]
+fn a_canary_without_a_main_route_is_a_warning_and_a_second_canary_loses() {
+    let canary = |name: &str, created: &str, host: &str, weight: &str| {
+        annotated(
+            name,
+            created,
+            &rule(host, "/", "Prefix", "web-canary"),
+            &[("canary", "true"), ("canary-weight", weight)],
+        )
+    };
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &svc("web-canary", "10.0.0.2")
+            + &ingress("main", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"))
+            + &canary("orphan", "2024-01-02T00:00:00Z", "b.com", "10")
+            + &canary("first", "2024-01-03T00:00:00Z", "a.com", "10")
+            + &canary("second", "2024-01-04T00:00:00Z", "a.com", "50")),
+    );
+    assert!(rejected(&out).is_empty(), "{:?}", out.problems);
+    assert!(!out.table.vhosts.contains_key("b.com"), "a canary makes no route");
+    let c = out.table.vhosts["a.com"].routes[0].canary.as_ref().unwrap();
+    assert_eq!((c.source.as_str(), c.weight), ("app/first", 10));
+    let w = warnings(&out);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w.iter()
+            .any(|p| p.contains("app/orphan") && p.contains("no main (non-canary) Ingress"))
+    );
+    assert!(
+        w.iter()
+            .any(|p| p.contains("app/second") && p.contains("app/first (older) is its canary"))
+    );
+}
+
+#[test]
+fn a_canary_speaks_the_main_protocol_but_balances_its_own_way() {
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &svc("web-canary", "10.0.0.2")
+            + &annotated(
+                "main",
+                "2024-01-01T00:00:00Z",
+                &rule("a.com", "/api", "Prefix", "web"),
+                &[("backend-protocol", "GRPC"), ("server-alias", "www.a.com")],
+            )
+            + &annotated(
+                "canary",
+                "2024-01-02T00:00:00Z",
+                &rule("a.com", "/api/", "ImplementationSpecific", "web-canary"),
+                &[
+                    ("canary", "true"),
+                    ("canary-weight", "5"),
+                    ("load-balance", "ewma"),
+                    ("affinity", "cookie"),
+                    ("upstream-hash-by", "$remote_addr"),
+                ],
+            )),
+    );
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let r = &out.table.vhosts["a.com"].routes[0];
+    let c = r.canary.as_ref().unwrap();
+    assert_eq!(c.backend.upstream, "app/web-canary:80|h2c|ewma");
+    assert_eq!(out.table.upstreams[&c.backend.upstream].protocol, Protocol::H2c);
+    assert_eq!(c.affinity.as_ref().unwrap().path, "/api/");
+    assert_eq!(
+        c.hash_by.as_ref().unwrap().parts,
+        vec![raftgate_proxy::model::HashPart::RemoteAddr]
+    );
+    assert_eq!(r.policy.affinity, None, "the main backend keeps its own selection");
+    assert_eq!(
+        out.table.vhosts["www.a.com"].routes[0].canary.as_ref(),
+        Some(c),
+        "a server-alias serves the same canary"
+    );
+}
+
+#[test]
+fn an_invalid_canary_is_rejected_alone() {
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &svc("web-canary", "10.0.0.2")
+            + &ingress("main", "2024-01-01T00:00:00Z", &rule("a.com", "/", "Prefix", "web"))
+            + &annotated(
+                "canary",
+                "2024-01-02T00:00:00Z",
+                &rule("a.com", "/", "Prefix", "web-canary"),
+                &[("canary", "true"), ("canary-weight", "120")],
+            )),
+    );
+    let r = rejected(&out);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(
+        r[0].contains("app/canary") && r[0].contains("canary-weight") && r[0].contains("\"120\""),
+        "{}",
+        r[0]
+    );
+    assert!(out.table.vhosts["a.com"].routes[0].canary.is_none());
+    assert_eq!(out.table.vhosts["a.com"].routes[0].source, "app/main");
+}
+
+#[test]
+fn affinity_and_hash_by_reach_each_routes_policy() {
+    let body = r#"  rules:
+  - host: a.com
+    http:
+      paths:
+      - {path: /shop, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /cart, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+"#;
+    let out = compile(
+        &(svc("web", "10.0.0.1")
+            + &annotated(
+                "i",
+                "2024-01-01T00:00:00Z",
+                body,
+                &[("affinity", "cookie"), ("session-cookie-samesite", "Strict")],
+            )
+            + &annotated(
+                "h",
+                "2024-01-02T00:00:00Z",
+                &rule("b.com", "/", "Prefix", "web"),
+                &[("upstream-hash-by", "$http_x_user$host")],
+            )),
+    );
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let routes = &out.table.vhosts["a.com"].routes;
+    let paths: Vec<_> = routes
+        .iter()
+        .map(|r| r.policy.affinity.as_ref().unwrap().path.as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["/shop", "/cart"],
+        "the cookie path defaults to the route's path"
+    );
+    let a = routes[0].policy.affinity.as_ref().unwrap();
+    assert_eq!(
+        (a.cookie.as_str(), a.same_site, a.mode),
+        (
+            "INGRESSCOOKIE",
+            Some(raftgate_proxy::model::SameSite::Strict),
+            raftgate_proxy::model::AffinityMode::Balanced
+        )
+    );
+    let h = out.table.vhosts["b.com"].routes[0].policy.hash_by.as_ref().unwrap();
+    assert_eq!(
+        h.parts,
+        vec![
+            raftgate_proxy::model::HashPart::Header("x-user".into()),
+            raftgate_proxy::model::HashPart::Host
+        ]
+    );
+    // Both routes share one upstream: the keys are per route, the endpoints per Service.
+    assert_eq!(out.table.upstreams.len(), 1);
+
+    let bad = compile(
+        &(svc("web", "10.0.0.1")
+            + &annotated(
+                "i",
+                "2024-01-01T00:00:00Z",
+                &rule("a.com", "/", "Prefix", "web"),
+                &[("upstream-hash-by", "$request_body")],
+            )),
+    );
+    let r = rejected(&bad);
+    assert!(
+        r[0].contains("upstream-hash-by") && r[0].contains("unsupported variable $request_body"),
+        "{r:?}"
     );
 }

@@ -111,13 +111,7 @@ impl ManifestDir {
                         }
                     }
                     scan.changed = true;
-                    self.files.insert(
-                        path,
-                        FileState {
-                            stamp,
-                            objects: objs,
-                        },
-                    );
+                    self.files.insert(path, FileState { stamp, objects: objs });
                 }
                 Err(e) => {
                     let kept = self.files.get(&path).map_or(0, |f| f.objects.len());
@@ -152,11 +146,8 @@ impl ManifestDir {
         let since_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        let now = Timestamp::new(
-            since_epoch.as_secs() as i64,
-            since_epoch.subsec_nanos() as i32,
-        )
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+        let now = Timestamp::new(since_epoch.as_secs() as i64, since_epoch.subsec_nanos() as i32)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
         let mut seen = HashSet::new();
         for (path, f) in &self.files {
             for o in &f.objects {
@@ -171,9 +162,7 @@ impl ManifestDir {
                 if !all.insert(o) {
                     errors.push(SourceError::Manifest {
                         path: path.clone(),
-                        message: format!(
-                            "{kind} {key} is defined in an earlier file too; this copy is ignored"
-                        ),
+                        message: format!("{kind} {key} is defined in an earlier file too; this copy is ignored"),
                     });
                 }
             }
@@ -201,10 +190,7 @@ fn list(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         };
         if meta.is_dir() {
             list(&path, out)?;
-        } else if [".yaml", ".yml", ".json"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-        {
+        } else if [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext)) {
             out.push(path);
         }
     }
@@ -228,11 +214,7 @@ mod tests {
         assert_eq!(m.objects().0.services.len(), 1);
         assert!(!m.scan().changed, "nothing changed");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
-        std::fs::write(
-            dir.path().join("sub/b.yml"),
-            SVC.replace("name: a", "name: b"),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("sub/b.yml"), SVC.replace("name: a", "name: b")).unwrap();
         assert!(m.scan().changed);
         assert_eq!(m.objects().0.services.len(), 2);
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
@@ -251,10 +233,7 @@ mod tests {
         let s = m.scan();
         assert_eq!(s.errors.len(), 1);
         let msg = s.errors[0].to_string();
-        assert!(
-            msg.contains("a.yaml") && msg.contains("keeping the 1 objects"),
-            "{msg}"
-        );
+        assert!(msg.contains("a.yaml") && msg.contains("keeping the 1 objects"), "{msg}");
         assert_eq!(m.objects().0.services.len(), 1);
         assert!(m.scan().errors.is_empty(), "reported once, not every scan");
     }

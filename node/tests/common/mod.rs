@@ -69,14 +69,12 @@ impl Echo {
             .collect::<Result<Vec<_>, _>>()
             .unwrap();
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Echo::spawn(
             name,
@@ -87,12 +85,7 @@ impl Echo {
         .await
     }
 
-    async fn spawn(
-        name: &str,
-        delay: Duration,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-        status: u16,
-    ) -> Echo {
+    async fn spawn(name: &str, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>, status: u16) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -143,12 +136,7 @@ where
             let method = req.method().to_string();
             let version = format!("{:?}", req.version());
             let uri = req.uri().to_string();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes().len())
-                .unwrap_or(0);
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
             let json = serde_json::json!({"backend": n, "version": version, "method": method, "uri": uri, "headers": headers, "body_len": body});
             let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
             resp.headers_mut().insert("x-backend", n.parse().unwrap());
@@ -176,23 +164,14 @@ pub fn service(ns: &str, name: &str, backends: &[&Echo]) -> String {
             "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n"
         );
         for b in bs {
-            yaml += &format!(
-                "- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n",
-                b.addr.ip()
-            );
+            yaml += &format!("- addresses: [\"{}\"]\n  conditions: {{ready: true}}\n", b.addr.ip());
         }
     }
     yaml
 }
 
 /// An Ingress of class `raftgate` with one rule: `host` (empty for none), paths as (path, pathType, service).
-pub fn ingress(
-    ns: &str,
-    name: &str,
-    host: &str,
-    paths: &[(&str, &str, &str)],
-    extra_meta: &str,
-) -> String {
+pub fn ingress(ns: &str, name: &str, host: &str, paths: &[(&str, &str, &str)], extra_meta: &str) -> String {
     let paths: String = paths
         .iter()
         .map(|(p, t, s)| format!("      - path: \"{p}\"\n        pathType: {t}\n        backend: {{service: {{name: {s}, port: {{name: http}}}}}}\n"))
@@ -247,12 +226,7 @@ impl Harness {
     pub async fn apply(&self, file: &str, yaml: &str) -> u64 {
         let before = self.node.state.dataplane.version();
         write_atomically(&self.dir.path().join(file), yaml);
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            self.node.wait_version(|v| v > before),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(10), self.node.wait_version(|v| v > before)).await {
             Ok(v) => v,
             Err(_) => panic!(
                 "no new table within 10s; problems: {:#?}; source errors: {:#?}",
@@ -317,11 +291,7 @@ pub async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
 
 pub async fn read(resp: Response<Incoming>) -> Reply {
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     Reply {
         status: parts.status,
         headers: parts.headers,

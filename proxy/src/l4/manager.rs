@@ -74,11 +74,7 @@ impl Manager {
     /// entry (at once for the table already served) and closes listeners whose entry
     /// goes. When `drain` flips to `true` every listener closes and UDP sessions end; open
     /// TCP connections go on until [`Manager::drained`].
-    pub fn spawn(
-        dataplane: Arc<Dataplane>,
-        settings: L4Settings,
-        drain: watch::Receiver<bool>,
-    ) -> Manager {
+    pub fn spawn(dataplane: Arc<Dataplane>, settings: L4Settings, drain: watch::Receiver<bool>) -> Manager {
         let ctx = Arc::new(Ctx {
             dataplane,
             connections: Arc::new(Semaphore::new(settings.max_tcp_connections)),
@@ -120,10 +116,7 @@ impl Manager {
     /// ones left and returns how many there were. Call it after the drain has started.
     pub async fn drained(&self, grace: Duration) -> usize {
         let mut active = self.ctx.active.subscribe();
-        if tokio::time::timeout(grace, active.wait_for(|n| *n == 0))
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(grace, active.wait_for(|n| *n == 0)).await.is_ok() {
             return 0;
         }
         let left = *active.borrow();
@@ -159,11 +152,7 @@ impl Running {
     }
 }
 
-async fn run(
-    ctx: Arc<Ctx>,
-    mut drain: watch::Receiver<bool>,
-    status: watch::Sender<BTreeMap<String, ListenerStatus>>,
-) {
+async fn run(ctx: Arc<Ctx>, mut drain: watch::Receiver<bool>, status: watch::Sender<BTreeMap<String, ListenerStatus>>) {
     let mut versions = ctx.dataplane.versions();
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
@@ -210,20 +199,11 @@ fn publish(
     });
 }
 
-async fn reconcile(
-    ctx: &Arc<Ctx>,
-    running: &mut BTreeMap<String, Running>,
-    failed: &mut BTreeMap<String, String>,
-) {
+async fn reconcile(ctx: &Arc<Ctx>, running: &mut BTreeMap<String, Running>, failed: &mut BTreeMap<String, String>) {
     let snap = ctx.dataplane.snapshot();
-    let wanted: BTreeMap<String, &L4Service> =
-        snap.table.l4.iter().map(|(k, s)| (k.clone(), s)).collect();
-    let desired: BTreeMap<String, Identity> = wanted
-        .iter()
-        .map(|(k, s)| (k.clone(), (s.protocol, s.port)))
-        .collect();
-    let current: BTreeMap<String, Identity> =
-        running.iter().map(|(k, r)| (k.clone(), r.id)).collect();
+    let wanted: BTreeMap<String, &L4Service> = snap.table.l4.iter().map(|(k, s)| (k.clone(), s)).collect();
+    let desired: BTreeMap<String, Identity> = wanted.iter().map(|(k, s)| (k.clone(), (s.protocol, s.port))).collect();
+    let current: BTreeMap<String, Identity> = running.iter().map(|(k, r)| (k.clone(), r.id)).collect();
     let (stop, start) = plan(&current, &desired);
     // Stop first, so a port that moves between keys is free again.
     for key in stop {
@@ -259,12 +239,7 @@ async fn reconcile(
     }
 }
 
-async fn open(
-    ctx: &Arc<Ctx>,
-    key: &str,
-    svc: &L4Service,
-    addr: SocketAddr,
-) -> std::io::Result<Running> {
+async fn open(ctx: &Arc<Ctx>, key: &str, svc: &L4Service, addr: SocketAddr) -> std::io::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let (bound, task) = match svc.protocol {
         L4Protocol::Tcp => {
@@ -303,10 +278,7 @@ mod tests {
     use super::*;
 
     fn ids(entries: &[(&str, L4Protocol, u16)]) -> BTreeMap<String, Identity> {
-        entries
-            .iter()
-            .map(|(k, p, n)| (k.to_string(), (*p, *n)))
-            .collect()
+        entries.iter().map(|(k, p, n)| (k.to_string(), (*p, *n))).collect()
     }
 
     #[test]

@@ -173,10 +173,7 @@ impl L4Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (key, s) in &services {
                 let v = s.fields()[i].3.load(Ordering::Relaxed);
-                let key = key
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
+                let key = key.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
                 let _ = writeln!(out, "{name}{{service=\"{key}\"}} {v}");
             }
         }
@@ -196,10 +193,6 @@ mod tests {
         m.render(&mut out);
         assert!(out.contains("raftgate_l4_received_bytes_total{service=\"tcp/7306\"} 42\n"));
         assert!(out.contains("raftgate_l4_received_datagrams_total{service=\"udp/53\"} 2\n"));
-        assert_eq!(
-            out.matches("# TYPE raftgate_l4_connections_active gauge")
-                .count(),
-            1
-        );
+        assert_eq!(out.matches("# TYPE raftgate_l4_connections_active gauge").count(), 1);
     }
 }

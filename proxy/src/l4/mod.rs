@@ -112,10 +112,7 @@ pub enum L4Error {
         source: ProxyProtocolError,
     },
     #[error("no complete PROXY header from {client} within {timeout:?}")]
-    ProxyProtocolTimeout {
-        client: SocketAddr,
-        timeout: Duration,
-    },
+    ProxyProtocolTimeout { client: SocketAddr, timeout: Duration },
     #[error("client {client} closed before sending a complete PROXY header")]
     ProxyProtocolEof { client: SocketAddr },
     #[error("L4 service {key} is no longer in the table")]
@@ -136,9 +133,9 @@ impl L4Error {
     /// The side at fault, for logs and metrics.
     pub fn side(&self) -> ErrorSide {
         match self {
-            L4Error::ProxyProtocol { .. }
-            | L4Error::ProxyProtocolTimeout { .. }
-            | L4Error::ProxyProtocolEof { .. } => ErrorSide::Client,
+            L4Error::ProxyProtocol { .. } | L4Error::ProxyProtocolTimeout { .. } | L4Error::ProxyProtocolEof { .. } => {
+                ErrorSide::Client
+            }
             L4Error::Io { side, .. } => *side,
             _ => ErrorSide::Upstream,
         }

@@ -157,10 +157,7 @@ impl SessionTable {
 
     /// The earliest instant at which some session could expire.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions
-            .values()
-            .map(|s| s.last_seen + self.idle)
-            .min()
+        self.sessions.values().map(|s| s.last_seen + self.idle).min()
     }
 
     pub fn get(&self, client: SocketAddr) -> Option<Session> {

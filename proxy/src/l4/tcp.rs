@@ -25,7 +25,6 @@ use crate::model::GlobalSettings;
 use crate::pool::ConnectError;
 use crate::proxy_protocol;
 use crate::proxy_protocol::Header;
-use crate::proxy_protocol::Parsed;
 use crate::server::draining;
 use crate::upstream::EndpointState;
 use crate::upstream::UpstreamState;
@@ -34,12 +33,7 @@ use crate::upstream::UpstreamState;
 const BUF: usize = 16 * 1024;
 
 /// Accepts on `listener` for service `key` until `stop` flips.
-pub(super) async fn serve(
-    listener: TcpListener,
-    key: String,
-    ctx: Arc<Ctx>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn serve(listener: TcpListener, key: String, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let stats = ctx.metrics.service(&key);
     loop {
         // Wait for a free slot without holding it while idle in accept (as `server::spawn`).
@@ -103,20 +97,21 @@ async fn connection(
     let (peer, local) = (canonical(peer), canonical(local));
     // The service and its endpoints as of this connection.
     let snap = ctx.dataplane.snapshot();
-    let svc = snap.table.l4.get(key).ok_or_else(|| L4Error::ServiceGone {
-        key: key.to_string(),
-    })?;
+    let svc = snap
+        .table
+        .l4
+        .get(key)
+        .ok_or_else(|| L4Error::ServiceGone { key: key.to_string() })?;
     let (mut source, mut destination) = (peer, local);
     let mut early = Vec::new();
     if svc.proxy_protocol_in {
-        let (header, rest) =
-            match read_proxy_header(&mut client, peer, ctx.settings.proxy_protocol_timeout).await {
-                Ok(h) => h,
-                Err(e) => {
-                    ServiceStats::add(&stats.proxy_protocol_errors, 1);
-                    return Err(e);
-                }
-            };
+        let (header, rest) = match read_proxy_header(&mut client, peer, ctx.settings.proxy_protocol_timeout).await {
+            Ok(h) => h,
+            Err(e) => {
+                ServiceStats::add(&stats.proxy_protocol_errors, 1);
+                return Err(e);
+            }
+        };
         // LOCAL and UNKNOWN headers mean: use the connection's own addresses.
         if let (Some(s), Some(d)) = (header.source, header.destination) {
             source = s;
@@ -180,43 +175,12 @@ async fn read_proxy_header(
     peer: SocketAddr,
     timeout: Duration,
 ) -> Result<(Header, Vec<u8>), L4Error> {
-    let read = async {
-        let mut buf = vec![0u8; proxy_protocol::MAX_LEN];
-        let mut filled = 0;
-        loop {
-            let n = client
-                .read(&mut buf[filled..])
-                .await
-                .map_err(L4Error::client)?;
-            if n == 0 {
-                return Err(L4Error::ProxyProtocolEof { client: peer });
-            }
-            filled += n;
-            match proxy_protocol::parse(&buf[..filled]) {
-                Ok(Parsed::Header(h)) => return Ok((h, buf[h.len..filled].to_vec())),
-                // `parse` never waits for more than MAX_LEN bytes, so the buffer has room.
-                Ok(Parsed::Incomplete) if filled < buf.len() => {}
-                Ok(Parsed::Incomplete) => {
-                    return Err(L4Error::ProxyProtocol {
-                        client: peer,
-                        source: proxy_protocol::ProxyProtocolError::V2TooLong(filled),
-                    });
-                }
-                Err(source) => {
-                    return Err(L4Error::ProxyProtocol {
-                        client: peer,
-                        source,
-                    });
-                }
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| L4Error::ProxyProtocolTimeout {
-            client: peer,
-            timeout,
-        })?
+    proxy_protocol::read_header(client, timeout).await.map_err(|e| match e {
+        proxy_protocol::ReadError::Invalid(source) => L4Error::ProxyProtocol { client: peer, source },
+        proxy_protocol::ReadError::Timeout(timeout) => L4Error::ProxyProtocolTimeout { client: peer, timeout },
+        proxy_protocol::ReadError::Eof => L4Error::ProxyProtocolEof { client: peer },
+        proxy_protocol::ReadError::Io(e) => L4Error::client(e),
+    })
 }
 
 /// Connects to an endpoint of `upstream`, failing over to others on connect errors.
@@ -268,20 +232,17 @@ async fn connect(
 async fn connect_one(ep: &EndpointState, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let open = async {
         let addr = resolve(&ep.endpoint).await?;
-        TcpStream::connect(addr)
-            .await
-            .map_err(|source| ConnectError::Io {
-                endpoint: ep.endpoint.to_string(),
-                source,
-            })
+        TcpStream::connect(addr).await.map_err(|source| ConnectError::Io {
+            endpoint: ep.endpoint.to_string(),
+            source,
+        })
     };
-    let stream =
-        tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| ConnectError::Timeout {
-                endpoint: ep.endpoint.to_string(),
-                timeout,
-            })??;
+    let stream = tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| ConnectError::Timeout {
+            endpoint: ep.endpoint.to_string(),
+            timeout,
+        })??;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }

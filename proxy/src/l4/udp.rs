@@ -65,25 +65,16 @@ impl State {
 }
 
 /// Relays datagrams on `socket` for service `key` until `stop` flips.
-pub(super) async fn serve(
-    socket: UdpSocket,
-    key: String,
-    ctx: Arc<Ctx>,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn serve(socket: UdpSocket, key: String, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     let socket = Arc::new(socket);
     let stats = ctx.metrics.service(&key);
     let state = Arc::new(Mutex::new(State {
-        table: SessionTable::new(
-            ctx.settings.max_udp_sessions,
-            ctx.settings.udp_session_timeout,
-        ),
+        table: SessionTable::new(ctx.settings.max_udp_sessions, ctx.settings.udp_session_timeout),
         relays: HashMap::new(),
     }));
     let mut tasks = JoinSet::new();
     // A few ticks per timeout: a session lives at most a quarter timeout too long.
-    let every = (ctx.settings.udp_session_timeout / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let every = (ctx.settings.udp_session_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -256,8 +247,7 @@ impl Session {
             tracing::debug!(client = %self.client, endpoint = %self.endpoint.endpoint, error = %e, "L4 UDP session failed");
             if matches!(e.side(), crate::error::ErrorSide::Upstream) {
                 let snap = self.ctx.dataplane.snapshot();
-                self.endpoint
-                    .record_failure(Instant::now(), &snap.table.settings);
+                self.endpoint.record_failure(Instant::now(), &snap.table.settings);
                 ServiceStats::add(&self.stats.connect_errors, 1);
                 self.ctx
                     .dataplane

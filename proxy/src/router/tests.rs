@@ -12,6 +12,7 @@ fn route(path: PathMatch, upstream: &str) -> Route {
         },
         policy: RoutePolicy::default(),
         source: "t/t".into(),
+        canary: None,
     }
 }
 
@@ -89,18 +90,9 @@ fn longest_match_wins_and_exact_beats_prefix_on_a_tie() {
 #[test]
 fn hosts_match_case_insensitively_without_port_and_wildcards_take_one_label() {
     let r = Router::new(&table(&[
-        (
-            "foo.com",
-            vec![route(PathMatch::Prefix("/".into()), "apex")],
-        ),
-        (
-            "*.foo.com",
-            vec![route(PathMatch::Prefix("/".into()), "wild")],
-        ),
-        (
-            "exact.foo.com",
-            vec![route(PathMatch::Prefix("/".into()), "exact")],
-        ),
+        ("foo.com", vec![route(PathMatch::Prefix("/".into()), "apex")]),
+        ("*.foo.com", vec![route(PathMatch::Prefix("/".into()), "wild")]),
+        ("exact.foo.com", vec![route(PathMatch::Prefix("/".into()), "exact")]),
     ]))
     .unwrap();
     assert_eq!(hit(&r, "FOO.com:8080", "/").as_deref(), Some("apex"));
@@ -143,10 +135,7 @@ fn default_backends_host_first_then_global() {
     });
     let r = Router::new(&t).unwrap();
     assert_eq!(hit(&r, "b.com", "/nope").as_deref(), Some("default:global"));
-    assert_eq!(
-        hit(&r, "unknown.com", "/").as_deref(),
-        Some("default:global")
-    );
+    assert_eq!(hit(&r, "unknown.com", "/").as_deref(), Some("default:global"));
     assert_eq!(hit(&r, "a.com", "/nope").as_deref(), Some("default:a-def"));
 }
 
@@ -161,10 +150,7 @@ fn regex_routes_are_anchored_case_insensitive_and_ranked_by_length() {
         ],
     )]))
     .unwrap();
-    assert_eq!(
-        hit(&r, "a.com", "/API/V2/users/7").as_deref(),
-        Some("users")
-    );
+    assert_eq!(hit(&r, "a.com", "/API/V2/users/7").as_deref(), Some("users"));
     assert_eq!(hit(&r, "a.com", "/api/other").as_deref(), Some("prefix"));
     assert_eq!(hit(&r, "a.com", "/x/api/v1/users"), None);
     assert_eq!(hit(&r, "a.com", "/static").as_deref(), Some("short"));

@@ -1,0 +1,405 @@
+//! Traffic-shaping annotations end to end, through real sockets: canary (header, cookie,
+//! weight), cookie session affinity, and `upstream-hash-by`. Echo upstreams name themselves
+//! in `x-backend`, so each test sees which backend answered.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http::StatusCode;
+use http_body_util::Full;
+use raftgate_proxy::model::Endpoint;
+use raftgate_proxy::upstream::endpoint_hash;
+use raftgate_proxy::upstream::hash64;
+use raftgate_proxy::upstream::rendezvous;
+
+fn ann(pairs: &[(&str, &str)]) -> String {
+    let body: String = pairs
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    format!("  annotations:\n{body}")
+}
+
+/// A GET with extra headers.
+async fn get_with(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(addr, req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// The value the response sets for cookie `name`, if it sets one.
+fn set_cookie(r: &Reply, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// Just the value of a `Set-Cookie` (`abc; Path=/` → `abc`).
+fn value_of(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().to_string()
+}
+
+fn hash_cookie(e: &Echo) -> String {
+    format!("{:016x}", endpoint_hash(&Endpoint::Addr(e.addr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_by_header_then_cookie_then_weight() {
+    let (stable, canary) = (Echo::start("stable").await, Echo::start("canary").await);
+    let h = Harness::start().await;
+    let m = service("c", "web", &[&stable])
+        + &service("c", "web-canary", &[&canary])
+        + &ingress("c", "main", "canary.com", &[("/", "Prefix", "web")], "")
+        + &ingress(
+            "c",
+            "main-canary",
+            "canary.com",
+            &[("/", "Prefix", "web-canary")],
+            &ann(&[
+                ("canary", "true"),
+                ("canary-by-header", "X-Canary"),
+                ("canary-by-cookie", "use_canary"),
+                ("canary-weight", "25"),
+            ]),
+        );
+    h.apply("c.yaml", &m).await;
+    let to = |headers: &'static [(&'static str, &'static str)]| {
+        let addr = h.http();
+        async move {
+            get_with(addr, "canary.com", "/", headers)
+                .await
+                .backend()
+                .map(str::to_string)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(to(&[("x-canary", "always")]).await.as_deref(), Some("canary"));
+        assert_eq!(
+            to(&[("x-canary", "never"), ("cookie", "use_canary=always")])
+                .await
+                .as_deref(),
+            Some("stable"),
+            "the header decides before the cookie"
+        );
+        assert_eq!(
+            to(&[("x-canary", "maybe"), ("cookie", "a=b; use_canary=always")])
+                .await
+                .as_deref(),
+            Some("canary"),
+            "another header value falls through to the cookie"
+        );
+        assert_eq!(to(&[("cookie", "use_canary=never")]).await.as_deref(), Some("stable"));
+    }
+    // The rest by weight: a deterministic round, so exactly 25 of every 100 requests that reach it.
+    let mut n = 0;
+    for _ in 0..200 {
+        if to(&[("x-canary", "maybe")]).await.as_deref() == Some("canary") {
+            n += 1;
+        }
+    }
+    assert_eq!(n, 50, "canary-weight 25 sends 50 of 200 requests to the canary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_by_header_value_and_pattern_and_a_canary_without_endpoints() {
+    let (stable, canary) = (Echo::start("stable").await, Echo::start("canary").await);
+    let h = Harness::start().await;
+    let empty = "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty, namespace: v}\nspec: {ports: [{name: http, port: 80}]}\n";
+    let m = service("v", "web", &[&stable])
+        + &service("v", "web-canary", &[&canary])
+        + empty
+        + &ingress("v", "a", "value.com", &[("/", "Prefix", "web")], "")
+        + &ingress("v", "b", "pattern.com", &[("/", "Prefix", "web")], "")
+        + &ingress("v", "c", "empty.com", &[("/", "Prefix", "web")], "")
+        + &ingress(
+            "v",
+            "a-canary",
+            "value.com",
+            &[("/", "Prefix", "web-canary")],
+            &ann(&[
+                ("canary", "true"),
+                ("canary-by-header", "x-env"),
+                ("canary-by-header-value", "beta"),
+            ]),
+        )
+        + &ingress(
+            "v",
+            "b-canary",
+            "pattern.com",
+            &[("/", "Prefix", "web-canary")],
+            &ann(&[
+                ("canary", "true"),
+                ("canary-by-header", "x-env"),
+                ("canary-by-header-pattern", "^(beta|rc)$"),
+            ]),
+        )
+        + &ingress(
+            "v",
+            "c-canary",
+            "empty.com",
+            &[("/", "Prefix", "empty")],
+            &ann(&[("canary", "true"), ("canary-weight", "100")]),
+        );
+    h.apply("v.yaml", &m).await;
+    let backend = |host: &'static str, env: &'static str| {
+        let addr = h.http();
+        async move {
+            get_with(addr, host, "/", &[("x-env", env)])
+                .await
+                .backend()
+                .map(str::to_string)
+        }
+    };
+    assert_eq!(backend("value.com", "beta").await.as_deref(), Some("canary"));
+    assert_eq!(
+        backend("value.com", "always").await.as_deref(),
+        Some("stable"),
+        "with a value, always means nothing"
+    );
+    assert_eq!(backend("pattern.com", "rc").await.as_deref(), Some("canary"));
+    assert_eq!(backend("pattern.com", "beta2").await.as_deref(), Some("stable"));
+    assert_eq!(
+        backend("empty.com", "").await.as_deref(),
+        Some("stable"),
+        "a canary with no ready endpoints takes no traffic"
+    );
+    // A value that is not text decides nothing (and breaks nothing).
+    let opaque = Request::get("/")
+        .header("host", "pattern.com")
+        .header("x-env", http::HeaderValue::from_bytes(b"rc\xff").unwrap())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(h.http(), opaque).await.backend(), Some("stable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_affinity_sticks_and_moves_when_the_endpoint_goes() {
+    let echos = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
+    let h = Harness::start().await;
+    let manifest = |backends: &[&Echo]| {
+        service("s", "web", backends)
+            + &ingress(
+                "s",
+                "sticky",
+                "sticky.com",
+                &[("/app", "Prefix", "web")],
+                &ann(&[
+                    ("affinity", "cookie"),
+                    ("session-cookie-name", "route"),
+                    ("session-cookie-max-age", "3600"),
+                    ("session-cookie-samesite", "Lax"),
+                ]),
+            )
+    };
+    h.apply("s.yaml", &manifest(&echos.iter().collect::<Vec<_>>())).await;
+
+    let first = get(h.http(), "sticky.com", "/app/x").await;
+    let issued = set_cookie(&first, "route").expect("a new session gets a cookie");
+    assert!(issued.contains("; Path=/app"), "{issued}");
+    assert!(issued.contains("; Max-Age=3600; Expires="), "{issued}");
+    assert!(
+        issued.contains("; SameSite=Lax") && issued.ends_with("; HttpOnly"),
+        "{issued}"
+    );
+    let cookie = format!("route={}", value_of(&issued));
+    let home = first.backend().unwrap().to_string();
+    for _ in 0..10 {
+        let r = get_with(h.http(), "sticky.com", "/app/y", &[("cookie", &cookie)]).await;
+        assert_eq!(
+            r.backend(),
+            Some(home.as_str()),
+            "the cookie keeps the session on one endpoint"
+        );
+        assert_eq!(set_cookie(&r, "route"), None, "a valid cookie is not sent again");
+    }
+    // Many new sessions spread over every endpoint.
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(get(h.http(), "sticky.com", "/app").await.backend().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // The session's endpoint goes away: it moves, then sticks to its new home.
+    let rest: Vec<&Echo> = echos.iter().filter(|e| e.name != home).collect();
+    h.apply("s.yaml", &manifest(&rest)).await;
+    let r = get_with(h.http(), "sticky.com", "/app", &[("cookie", &cookie)]).await;
+    let moved = r.backend().unwrap().to_string();
+    assert_ne!(moved, home);
+    // Balanced: the key re-hashes onto the endpoints left; no new cookie is needed.
+    let cookie = set_cookie(&r, "route").map_or(cookie, |c| format!("route={}", value_of(&c)));
+    for _ in 0..10 {
+        let r = get_with(h.http(), "sticky.com", "/app", &[("cookie", &cookie)]).await;
+        assert_eq!(r.backend(), Some(moved.as_str()));
+    }
+    // A forged value cannot pick an address: it is hashed onto the same endpoints.
+    let r = get_with(h.http(), "sticky.com", "/app", &[("cookie", "route=0123456789abcdef")]).await;
+    assert!(rest.iter().any(|e| Some(e.name.as_str()) == r.backend()));
+    let r = get_with(h.http(), "sticky.com", "/app", &[("cookie", "route=../../etc")]).await;
+    assert!(
+        set_cookie(&r, "route").is_some(),
+        "a malformed cookie starts a new session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
+    let live = Echo::start("live").await;
+    let dead = Echo::start("dead").await;
+    let dead_cookie = format!("route={}", hash_cookie(&dead));
+    let h = Harness::start().await;
+    let m = service("p", "web", &[&live, &dead])
+        + &ingress(
+            "p",
+            "sticky",
+            "persist.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("affinity", "cookie"),
+                ("affinity-mode", "persistent"),
+                ("session-cookie-name", "route"),
+            ]),
+        );
+    h.apply("p.yaml", &m).await;
+    // The cookie of a persistent session is the hash of the endpoint's address.
+    let r = get_with(
+        h.http(),
+        "persist.com",
+        "/",
+        &[("cookie", &format!("route={}", hash_cookie(&live)))],
+    )
+    .await;
+    assert_eq!(r.backend(), Some("live"));
+    assert_eq!(set_cookie(&r, "route"), None);
+
+    // The session's endpoint stops answering: the request is retried on another endpoint,
+    // and the cookie now names the one that answered.
+    let dead_addr = dead.addr;
+    drop(dead);
+    while tokio::net::TcpStream::connect(dead_addr).await.is_ok() {
+        tokio::task::yield_now().await;
+    }
+    let r = get_with(h.http(), "persist.com", "/", &[("cookie", &dead_cookie)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.backend(), Some("live"));
+    let reissued = set_cookie(&r, "route").expect("the cookie moves with the session");
+    assert_eq!(value_of(&reissued), hash_cookie(&live));
+    assert!(
+        reissued.contains("; Path=/;") || reissued.contains("; Path=/ "),
+        "{reissued}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_balanced_session_falls_back_and_gets_a_new_cookie() {
+    let live = Echo::start("live").await;
+    let dead = Echo::start("dead").await;
+    // A balanced cookie is a key: find one that hashes onto the endpoint about to fail.
+    let eps = [
+        endpoint_hash(&Endpoint::Addr(live.addr)),
+        endpoint_hash(&Endpoint::Addr(dead.addr)),
+    ];
+    let key = (0u64..)
+        .map(|i| hash64(&i.to_le_bytes()))
+        .find(|k| rendezvous(*k, eps.iter().copied().enumerate()) == Some(1))
+        .unwrap();
+    let h = Harness::start().await;
+    let m = service("f", "web", &[&live, &dead])
+        + &ingress(
+            "f",
+            "sticky",
+            "fail.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[("affinity", "cookie")]),
+        );
+    h.apply("f.yaml", &m).await;
+    let dead_addr = dead.addr;
+    drop(dead);
+    while tokio::net::TcpStream::connect(dead_addr).await.is_ok() {
+        tokio::task::yield_now().await;
+    }
+    let r = get_with(
+        h.http(),
+        "fail.com",
+        "/",
+        &[("cookie", &format!("INGRESSCOOKIE={key:016x}"))],
+    )
+    .await;
+    assert_eq!(r.backend(), Some("live"));
+    let new = value_of(&set_cookie(&r, "INGRESSCOOKIE").expect("re-issued"));
+    assert_ne!(new, format!("{key:016x}"));
+    let new_key = u64::from_str_radix(&new, 16).unwrap();
+    assert_eq!(
+        rendezvous(new_key, eps.iter().copied().enumerate()),
+        Some(0),
+        "the new key means the endpoint that answered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_hash_by_keeps_each_key_on_one_backend() {
+    let echos = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
+    let h = Harness::start().await;
+    let manifest = |backends: &[&Echo]| {
+        service("h", "web", backends)
+            + &ingress(
+                "h",
+                "hashed",
+                "hash.com",
+                &[("/", "Prefix", "web")],
+                &ann(&[("upstream-hash-by", "$http_x_user")]),
+            )
+    };
+    h.apply("h.yaml", &manifest(&echos.iter().collect::<Vec<_>>())).await;
+    let user = |u: String| {
+        let addr = h.http();
+        async move {
+            get_with(addr, "hash.com", "/", &[("x-user", &u)])
+                .await
+                .backend()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mut home: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..30 {
+        let u = format!("user-{i}");
+        let b = user(u.clone()).await;
+        for _ in 0..3 {
+            assert_eq!(user(u.clone()).await, b, "{u} moved");
+        }
+        home.insert(u, b);
+    }
+    let used: BTreeSet<&String> = home.values().collect();
+    assert_eq!(used.len(), 3, "30 keys use every endpoint: {home:?}");
+    // Without the header the key is empty: round robin instead of one hot endpoint.
+    let mut spread = BTreeSet::new();
+    for _ in 0..3 {
+        spread.insert(get(h.http(), "hash.com", "/").await.backend().unwrap().to_string());
+    }
+    assert_eq!(spread.len(), 3);
+
+    // One endpoint goes: only its keys move.
+    let gone = "c";
+    let rest: Vec<&Echo> = echos.iter().filter(|e| e.name != gone).collect();
+    h.apply("h.yaml", &manifest(&rest)).await;
+    for (u, b) in &home {
+        let now = user(u.clone()).await;
+        if b != gone {
+            assert_eq!(&now, b, "{u} was on {b}, which is still there");
+        } else {
+            assert_ne!(now, gone);
+        }
+    }
+}

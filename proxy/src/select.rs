@@ -1,0 +1,502 @@
+//! Per-request choices on top of a route: the canary or the main backend, then the endpoint
+//! by session-affinity cookie, `upstream-hash-by` key, or the upstream's balancer.
+//!
+//! ```text
+//! route ─► canary? header ─► cookie ─► weight ─► backend ─► affinity cookie ─► hash key ─► balancer
+//!           (a value that does not decide falls through)      (the first one configured wins)
+//! ```
+//!
+//! * The canary's weight is a deterministic round, not a coin toss: of every
+//!   `weight_total` requests that reach the weight rule (the header and cookie did not
+//!   decide), exactly `weight` go to the canary, spread evenly ([`weighted`]). Each node
+//!   counts for itself, and the count restarts when a new table is installed.
+//! * Affinity cookies are issued on the response of the attempt that served the request,
+//!   whatever its status, when the session is new or had to move (its endpoint is gone,
+//!   ejected, or failed on this request and the retry went elsewhere). See
+//!   [`UpstreamState::pick_sticky`] for what the cookie value means in each mode.
+//! * A hash-by key that comes out empty (say `$http_x_user` without the header) does not
+//!   pile every such request on one endpoint: the balancer picks instead.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use http::HeaderMap;
+use http::HeaderValue;
+use http::Uri;
+use http::header;
+use regex::Regex;
+
+use crate::dataplane::Snapshot;
+use crate::model::Affinity;
+use crate::model::Backend;
+use crate::model::Canary;
+use crate::model::HashBy;
+use crate::model::HashPart;
+use crate::model::HeaderMatch;
+use crate::model::RoutePolicy;
+use crate::router::RouteEntry;
+use crate::router::normalize_host;
+use crate::router::normalize_path;
+use crate::upstream::UpstreamState;
+use crate::upstream::hash64;
+
+/// The compiled form of a route's [`Canary`]: its header regex and its weight counter.
+#[derive(Debug)]
+pub struct CanaryState {
+    pattern: Option<Regex>,
+    /// Requests that reached the weight rule so far.
+    seen: AtomicU64,
+}
+
+impl CanaryState {
+    pub fn new(c: &Canary) -> Result<CanaryState, regex::Error> {
+        let pattern = match c.header.as_ref().map(|h| &h.matches) {
+            Some(HeaderMatch::Pattern(p)) => Some(header_pattern(p)?),
+            _ => None,
+        };
+        Ok(CanaryState {
+            pattern,
+            seen: AtomicU64::new(0),
+        })
+    }
+}
+
+/// A `canary-by-header-pattern` regex, built the same way by the compiler (to check it) and
+/// the router: unanchored and case-sensitive, as nginx's `ngx.re.match`, with a size limit.
+pub fn header_pattern(p: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(p).size_limit(1 << 20).build()
+}
+
+/// Whether the `n`th request (from 0) to reach the weight rule goes to the canary: exactly
+/// `weight` of every `total` consecutive requests do, spread evenly (Bresenham's rule).
+pub fn weighted(n: u64, weight: u32, total: u32) -> bool {
+    let (w, t) = (u64::from(weight), u64::from(total.max(1)));
+    let i = n % t;
+    (i + 1) * w / t > i * w / t
+}
+
+/// Whether a request goes to the canary: by header, then by cookie, then by weight.
+pub fn to_canary(c: &Canary, state: &CanaryState, headers: &HeaderMap) -> bool {
+    if let Some(h) = &c.header {
+        if let Some(v) = headers.get(h.name.as_str()).and_then(|v| v.to_str().ok()) {
+            match &h.matches {
+                HeaderMatch::Value(want) if v == want.as_str() => return true,
+                HeaderMatch::Pattern(_) if state.pattern.as_ref().is_some_and(|re| re.is_match(v)) => {
+                    return true;
+                }
+                HeaderMatch::AlwaysNever if v == "always" => return true,
+                HeaderMatch::AlwaysNever if v == "never" => return false,
+                _ => {}
+            }
+        }
+    }
+    if let Some(name) = &c.cookie {
+        match cookie(headers, name) {
+            Some("always") => return true,
+            Some("never") => return false,
+            _ => {}
+        }
+    }
+    c.weight > 0 && weighted(state.seen.fetch_add(1, Ordering::Relaxed), c.weight, c.weight_total)
+}
+
+/// Where one request goes: the upstream, and what picks its endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Choice<'a> {
+    pub upstream: &'a str,
+    pub affinity: Option<&'a Affinity>,
+    pub hash_by: Option<&'a HashBy>,
+    /// The route's canary was chosen.
+    pub canary: bool,
+}
+
+/// The backend of a request: the route's canary when its rules say so and it has ready
+/// endpoints (a canary without any never takes traffic), else the main backend.
+pub fn choose<'a>(
+    snap: &Snapshot,
+    entry: Option<&'a RouteEntry>,
+    backend: &'a Backend,
+    policy: &'a RoutePolicy,
+    headers: &HeaderMap,
+) -> Choice<'a> {
+    let main = Choice {
+        upstream: &backend.upstream,
+        affinity: policy.affinity.as_ref(),
+        hash_by: policy.hash_by.as_ref(),
+        canary: false,
+    };
+    let Some((c, state)) = entry.and_then(|e| e.route.canary.as_ref().zip(e.canary.as_ref())) else {
+        return main;
+    };
+    let ready = snap
+        .upstreams
+        .get(&c.backend.upstream)
+        .is_some_and(|u| !u.endpoints.is_empty());
+    if ready && to_canary(c, state, headers) {
+        Choice {
+            upstream: &c.backend.upstream,
+            affinity: c.affinity.as_ref(),
+            hash_by: c.hash_by.as_ref(),
+            canary: true,
+        }
+    } else {
+        main
+    }
+}
+
+/// How the endpoint of one request is picked, attempt after attempt.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    /// The upstream's balancer.
+    Balance,
+    /// `upstream-hash-by`: the hash of the request's key.
+    Hash(u64),
+    /// Cookie affinity.
+    Sticky {
+        affinity: &'a Affinity,
+        /// The request's cookie, if it holds a well-formed value.
+        sent: Option<u64>,
+        /// The value designating the endpoint of the latest attempt.
+        current: Option<u64>,
+    },
+}
+
+impl<'a> Pick<'a> {
+    /// Reads what the choice needs from the request. `client` is the client's address as
+    /// the handler established it (`$remote_addr`); `host` the raw Host or authority.
+    pub fn new(choice: &Choice<'a>, headers: &HeaderMap, uri: &Uri, client: IpAddr, host: &str) -> Pick<'a> {
+        if let Some(affinity) = choice.affinity {
+            let sent = cookie(headers, &affinity.cookie).and_then(cookie_value);
+            return Pick::Sticky {
+                affinity,
+                sent,
+                current: None,
+            };
+        }
+        if let Some(h) = choice.hash_by {
+            let key = hash_key(h, headers, uri, client, host);
+            if !key.is_empty() {
+                return Pick::Hash(hash64(&key));
+            }
+        }
+        Pick::Balance
+    }
+
+    /// The endpoint of the next attempt, skipping `tried`.
+    pub fn next(&mut self, upstream: &UpstreamState, now: Instant, tried: &[usize]) -> Option<usize> {
+        match self {
+            Pick::Balance => upstream.pick(now, tried),
+            Pick::Hash(key) => upstream.pick_hash(*key, now, tried),
+            Pick::Sticky {
+                affinity,
+                sent,
+                current,
+            } => {
+                let (i, value) = upstream.pick_sticky(affinity.mode, *sent, now, tried, crate::id::random)?;
+                *current = value;
+                Some(i)
+            }
+        }
+    }
+
+    /// The `Set-Cookie` to send with the response of the latest attempt, if the client's
+    /// cookie does not already designate its endpoint.
+    pub fn set_cookie(&self, secure: bool, now: SystemTime) -> Option<HeaderValue> {
+        match self {
+            Pick::Sticky {
+                affinity,
+                sent,
+                current: Some(v),
+            } if *sent != Some(*v) => set_cookie(affinity, *v, secure, now),
+            _ => None,
+        }
+    }
+}
+
+/// The `Set-Cookie` value of an affinity cookie. `HttpOnly` always, as ingress-nginx;
+/// `Secure` on TLS connections.
+pub fn set_cookie(a: &Affinity, value: u64, secure: bool, now: SystemTime) -> Option<HeaderValue> {
+    let mut s = format!("{}={value:016x}; Path={}", a.cookie, a.path);
+    if let Some(age) = a.max_age {
+        let _ = write!(s, "; Max-Age={age}");
+        if let Some(at) = now.checked_add(Duration::from_secs(age)) {
+            let _ = write!(s, "; Expires={}", http_date(at));
+        }
+    }
+    if let Some(same_site) = a.same_site {
+        let _ = write!(s, "; SameSite={}", same_site.as_str());
+    }
+    if secure {
+        s.push_str("; Secure");
+    }
+    s.push_str("; HttpOnly");
+    HeaderValue::from_str(&s).ok()
+}
+
+/// An affinity cookie's value: exactly 16 hex digits. Anything else is no cookie.
+fn cookie_value(v: &str) -> Option<u64> {
+    if v.len() != 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(v, 16).ok()
+}
+
+/// The value of the first cookie called `name` in the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// The bytes an `upstream-hash-by` key stands for in this request, as nginx would expand
+/// the variables. Missing values are empty.
+pub fn hash_key(h: &HashBy, headers: &HeaderMap, uri: &Uri, client: IpAddr, host: &str) -> Vec<u8> {
+    let mut key = Vec::new();
+    for part in &h.parts {
+        match part {
+            HashPart::Text(t) => key.extend_from_slice(t.as_bytes()),
+            HashPart::RemoteAddr => key.extend_from_slice(client.to_string().as_bytes()),
+            HashPart::RequestUri => {
+                let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                key.extend_from_slice(pq.as_bytes());
+            }
+            HashPart::Uri => key.extend_from_slice(normalize_path(uri.path()).as_bytes()),
+            HashPart::Args => key.extend_from_slice(uri.query().unwrap_or_default().as_bytes()),
+            HashPart::Host => key.extend_from_slice(normalize_host(host).as_bytes()),
+            HashPart::Header(name) => {
+                if let Some(v) = headers.get(name.as_str()) {
+                    key.extend_from_slice(v.as_bytes());
+                }
+            }
+            HashPart::Cookie(name) => {
+                if let Some(v) = cookie(headers, name) {
+                    key.extend_from_slice(v.as_bytes());
+                }
+            }
+            HashPart::Arg(name) => {
+                let value = uri.query().unwrap_or_default().split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == name).then_some(v)
+                });
+                if let Some(v) = value {
+                    key.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+    }
+    key
+}
+
+/// An IMF-fixdate (`Tue, 14 Nov 2023 22:13:20 GMT`), for `Expires`.
+pub fn http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days, for days since 1970-01-01.
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AffinityMode;
+    use crate::model::CanaryHeader;
+    use crate::model::SameSite;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn canary(matches: Option<HeaderMatch>, cookie: Option<&str>, weight: u32) -> Canary {
+        Canary {
+            backend: Backend { upstream: "c".into() },
+            header: matches.map(|matches| CanaryHeader {
+                name: "x-canary".into(),
+                matches,
+            }),
+            cookie: cookie.map(Into::into),
+            weight,
+            weight_total: 100,
+            affinity: None,
+            hash_by: None,
+            source: "ns/canary".into(),
+        }
+    }
+
+    fn decide(c: &Canary, h: &[(&str, &str)]) -> bool {
+        to_canary(c, &CanaryState::new(c).unwrap(), &headers(h))
+    }
+
+    #[test]
+    fn header_then_cookie_then_weight() {
+        let c = canary(Some(HeaderMatch::AlwaysNever), Some("canary"), 100);
+        assert!(decide(&c, &[("x-canary", "always")]));
+        assert!(!decide(&c, &[("x-canary", "never")]));
+        assert!(
+            !decide(&c, &[("x-canary", "never"), ("cookie", "canary=always")]),
+            "header first"
+        );
+        assert!(
+            !decide(&c, &[("x-canary", "maybe"), ("cookie", "a=1; canary=never")]),
+            "falls through"
+        );
+        assert!(
+            decide(&c, &[("x-canary", "maybe"), ("cookie", "canary=other")]),
+            "weight 100"
+        );
+        let c = canary(Some(HeaderMatch::AlwaysNever), Some("canary"), 0);
+        assert!(!decide(&c, &[]));
+        assert!(decide(&c, &[("cookie", "canary=always")]));
+    }
+
+    #[test]
+    fn header_value_and_pattern() {
+        let c = canary(Some(HeaderMatch::Value("beta".into())), None, 0);
+        assert!(decide(&c, &[("x-canary", "beta")]));
+        assert!(
+            !decide(&c, &[("x-canary", "always")]),
+            "always means nothing with a value"
+        );
+        assert!(!decide(&c, &[("x-canary", "Beta")]));
+        let c = canary(Some(HeaderMatch::Pattern("^(alpha|beta)$".into())), None, 0);
+        assert!(decide(&c, &[("x-canary", "alpha")]));
+        assert!(!decide(&c, &[("x-canary", "gamma")]));
+        let c = canary(Some(HeaderMatch::Pattern("eta".into())), None, 0);
+        assert!(decide(&c, &[("x-canary", "beta")]), "unanchored, like ngx.re.match");
+    }
+
+    #[test]
+    fn weight_sends_an_exact_share_of_each_round() {
+        for (w, t) in [
+            (0, 100),
+            (1, 100),
+            (30, 100),
+            (50, 100),
+            (99, 100),
+            (100, 100),
+            (3, 7),
+            (250, 1000),
+        ] {
+            let n = (0..u64::from(t) * 3).filter(|&i| weighted(i, w, t)).count();
+            assert_eq!(n as u32, w * 3, "{w}/{t}");
+        }
+        // Spread out, not in a block: half alternates.
+        let picks: Vec<bool> = (0..4).map(|i| weighted(i, 50, 100)).collect();
+        assert_eq!(picks, vec![false, true, false, true]);
+        let c = canary(None, None, 30);
+        let s = CanaryState::new(&c).unwrap();
+        let n = (0..1000).filter(|_| to_canary(&c, &s, &HeaderMap::new())).count();
+        assert_eq!(n, 300);
+    }
+
+    #[test]
+    fn cookies_parse_from_every_cookie_header() {
+        let h = headers(&[("cookie", "a=1; b=\"2\""), ("cookie", "c = 3;d=")]);
+        assert_eq!(cookie(&h, "a"), Some("1"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), Some("3"));
+        assert_eq!(cookie(&h, "d"), Some(""));
+        assert_eq!(cookie(&h, "e"), None);
+        assert_eq!(cookie_value("00000000000000ff"), Some(255));
+        for bad in ["ff", "0000000000000000ff", "zzzzzzzzzzzzzzzz", "+00000000000000f", ""] {
+            assert_eq!(cookie_value(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hash_keys_expand_variables() {
+        let h = headers(&[("x-user", "u1"), ("cookie", "sid=s9")]);
+        let uri: Uri = "/a/../b?x=1&y=2".parse().unwrap();
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let key = |parts: Vec<HashPart>| {
+            String::from_utf8(hash_key(&HashBy { parts }, &h, &uri, ip, "Shop.COM:8080")).unwrap()
+        };
+        assert_eq!(key(vec![HashPart::RemoteAddr]), "10.1.2.3");
+        assert_eq!(
+            key(vec![HashPart::RequestUri, HashPart::Host]),
+            "/a/../b?x=1&y=2shop.com"
+        );
+        assert_eq!(
+            key(vec![HashPart::Uri, HashPart::Text("|".into()), HashPart::Args]),
+            "/b|x=1&y=2"
+        );
+        assert_eq!(key(vec![HashPart::Header("x-user".into())]), "u1");
+        assert_eq!(
+            key(vec![HashPart::Cookie("sid".into()), HashPart::Arg("y".into())]),
+            "s92"
+        );
+        assert_eq!(key(vec![HashPart::Header("x-missing".into())]), "");
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        let mut a = Affinity {
+            cookie: "INGRESSCOOKIE".into(),
+            path: "/app".into(),
+            max_age: None,
+            same_site: None,
+            mode: AffinityMode::Balanced,
+        };
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            set_cookie(&a, 0xab, false, t).unwrap(),
+            "INGRESSCOOKIE=00000000000000ab; Path=/app; HttpOnly"
+        );
+        a.max_age = Some(3600);
+        a.same_site = Some(SameSite::Strict);
+        assert_eq!(
+            set_cookie(&a, 1, true, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000001; Path=/app; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; SameSite=Strict; Secure; HttpOnly"
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+    }
+}
