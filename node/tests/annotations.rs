@@ -394,3 +394,43 @@ async fn basic_auth_challenges_and_checks_htpasswd_credentials() {
         "only the authenticated request got through"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_http_errors_are_answered_by_the_error_backend() {
+    let (broken, errors) = (
+        Echo::start_status("broken", 503).await,
+        Echo::start("error-pages").await,
+    );
+    let h = Harness::start().await;
+    let m = service("e", "broken", &[&broken])
+        + &service("e", "errors", &[&errors])
+        + &ingress(
+            "e",
+            "shop",
+            "shop.com",
+            &[("/", "Prefix", "broken")],
+            &ann(&[("custom-http-errors", "404,503"), ("default-backend", "errors")]),
+        )
+        + &ingress("e", "plain", "plain.com", &[("/", "Prefix", "broken")], "");
+    h.apply("e.yaml", &m).await;
+    let req = Request::get("/cart?id=7")
+        .header("host", "shop.com")
+        .header("accept", "text/html")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h.http(), req).await;
+    assert_eq!(r.json()["backend"], "error-pages", "{} {}", r.status, r.body);
+    let hd = &r.json()["headers"];
+    assert_eq!(hd["x-code"], "503");
+    assert_eq!(hd["x-original-uri"], "/cart?id=7");
+    assert_eq!(hd["x-namespace"], "e");
+    assert_eq!(hd["x-ingress-name"], "shop");
+    assert_eq!(hd["x-service-name"], "broken");
+    assert_eq!(hd["x-format"], "text/html");
+    // Without the annotation the upstream's 503 goes through as is.
+    let r = get(h.http(), "plain.com", "/").await;
+    assert_eq!(
+        (r.status, r.backend()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("broken"))
+    );
+}

@@ -190,6 +190,13 @@ pub async fn handle(
         a.upstream = upstream.to_string();
     }
     let rewrite = entry.and_then(|e| e.rewrite.as_ref());
+    let error_page = (!policy.custom_errors.is_empty()).then(|| ErrorPageRequest {
+        uri: req.uri().to_string(),
+        accept: req.headers().get(header::ACCEPT).cloned(),
+        request_id: req.headers().get(&X_REQUEST_ID).cloned(),
+        source: entry.map(|e| e.route.source.clone()).unwrap_or_default(),
+        upstream: upstream.to_string(),
+    });
     let mut resp = match proxy(&dp, &snap, &conn, req, &choice, policy, rewrite, &host, log).await {
         Ok(resp) => resp,
         Err((e, log)) => {
@@ -200,6 +207,16 @@ pub async fn handle(
             log.finish(local(e.status(), e.body()))
         }
     };
+    // `custom-http-errors`: the error backend answers instead, as nginx's `error_page`.
+    if let Some(ask) = error_page.filter(|_| policy.custom_errors.contains(&resp.status().as_u16())) {
+        let backend = policy.fallback.as_ref().or(snap.table.default_backend.as_ref());
+        if let Some(page) = match backend {
+            Some(b) => fetch_error_page(&snap, &b.upstream, resp.status(), &ask, policy).await,
+            None => None,
+        } {
+            resp = page;
+        }
+    }
     if let Some(cors) = &policy.cors {
         edge::cors_headers(resp.headers_mut(), cors, origin.as_ref());
     }
@@ -918,6 +935,96 @@ fn deny(denied: Denied) -> Response<Body> {
             resp
         }
     }
+}
+
+/// What the error backend is told about the failed request (ingress-nginx's custom error
+/// page headers).
+struct ErrorPageRequest {
+    uri: String,
+    accept: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    /// `namespace/ingress`.
+    source: String,
+    /// The upstream id, `namespace/service:port`.
+    upstream: String,
+}
+
+/// Largest error page read from the error backend.
+const ERROR_PAGE_MAX: usize = 256 * 1024;
+
+/// Asks the error backend for the page of `code`. `None` (keep the original response) when
+/// it has no endpoint or does not answer in time.
+async fn fetch_error_page(
+    snap: &Snapshot,
+    upstream_id: &str,
+    code: StatusCode,
+    ask: &ErrorPageRequest,
+    policy: &RoutePolicy,
+) -> Option<Response<Body>> {
+    let upstream = snap.upstreams.get(upstream_id)?;
+    let ep = upstream.endpoints.get(upstream.pick(Instant::now(), &[])?)?.clone();
+    let timeout = Duration::from_millis(policy.read_timeout_ms);
+    let conn = match ep.pool.reuse(Instant::now()) {
+        Some(c) => c,
+        None => ep
+            .pool
+            .connect(Duration::from_millis(policy.connect_timeout_ms))
+            .await
+            .ok()?,
+    };
+    let (ns, ingress) = ask.source.split_once('/').unwrap_or(("", ask.source.as_str()));
+    let (service, port) = ask
+        .upstream
+        .split('|')
+        .next()
+        .and_then(|s| s.split_once('/'))
+        .and_then(|(_, s)| s.split_once(':'))
+        .unwrap_or(("", ""));
+    let mut req = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
+    *req.uri_mut() = Uri::try_from(ask.uri.as_str()).ok()?;
+    if ep.protocol.is_h2() {
+        *req.version_mut() = Version::HTTP_2;
+    }
+    let h = req.headers_mut();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-code", code.as_str());
+    put("x-original-uri", &ask.uri);
+    put("x-namespace", ns);
+    put("x-ingress-name", ingress);
+    put("x-service-name", service);
+    put("x-service-port", port);
+    put("host", "raftgate-error-page");
+    if let Some(accept) = &ask.accept {
+        h.insert(HeaderName::from_static("x-format"), accept.clone());
+    }
+    if let Some(id) = &ask.request_id {
+        h.insert(X_REQUEST_ID.clone(), id.clone());
+    }
+    let (resp, h1) = send(conn, req, timeout).await.ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(timeout, Limited::new(body, ERROR_PAGE_MAX).collect())
+        .await
+        .ok()?
+        .ok()?;
+    if let Some(sender) = h1 {
+        ep.pool.put(
+            sender,
+            Instant::now(),
+            usize::try_from(snap.table.settings.upstream_keepalive_connections).unwrap_or(0),
+        );
+    }
+    let mut page = Response::new(Full::new(body.to_bytes()).map_err(BoxError::from).boxed());
+    *page.status_mut() = parts.status;
+    for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(v) = parts.headers.get(&name) {
+            page.headers_mut().insert(name, v.clone());
+        }
+    }
+    Some(page)
 }
 
 /// A short plain-text response made by the proxy itself.

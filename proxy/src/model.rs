@@ -314,6 +314,9 @@ pub struct RoutePolicy {
     pub cors: Option<Cors>,
     /// `default-backend`: where requests go when the route's Service has no ready endpoints.
     pub fallback: Option<Backend>,
+    /// `custom-http-errors`: responses with these statuses are replaced by the error backend's
+    /// page (the `default-backend`, else the global default backend).
+    pub custom_errors: Vec<u16>,
     /// `affinity: cookie` and the `session-cookie-*` annotations. Takes precedence over
     /// [`Self::hash_by`] and the upstream's [`Balance`], as in ingress-nginx.
     pub affinity: Option<Affinity>,
@@ -341,6 +344,7 @@ impl Default for RoutePolicy {
             basic_auth: None,
             cors: None,
             fallback: None,
+            custom_errors: Vec::new(),
             affinity: None,
             hash_by: None,
         }

@@ -111,6 +111,8 @@ pub struct Annotations {
     pub default_backend: Option<String>,
     /// Send to the Service's ClusterIP instead of its endpoints.
     pub service_upstream: bool,
+    /// `custom-http-errors`: statuses answered by the error backend.
+    pub custom_http_errors: Vec<u16>,
     /// Snippet annotations present on the object; never executed.
     pub ignored_snippets: Vec<String>,
     /// `canary: "true"` and the `canary-*` annotations: the Ingress is a canary.
@@ -361,6 +363,14 @@ impl Annotations {
                 }
                 "default-backend" => a.default_backend = Some(text()?),
                 "service-upstream" => a.service_upstream = flag()?,
+                "custom-http-errors" => {
+                    a.custom_http_errors = v
+                        .split(',')
+                        .map(|c| c.trim().parse::<u16>().ok().filter(|c| (400..=599).contains(c)))
+                        .collect::<Option<Vec<_>>>()
+                        .filter(|c| !c.is_empty())
+                        .ok_or_else(|| err("expected a comma-separated list of 4xx/5xx statuses"))?;
+                }
                 "canary" => t.canary = flag()?,
                 "canary-by-header" => {
                     t.header = optional(v, header_name).ok_or_else(|| err("expected a header name"))?
@@ -701,6 +711,8 @@ mod tests {
             ("cors-allow-origin", "javascript:alert(1)"),
             ("proxy-next-upstream", "error sometimes"),
             ("x-forwarded-prefix", "line\nbreak"),
+            ("custom-http-errors", "404,abc"),
+            ("custom-http-errors", "200"),
         ] {
             let e = ann(&[(k, v)]).unwrap_err();
             assert_eq!(e.key, k, "{k}={v}");

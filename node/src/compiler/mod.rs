@@ -704,6 +704,7 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
             max_age: c.max_age,
         }),
         fallback: None,
+        custom_errors: ann.custom_http_errors.clone(),
         // Set per route: the cookie path defaults to the route's.
         affinity: None,
         hash_by: ann.upstream_hash_by.clone(),
