@@ -434,3 +434,60 @@ async fn custom_http_errors_are_answered_by_the_error_backend() {
         (StatusCode::SERVICE_UNAVAILABLE, Some("broken"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_send_timeout_gives_up_on_an_upstream_that_stops_reading() {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    // An upstream that accepts and never reads: once the socket buffers fill, writes block.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            held.push(s);
+        }
+    });
+    let h = Harness::start().await;
+    let m = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: hole, namespace: s}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: hole, namespace: s}}\nsubsets: [{{addresses: [{{ip: 127.0.0.1}}], ports: [{{name: http, port: {hole_port}}}]}}]\n"
+    ) + &ingress(
+        "s",
+        "up",
+        "upload.com",
+        &[("/", "Prefix", "hole")],
+        &ann(&[
+            ("proxy-send-timeout", "1"),
+            ("proxy-read-timeout", "60"),
+            ("proxy-body-size", "0"),
+        ]),
+    );
+    h.apply("s.yaml", &m).await;
+
+    let body_len: usize = 256 << 20;
+    let stream = tokio::net::TcpStream::connect(h.http()).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: upload.com\r\nContent-Length: {body_len}\r\n\r\n");
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..(body_len >> 20) {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), rd.read(&mut buf))
+        .await
+        .expect("an answer before the 60s read timeout")
+        .unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]);
+    assert!(line.starts_with("HTTP/1.1 504"), "{line}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -366,6 +366,7 @@ async fn proxy(
             a.endpoint = Some(ep.endpoint.to_string());
         }
         let in_flight = ep.start();
+        ep.pool.set_send_timeout(Duration::from_millis(policy.send_timeout_ms));
         // A pooled connection that turns out closed is not the endpoint's fault: try a fresh one.
         let mut reused = ep.pool.reuse(now);
         loop {
@@ -505,6 +506,11 @@ fn classify(e: hyper::Error) -> ProxyError {
     while let Some(s) = src {
         if s.is::<LengthLimitError>() {
             return ProxyError::BodyTooLarge;
+        }
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return ProxyError::Timeout;
         }
         src = s.source();
     }

@@ -7,6 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::task::Context;
 use std::task::Poll;
 use std::time::Duration;
@@ -77,6 +79,9 @@ pub struct Pool {
     protocol: Protocol,
     idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// `proxy-send-timeout` in ms (0: none) for every connection of this endpoint. Each
+    /// request sets it before sending; routes to one endpoint nearly always agree.
+    send_timeout: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -86,7 +91,14 @@ impl Pool {
             protocol,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            send_timeout: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Sets the time a write to this endpoint may stay blocked (nginx's `proxy_send_timeout`).
+    pub fn set_send_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.send_timeout.store(ms, Ordering::Relaxed);
     }
 
     /// A pooled connection, if one is open: for HTTP/1.1 an idle one, for HTTP/2 the shared one.
@@ -135,7 +147,7 @@ impl Pool {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
-                .handshake(TokioIo::new(io))
+                .handshake(TokioIo::new(TimedIo::new(io, self.send_timeout.clone())))
                 .await
                 .map_err(|source| ConnectError::Handshake {
                     endpoint: name.clone(),
@@ -152,7 +164,7 @@ impl Pool {
             Ok(Conn::H2(sender))
         } else {
             let (sender, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(io))
+                .handshake(TokioIo::new(TimedIo::new(io, self.send_timeout.clone())))
                 .await
                 .map_err(|source| ConnectError::Handshake { endpoint: name, source })?;
             tokio::spawn(async move {
@@ -264,6 +276,93 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An upstream stream whose writes fail with `TimedOut` when one stays blocked (the upstream
+/// not reading) for longer than the endpoint's send timeout.
+#[derive(Debug)]
+pub struct TimedIo {
+    io: Io,
+    timeout: Arc<AtomicU64>,
+    blocked: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TimedIo {
+    fn new(io: Io, timeout: Arc<AtomicU64>) -> TimedIo {
+        TimedIo {
+            io,
+            timeout,
+            blocked: None,
+        }
+    }
+
+    /// Called when a write is pending: starts the clock, and fails once it runs out.
+    fn still_blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let ms = self.timeout.load(Ordering::Relaxed);
+        if ms == 0 {
+            return Poll::Pending;
+        }
+        let timer = self
+            .blocked
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(ms))));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream send timeout"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Pending => this.still_blocked(cx),
+            done => {
+                this.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.still_blocked(cx),
+            done => {
+                this.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.still_blocked(cx),
+            done => {
+                this.blocked = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -12,6 +12,7 @@ use raftgate_proxy::model::Affinity;
 use raftgate_proxy::model::AffinityMode;
 use raftgate_proxy::model::Balance;
 use raftgate_proxy::model::CanaryHeader;
+use raftgate_proxy::model::Cors;
 use raftgate_proxy::model::HashBy;
 use raftgate_proxy::model::HashPart;
 use raftgate_proxy::model::HeaderMatch;
@@ -44,28 +45,15 @@ pub enum AuthSecretType {
     Map,
 }
 
-/// The CORS annotations.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CorsAnnotations {
-    pub allow_origin: Vec<String>,
-    pub allow_methods: String,
-    pub allow_headers: String,
-    pub expose_headers: String,
-    pub allow_credentials: bool,
-    pub max_age: u32,
-}
-
-impl Default for CorsAnnotations {
-    /// ingress-nginx's defaults.
-    fn default() -> Self {
-        CorsAnnotations {
-            allow_origin: vec!["*".into()],
-            allow_methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".into(),
-            allow_headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization".into(),
-            expose_headers: String::new(),
-            allow_credentials: true,
-            max_age: 1_728_000,
-        }
+/// ingress-nginx's CORS defaults, which the `cors-*` annotations override.
+fn cors_defaults() -> Cors {
+    Cors {
+        allow_origin: vec!["*".into()],
+        allow_methods: "GET, PUT, POST, DELETE, PATCH, OPTIONS".into(),
+        allow_headers: "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization".into(),
+        expose_headers: String::new(),
+        allow_credentials: true,
+        max_age: 1_728_000,
     }
 }
 
@@ -104,7 +92,7 @@ pub struct Annotations {
     pub auth_secret: Option<String>,
     pub auth_secret_type: AuthSecretType,
     pub auth_realm: Option<String>,
-    pub cors: Option<CorsAnnotations>,
+    pub cors: Option<Cors>,
     /// Extra host names served by this Ingress's rules.
     pub server_alias: Vec<String>,
     /// A Service (same namespace) that answers when the route's Service has no endpoints.
@@ -232,7 +220,7 @@ impl Annotations {
     pub fn parse(all: Option<&BTreeMap<String, String>>) -> Result<Annotations, AnnotationError> {
         let mut a = Annotations::default();
         let Some(all) = all else { return Ok(a) };
-        let mut cors = CorsAnnotations::default();
+        let mut cors = cors_defaults();
         let mut enable_cors = false;
         let mut permanent_code = None;
         let mut temporal_code = None;

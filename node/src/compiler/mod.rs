@@ -30,7 +30,6 @@ use raftgate_proxy::model::Balance;
 use raftgate_proxy::model::BasicAuth;
 use raftgate_proxy::model::Canary;
 use raftgate_proxy::model::Certificate;
-use raftgate_proxy::model::Cors;
 use raftgate_proxy::model::Endpoint;
 use raftgate_proxy::model::L4Protocol;
 use raftgate_proxy::model::L4Service;
@@ -320,16 +319,7 @@ impl Compiler {
                 match l4_entry(protocol, port, value, &self.opts.reserved_ports) {
                     Ok((svc, r)) => {
                         if !out.table.upstreams.contains_key(&svc.upstream) {
-                            let (up, warnings) = resolve(objs, &r);
-                            for w in warnings {
-                                out.problems.push(Problem {
-                                    kind: "Service",
-                                    object: format!("{}/{}", r.namespace, r.service),
-                                    severity: Severity::Warning,
-                                    reason: w,
-                                });
-                            }
-                            out.table.upstreams.insert(svc.upstream.clone(), up);
+                            add_upstream(objs, svc.upstream.clone(), &r, &mut out.table, &mut out.problems);
                         }
                         let source = format!("{key}:{port}");
                         out.table.l4.insert(svc.key(), L4Service { source, ..svc });
@@ -695,14 +685,7 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
             exempt: ann.limit_allowlist.clone(),
         }),
         basic_auth: None,
-        cors: ann.cors.as_ref().map(|c| Cors {
-            allow_origin: c.allow_origin.clone(),
-            allow_methods: c.allow_methods.clone(),
-            allow_headers: c.allow_headers.clone(),
-            expose_headers: c.expose_headers.clone(),
-            allow_credentials: c.allow_credentials,
-            max_age: c.max_age,
-        }),
+        cors: ann.cors.clone(),
         fallback: None,
         custom_errors: ann.custom_http_errors.clone(),
         // Set per route: the cookie path defaults to the route's.
@@ -827,16 +810,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
         }
     }
     for (id, r) in refs {
-        let (upstream, warnings) = resolve(objs, &r);
-        for w in warnings {
-            out.problems.push(Problem {
-                kind: "Service",
-                object: format!("{}/{}", r.namespace, r.service),
-                severity: Severity::Warning,
-                reason: w,
-            });
-        }
-        t.upstreams.insert(id, upstream);
+        add_upstream(objs, id, &r, t, &mut out.problems);
     }
     let mut loaded: BTreeMap<Key, bool> = BTreeMap::new();
     for (host, (_, key)) in sni_secrets {
@@ -1003,6 +977,20 @@ fn validate_path(p: &str) -> Result<&str, CompileError> {
         return err("must not end with '/.' or '/..'");
     }
     Ok(p)
+}
+
+/// Resolves an upstream into the table, reporting what makes it unusable against its Service.
+fn add_upstream(objs: &Objects, id: String, r: &UpstreamRef, table: &mut RoutingTable, problems: &mut Vec<Problem>) {
+    let (upstream, warnings) = resolve(objs, r);
+    for reason in warnings {
+        problems.push(Problem {
+            kind: "Service",
+            object: format!("{}/{}", r.namespace, r.service),
+            severity: Severity::Warning,
+            reason,
+        });
+    }
+    table.upstreams.insert(id, upstream);
 }
 
 /// The endpoints of one upstream, with warnings for whatever makes it unusable.
