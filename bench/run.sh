@@ -431,7 +431,7 @@ main() {
 
     mkdir -p "$OUT"
     rm -rf "$OUT/logs"
-    rm -f "$OUT"/*.txt
+    find "$OUT" -maxdepth 1 -name "*.txt" ! -name "l4-*" -delete # not bench/l4.sh's output
     RUN=$(mktemp -d /tmp/raftgate-bench.XXXXXX)
     chmod 755 "$RUN" # nginx workers may run as nobody
     mkdir -p "$RUN/tls"
