@@ -418,6 +418,8 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     pub routes: usize,
     pub hosts: usize,
+    /// L4 services, as `tcp/7306 -> namespace/service:port`.
+    pub l4: Vec<String>,
 }
 
 impl CheckReport {
@@ -448,6 +450,12 @@ pub fn check(cfg: &Config) -> CheckReport {
     let out = compiler.compile(&objs);
     report.routes = out.table.route_count();
     report.hosts = out.table.vhosts.len();
+    report.l4 = out
+        .table
+        .l4
+        .iter()
+        .map(|(k, s)| format!("{k} -> {}", s.upstream))
+        .collect();
     report.problems = out.problems;
     report
 }

@@ -97,7 +97,10 @@ fn print_report(r: &raftgate::app::CheckReport) {
         };
         println!("{level}: {p}");
     }
-    println!("{} hosts, {} routes", r.hosts, r.routes);
+    for l in &r.l4 {
+        println!("l4: {l}");
+    }
+    println!("{} hosts, {} routes, {} L4 ports", r.hosts, r.routes, r.l4.len());
 }
 
 fn init_logging(cfg: &Config) {

@@ -179,6 +179,9 @@ struct UpstreamRef {
     balance: Balance,
     /// Use the ClusterIP and Service port instead of the endpoints (`service-upstream`).
     service_upstream: bool,
+    /// A udp-services entry: the Service's and endpoints' ports must be UDP (otherwise TCP),
+    /// as ingress-nginx matches stream services by protocol too.
+    udp: bool,
 }
 
 impl UpstreamRef {
@@ -193,6 +196,9 @@ impl UpstreamRef {
         );
         if self.service_upstream {
             id.push_str("|cluster-ip");
+        }
+        if self.udp {
+            id.push_str("|udp");
         }
         id
     }
@@ -307,6 +313,12 @@ impl Compiler {
                 None => Key::new("default", name),
             };
             let Some(cm) = objs.config_maps.get(&key) else {
+                out.problems.push(Problem {
+                    kind: "ConfigMap",
+                    object: key.to_string(),
+                    severity: Severity::Warning,
+                    reason: format!("not found (named by l4.{}_services_configmap)", protocol.as_str()),
+                });
                 continue;
             };
             for (port, value) in cm.data.iter().flatten() {
@@ -401,6 +413,7 @@ impl Compiler {
                 protocol,
                 balance,
                 service_upstream,
+                udp: false,
             };
             let id = r.id();
             plan.upstreams.push((id.clone(), r));
@@ -572,13 +585,6 @@ fn l4_entry(
         Err(_) if !svc_port.is_empty() => PortRef::Name(svc_port.to_string()),
         Err(_) => return Err("the service port is missing".into()),
     };
-    let upstream = UpstreamId::format(
-        namespace,
-        service,
-        &port_ref.to_string(),
-        Protocol::Http,
-        Balance::RoundRobin,
-    );
     let r = UpstreamRef {
         namespace: namespace.into(),
         service: service.into(),
@@ -586,7 +592,9 @@ fn l4_entry(
         protocol: Protocol::Http,
         balance: Balance::RoundRobin,
         service_upstream: false,
+        udp: protocol == L4Protocol::Udp,
     };
+    let upstream = r.id();
     let svc = L4Service {
         protocol,
         port,
@@ -1008,9 +1016,14 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
     };
     let spec = svc.spec.clone().unwrap_or_default();
     let ports = spec.ports.clone().unwrap_or_default();
-    let found = ports.iter().find(|p| match &r.port {
-        PortRef::Number(n) => p.port == *n,
-        PortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
+    let transport = if r.udp { "UDP" } else { "TCP" };
+    let same_transport = |p: &Option<String>| p.as_deref().unwrap_or("TCP") == transport;
+    let found = ports.iter().find(|p| {
+        same_transport(&p.protocol)
+            && match &r.port {
+                PortRef::Number(n) => p.port == *n,
+                PortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
+            }
     });
     if spec.type_.as_deref() == Some("ExternalName") {
         let Some(name) = spec.external_name.filter(|n| !n.is_empty()) else {
@@ -1082,7 +1095,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             let Some(port) = s
                 .ports
                 .as_ref()
-                .and_then(|ps| ps.iter().find(|p| p.name.clone().unwrap_or_default() == sp_name))
+                .and_then(|ps| {
+                    ps.iter()
+                        .find(|p| p.name.clone().unwrap_or_default() == sp_name && same_transport(&p.protocol))
+                })
                 .and_then(|p| p.port)
             else {
                 continue;
@@ -1098,7 +1114,13 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
         }
     } else if let Some(legacy) = objs.endpoints.get(&key) {
         for subset in legacy.subsets.as_deref().unwrap_or_default() {
-            let ports = subset.ports.as_deref().unwrap_or_default();
+            let ports: Vec<_> = subset
+                .ports
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .filter(|p| same_transport(&p.protocol))
+                .collect();
             let port = ports
                 .iter()
                 .find(|p| p.name.clone().unwrap_or_default() == sp_name)

@@ -913,3 +913,59 @@ fn affinity_and_hash_by_reach_each_routes_policy() {
         "{r:?}"
     );
 }
+
+#[test]
+fn udp_entries_match_udp_service_ports_and_tcp_entries_tcp_ones() {
+    // A DNS Service with 53/TCP and 53/UDP going to different target ports.
+    let yaml = r#"
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: t}
+spec:
+  ports:
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 18151}
+  - {name: dns-udp, port: 53, protocol: UDP, targetPort: 18152}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: dns, namespace: t}
+subsets:
+- addresses: [{ip: 127.0.0.1}]
+  ports:
+  - {name: dns-tcp, port: 18151, protocol: TCP}
+  - {name: dns-udp, port: 18152, protocol: UDP}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: tcp-services, namespace: ingress-nginx}
+data: {"53": "t/dns:53"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: udp-services, namespace: ingress-nginx}
+data: {"53": "t/dns:53"}
+"#;
+    let mut c = Compiler::new(Options {
+        tcp_services: Some("ingress-nginx/tcp-services".into()),
+        udp_services: Some("ingress-nginx/udp-services".into()),
+        ..Options::default()
+    });
+    let out = c.compile(&objects(yaml));
+    let tcp = &out.table.upstreams[&out.table.l4["tcp/53"].upstream];
+    let udp = &out.table.upstreams[&out.table.l4["udp/53"].upstream];
+    assert_eq!(tcp.endpoints, vec![Endpoint::Addr("127.0.0.1:18151".parse().unwrap())]);
+    assert_eq!(udp.endpoints, vec![Endpoint::Addr("127.0.0.1:18152".parse().unwrap())]);
+
+    // A ConfigMap the config names but that does not exist is reported.
+    let mut c = Compiler::new(Options {
+        tcp_services: Some("ingress-nginx/tcp-servics".into()),
+        ..Options::default()
+    });
+    let out = c.compile(&objects(yaml));
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.object == "ingress-nginx/tcp-servics" && p.reason.contains("not found"))
+    );
+}
