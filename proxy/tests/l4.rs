@@ -760,3 +760,25 @@ async fn udp_sessions_move_when_their_endpoint_leaves() {
     assert_eq!(load(&stats.udp_sessions_total), 2);
     assert_eq!(load(&stats.udp_sessions_expired), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_session_to_a_refusing_endpoint_ends_at_once() {
+    // A UDP port nothing listens on: the kernel answers datagrams with ICMP port unreachable.
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_udp_port().await).parse().unwrap();
+    let port = free_udp_port().await;
+    let key = format!("udp/{port}");
+    let node = Node::start(
+        table(1, &[service(L4Protocol::Udp, port, "dns")], &[("dns", &[dead])]),
+        // A long idle timeout: only the refusal can end the session.
+        L4Settings {
+            udp_session_timeout: Duration::from_secs(600),
+            ..settings()
+        },
+    );
+    let addr = node.bound(&key).await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(b"anyone?", addr).await.unwrap();
+    let stats = node.stats(&key);
+    eventually("a session to start", || load(&stats.udp_sessions_total) == 1).await;
+    eventually("the refused session to end", || load(&stats.udp_sessions_active) == 0).await;
+}

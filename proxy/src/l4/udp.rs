@@ -18,6 +18,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -295,8 +296,14 @@ impl Session {
                     ServiceStats::add(&self.stats.bytes_in, d.len() as u64);
                     first_sent.get_or_insert_with(Instant::now);
                 }
-                r = upstream.readable() => {
-                    r.map_err(L4Error::upstream)?;
+                // ERROR too: a refused datagram (ICMP port unreachable) wakes only error
+                // interest, and the session must end now, not on the client's next datagram.
+                r = upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                    let ready = r.map_err(L4Error::upstream)?;
+                    if ready.is_error() {
+                        let e = upstream.take_error().ok().flatten().unwrap_or_else(|| std::io::Error::other("upstream socket error"));
+                        return Err(L4Error::upstream(e));
+                    }
                     // Allocated per reply (without zeroing) so an idle session holds no buffer.
                     let mut buf = Vec::with_capacity(MAX_DATAGRAM);
                     let n = match upstream.try_recv_buf(&mut buf) {
