@@ -46,98 +46,9 @@ UDP_PORTS=("$UP_UDP" "$RG_UDP" "$NGX_UDP" "$NGX_UDP_R1")
 read -ra PROXIES <<<"${PROXIES:-direct raftgate nginx haproxy}"
 read -ra SCENARIOS <<<"${SCENARIOS:-tcp-stream tcp-conn udp}"
 
-log() { printf '[l4 %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# Processes: everything started is recorded here and stopped on exit, failure included.
-
-declare -A PID=()     # name -> pid
-declare -A LOGF=()    # name -> log file
-RUN=""                # temp dir for configs, pid files, nginx temp paths, logs
-NOTE=""               # a caveat printed under the table
-
-stop() { # name: TERM the process (and, for nginx, its workers), KILL what is left after 5 s.
-    local name=$1 pid=${PID[$1]:-}
-    [[ -n $pid ]] || return 0
-    local children comm
-    children=$(pgrep -P "$pid" 2>/dev/null || true)
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
-    kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for c in $children; do # nginx workers, should the master have left them behind
-        [[ $(cat "/proc/$c/comm" 2>/dev/null) == "$comm" ]] && kill -KILL "$c" 2>/dev/null
-    done
-    unset "PID[$name]"
-}
-
-# The script's own stdout and stderr: a trap can fire while a function's output is
-# redirected to a file (run_load in measure), and cleanup must not write into that file.
-exec {OUT_FD}>&1 {ERR_FD}>&2
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    exec 1>&"$OUT_FD" 2>&"$ERR_FD"
-    local name
-    for name in "${!PID[@]}"; do
-        stop "$name"
-    done
-    if [[ -n $RUN && -d $RUN ]]; then
-        mkdir -p "$OUT/l4-logs"
-        for name in "${!LOGF[@]}"; do
-            [[ -f ${LOGF[$name]} ]] && cp "${LOGF[$name]}" "$OUT/l4-logs/$name.log"
-        done
-        [[ -f $RUN/nginx/error.log ]] && cp "$RUN/nginx/error.log" "$OUT/l4-logs/nginx-error.log"
-        rm -rf "$RUN"
-    fi
-    if ((rc != 0)); then
-        if [[ -d $OUT/l4-logs ]]; then
-            log "failed (exit $rc); server logs are in $OUT/l4-logs/"
-        else
-            log "failed (exit $rc)"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() { # name cpu cmd...: start cmd pinned to cpu, in the background, logging to $RUN/name.log
-    local name=$1 cpu=$2
-    shift 2
-    LOGF[$name]=$RUN/$name.log
-    if [[ -n $LOCK_FD ]]; then
-        # Servers must not inherit the lock: it goes when this script goes, whatever happens.
-        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 {LOCK_FD}>&- &
-    else
-        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 &
-    fi
-    PID[$name]=$!
-    log "started $name (pid ${PID[$name]}, cpu $cpu)"
-}
-
-alive() { # name: fail if the process has exited
-    local name=$1
-    if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-        tail -n 20 "${LOGF[$name]}" >&2 || true
-        die "$name exited unexpectedly; log above"
-    fi
-}
+BENCH_NAME=l4 LOG_DIR=$OUT/l4-logs ERROR_LOGS=(nginx)
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 listening() { # port: true if something listens on 127.0.0.1:port (TCP), without connecting
     local hex
@@ -179,18 +90,6 @@ cpu_split() { # "busy0 total0 user0 sys0 softirq0" "busy1 ...": "user X% sys Y% 
             100 * (y[4] - x[4]) / d, 100 * (y[5] - x[5]) / d }'
 }
 
-render() { # template output key=value...: replace @key@ placeholders
-    local tmpl=$1 out=$2
-    shift 2
-    local sed_args=() kv
-    for kv in "$@"; do
-        sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${sed_args[@]}" "$tmpl" >"$out"
-    if grep -q '@[A-Z_]*@' "$out"; then
-        die "unfilled placeholder in $out: $(grep -o '@[A-Z_]*@' "$out" | head -1)"
-    fi
-}
 
 # ---------------------------------------------------------------------------------------------
 # Tools

@@ -36,95 +36,9 @@ ALL_PORTS=("$UPSTREAM_PORT" "$RG_HTTP" "$RG_HTTPS" "$RG_ADMIN" "$NGX_HTTP" "$NGX
 read -ra PROXIES <<<"${PROXIES:-raftgate nginx haproxy}"          # which proxies to run
 read -ra SCENARIOS <<<"${SCENARIOS:-http1-keepalive tls-new-conn}" # which scenarios
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-
-# ---------------------------------------------------------------------------------------------
-# Processes: everything started is recorded here and stopped on exit, failure included.
-
-declare -A PID=()     # name -> pid
-declare -A LOGF=()    # name -> log file
-RUN=""                # temp dir for configs, certs, pid files, nginx temp paths, logs
-NOTE=""               # a caveat printed under the table
-
-stop() { # name: TERM the process (and, for nginx, its workers), KILL what is left after 5 s.
-    local name=$1 pid=${PID[$1]:-}
-    [[ -n $pid ]] || return 0
-    local children comm
-    children=$(pgrep -P "$pid" 2>/dev/null || true)
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
-    kill -TERM "$pid" 2>/dev/null || true
-    local i
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) ignored SIGTERM for 5 s; killing it"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    for c in $children; do # nginx workers, should the master have left them behind
-        [[ $(cat "/proc/$c/comm" 2>/dev/null) == "$comm" ]] && kill -KILL "$c" 2>/dev/null
-    done
-    unset "PID[$name]"
-}
-
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    local name
-    for name in "${!PID[@]}"; do
-        stop "$name"
-    done
-    if [[ -n $RUN && -d $RUN ]]; then
-        mkdir -p "$OUT/logs"
-        for name in "${!LOGF[@]}"; do
-            [[ -f ${LOGF[$name]} ]] && cp "${LOGF[$name]}" "$OUT/logs/$name.log"
-        done
-        for name in upstream nginx; do
-            [[ -f $RUN/$name/error.log ]] && cp "$RUN/$name/error.log" "$OUT/logs/$name-error.log"
-        done
-        rm -rf "$RUN"
-    fi
-    if ((rc != 0)); then
-        if [[ -d $OUT/logs ]]; then
-            log "failed (exit $rc); server logs are in $OUT/logs/"
-        else
-            log "failed (exit $rc)"
-        fi
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() { # name cpu cmd...: start cmd pinned to cpu, in the background, logging to $RUN/name.log
-    local name=$1 cpu=$2
-    shift 2
-    LOGF[$name]=$RUN/$name.log
-    if [[ -n $LOCK_FD ]]; then
-        # Servers must not inherit the lock: it goes when this script goes, whatever happens.
-        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 {LOCK_FD}>&- &
-    else
-        taskset -c "$cpu" "$@" >"${LOGF[$name]}" 2>&1 &
-    fi
-    PID[$name]=$!
-    log "started $name (pid ${PID[$name]}, cpu $cpu)"
-}
-
-alive() { # name: fail if the process has exited
-    local name=$1
-    if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-        tail -n 20 "${LOGF[$name]}" >&2 || true
-        die "$name exited unexpectedly; log above"
-    fi
-}
+BENCH_NAME=bench LOG_DIR=$OUT/logs ERROR_LOGS=(upstream nginx)
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 wait_ready() { # name want-status url [curl args...]: poll until url answers want-status (bounded)
     local name=$1 want=$2 url=$3
@@ -151,18 +65,6 @@ cpu_pct() { # "busy0 total0" "busy1 total1": busy percent in between
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-render() { # template output key=value...: replace @key@ placeholders
-    local tmpl=$1 out=$2
-    shift 2
-    local sed_args=() kv
-    for kv in "$@"; do
-        sed_args+=(-e "s|@${kv%%=*}@|${kv#*=}|g")
-    done
-    sed "${sed_args[@]}" "$tmpl" >"$out"
-    if grep -q '@[A-Z]*@' "$out"; then
-        die "unfilled placeholder in $out: $(grep -o '@[A-Z]*@' "$out" | head -1)"
-    fi
-}
 
 # ---------------------------------------------------------------------------------------------
 # Tools
