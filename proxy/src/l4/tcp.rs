@@ -91,10 +91,9 @@ async fn connection(
     stats: &ServiceStats,
 ) -> Result<(), L4Error> {
     let _ = client.set_nodelay(true);
-    let local = client.local_addr().map_err(L4Error::client)?;
     // On a dual-stack socket an IPv4 client shows as `::ffff:a.b.c.d`: pass on `a.b.c.d`.
     let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-    let (peer, local) = (canonical(peer), canonical(local));
+    let peer = canonical(peer);
     // The service and its endpoints as of this connection.
     let snap = ctx.dataplane.snapshot();
     let svc = snap
@@ -102,7 +101,9 @@ async fn connection(
         .l4
         .get(key)
         .ok_or_else(|| L4Error::ServiceGone { key: key.to_string() })?;
-    let (mut source, mut destination) = (peer, local);
+    // The destination is read from the socket only if a PROXY header goes upstream (it
+    // costs a getsockname per connection).
+    let (mut source, mut destination) = (peer, None);
     let mut early = Vec::new();
     if svc.proxy_protocol_in {
         let (header, rest) = match read_proxy_header(&mut client, peer, ctx.settings.proxy_protocol_timeout).await {
@@ -115,7 +116,7 @@ async fn connection(
         // LOCAL and UNKNOWN headers mean: use the connection's own addresses.
         if let (Some(s), Some(d)) = (header.source, header.destination) {
             source = s;
-            destination = d;
+            destination = Some(d);
         }
         early = rest;
     }
@@ -145,6 +146,10 @@ async fn connection(
     drop(snap);
     let _in_flight = endpoint.start();
     if proxy_out {
+        let destination = match destination {
+            Some(d) => d,
+            None => canonical(client.local_addr().map_err(L4Error::client)?),
+        };
         server
             .write_all(&proxy_protocol::encode_v1(source, destination))
             .await
@@ -297,9 +302,11 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    // Read into spare capacity: nothing to zero on every new connection.
+    let mut buf = Vec::with_capacity(BUF);
     loop {
-        let n = r.read(&mut buf).await.map_err(read_err)?;
+        buf.clear();
+        let n = r.read_buf(&mut buf).await.map_err(read_err)?;
         activity.mark();
         if n == 0 {
             // Half-close: pass the EOF on and keep the other direction going. The peer
