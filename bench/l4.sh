@@ -424,24 +424,7 @@ main() {
     done
     build
 
-    if ((HOLD_CARGO_LOCK)); then
-        log "waiting for $CARGO_LOCK (held while measuring; HOLD_CARGO_LOCK=0 to skip)"
-        exec {LOCK_FD}>>"$CARGO_LOCK"
-        # In the background, so that Ctrl-C is not held up until the lock comes.
-        flock -w "$LOCK_WAIT" "$LOCK_FD" &
-        PID[lock-wait]=$!
-        if wait "${PID[lock-wait]}"; then
-            log "got the lock"
-        else
-            log "warning: no lock after ${LOCK_WAIT}s; measuring while cargo may be running"
-            exec {LOCK_FD}>&-
-            LOCK_FD=""
-            NOTE="measured WITHOUT the cargo lock: builds may have competed for the cores"
-        fi
-        unset 'PID[lock-wait]'
-    else
-        NOTE="measured without the cargo lock (HOLD_CARGO_LOCK=0): builds may have competed for the cores"
-    fi
+    hold_cargo_lock
 
     mkdir -p "$OUT"
     rm -rf "$OUT/l4-logs"

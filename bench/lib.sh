@@ -110,3 +110,26 @@ render() { # template output key=value...: replace @key@ placeholders
         die "unfilled placeholder in $out: $(grep -o '@[A-Z_]*@' "$out" | head -1)"
     fi
 }
+
+# Takes the cargo lock (if HOLD_CARGO_LOCK) so builds and tests wait instead of competing for
+# the cores while measuring; sets NOTE when measuring without it.
+hold_cargo_lock() {
+    if ((HOLD_CARGO_LOCK)); then
+        log "waiting for $CARGO_LOCK (held while measuring; HOLD_CARGO_LOCK=0 to skip)"
+        exec {LOCK_FD}>>"$CARGO_LOCK"
+        # In the background, so that Ctrl-C is not held up until the lock comes.
+        flock -w "$LOCK_WAIT" "$LOCK_FD" &
+        PID[lock-wait]=$!
+        if wait "${PID[lock-wait]}"; then
+            log "got the lock"
+        else
+            log "warning: no lock after ${LOCK_WAIT}s; measuring while cargo may be running"
+            exec {LOCK_FD}>&-
+            LOCK_FD=""
+            NOTE="measured WITHOUT the cargo lock: builds may have competed for the cores"
+        fi
+        unset 'PID[lock-wait]'
+    else
+        NOTE="measured without the cargo lock (HOLD_CARGO_LOCK=0): builds may have competed for the cores"
+    fi
+}

@@ -11,14 +11,6 @@ use http::Request;
 use http::StatusCode;
 use http_body_util::Full;
 
-fn ann(pairs: &[(&str, &str)]) -> String {
-    let body: String = pairs
-        .iter()
-        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
-        .collect();
-    format!("  annotations:\n{body}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_app_root_and_force_ssl_redirect() {
     let web = Echo::start("web").await;

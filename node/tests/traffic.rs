@@ -20,14 +20,6 @@ use raftgate_proxy::upstream::endpoint_hash;
 use raftgate_proxy::upstream::hash64;
 use raftgate_proxy::upstream::rendezvous;
 
-fn ann(pairs: &[(&str, &str)]) -> String {
-    let body: String = pairs
-        .iter()
-        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
-        .collect();
-    format!("  annotations:\n{body}")
-}
-
 /// A GET with extra headers.
 async fn get_with(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut req = Request::get(path).header("host", host);

@@ -163,9 +163,11 @@ pub async fn handle(
             return Ok(log.finish(resp));
         }
     }
+    // The client's address, as the access checks, hash-by and forwarded headers see it.
+    let client = client_ip(&snap, &conn, req.headers());
     // The access phase: limits, allowlist, basic auth.
     if let Some(access) = entry.and_then(|e| snap.access(e.id)) {
-        match access.admit(client_ip(&snap, &conn, req.headers()).0, Instant::now()) {
+        match access.admit(client.0, Instant::now()) {
             Ok(admission) => log.admission = admission,
             Err(denied) => return Ok(log.finish(deny(denied))),
         }
@@ -197,7 +199,7 @@ pub async fn handle(
         source: entry.map(|e| e.route.source.clone()).unwrap_or_default(),
         upstream: upstream.to_string(),
     });
-    let mut resp = match proxy(&dp, &snap, &conn, req, &choice, policy, rewrite, &host, log).await {
+    let mut resp = match proxy(&dp, &snap, &conn, req, &choice, policy, rewrite, &host, client, log).await {
         Ok(resp) => resp,
         Err((e, log)) => {
             tracing::debug!(upstream = %upstream, error = %e, "request failed");
@@ -239,6 +241,7 @@ async fn proxy(
     policy: &RoutePolicy,
     rewrite: Option<&(regex::Regex, String)>,
     host: &HeaderValue,
+    (client, trusted): (std::net::IpAddr, bool),
     mut log: RequestLog,
 ) -> Result<Response<Body>, (ProxyError, RequestLog)> {
     // `default-backend`: a Service with no ready endpoints hands over to the fallback.
@@ -263,7 +266,6 @@ async fn proxy(
     // Their keys come from the request as the client sent it (before any rewrite).
     let keyed = choice.affinity.is_some() || choice.hash_by.is_some();
     let mut pick = if keyed && upstream_id == choice.upstream {
-        let client = client_ip(snap, conn, req.headers()).0;
         Pick::new(choice, req.headers(), req.uri(), client, host_str)
     } else {
         Pick::Balance
@@ -326,7 +328,6 @@ async fn proxy(
     } else if !headers.contains_key(header::HOST) && !host.is_empty() {
         headers.insert(header::HOST, host.clone());
     }
-    let (client, trusted) = client_ip(snap, conn, headers);
     add_forwarded(headers, conn, host, client, trusted);
     if let Some(prefix) = policy
         .forwarded_prefix

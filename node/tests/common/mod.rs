@@ -186,6 +186,15 @@ pub fn ingress(ns: &str, name: &str, host: &str, paths: &[(&str, &str, &str)], e
     )
 }
 
+/// An `annotations:` block (for `ingress`'s extra metadata) with `nginx.ingress.kubernetes.io/` keys.
+pub fn ann(pairs: &[(&str, &str)]) -> String {
+    let body: String = pairs
+        .iter()
+        .map(|(k, v)| format!("    nginx.ingress.kubernetes.io/{k}: \"{v}\"\n"))
+        .collect();
+    format!("  annotations:\n{body}")
+}
+
 /// A node serving a temp manifests directory, on loopback port 0.
 pub struct Harness {
     pub dir: tempfile::TempDir,
