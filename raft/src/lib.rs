@@ -5,10 +5,18 @@
 //! batch, and reports each change through [`StateEvent`]s, starting with everything already on
 //! disk so a member serves its last state before it hears from any peer.
 
+pub mod codec;
 pub mod error;
+pub mod network;
+pub mod node;
+mod server;
+pub mod stats;
 pub mod store;
+pub mod tls;
 pub mod types;
 
 pub use error::Error;
+pub use node::{MemberView, NodeStatus, RaftNode, Settings};
 pub use store::{LogStore, StateEvent, StateMachine};
+pub use tls::PeerTls;
 pub use types::{Applied, Batch, Change, Member, NodeId, Raft, TypeConfig, Value};

@@ -35,6 +35,7 @@ use crate::types::{Applied, Change, Member, NodeId, TypeConfig, Value};
 
 type C<V> = TypeConfig<V>;
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
+type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
 
 const VOTE: &[u8] = b"vote";
 const COMMITTED: &[u8] = b"committed";
@@ -358,7 +359,7 @@ impl<V: Value> StateMachine<V> {
         Ok((version, entries))
     }
 
-    fn applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>), AnyError> {
+    fn applied(&self) -> Result<AppliedState, AnyError> {
         let applied: Option<LogId<NodeId>> = read_json(&self.sm, APPLIED)?;
         let membership = read_json(&self.sm, MEMBERSHIP)?.unwrap_or_default();
         Ok((applied, membership))
@@ -375,7 +376,7 @@ impl<V: Value> StateMachine<V> {
 impl<V: Value> RaftStateMachine<C<V>> for StateMachine<V> {
     type SnapshotBuilder = SnapshotBuilder<V>;
 
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+    async fn applied_state(&mut self) -> StorageResult<AppliedState> {
         Ok(self.applied().map_err(StorageIOError::read_state_machine)?)
     }
 
@@ -491,14 +492,7 @@ impl<V: Value> RaftStateMachine<C<V>> for StateMachine<V> {
     }
 }
 
-type ReadState<V> = Result<
-    (
-        (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>),
-        u64,
-        BTreeMap<String, V>,
-    ),
-    AnyError,
->;
+type ReadState<V> = Result<(AppliedState, u64, BTreeMap<String, V>), AnyError>;
 
 /// Serializes the state read when openraft asked for a builder, and stores it as the current snapshot.
 pub struct SnapshotBuilder<V> {

@@ -1,5 +1,7 @@
 //! openraft's storage test suite against the sled store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use openraft::StorageError;
 use openraft::testing::{StoreBuilder, Suite};
 use raftgate_raft::store::{self, LogStore, StateMachine};

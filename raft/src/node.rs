@@ -1,0 +1,634 @@
+//! A running member: openraft with sled storage, the gRPC server, membership changes, leadership and status.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::error::Error;
+use crate::network::{self, Channels, JoinRequest, Network, RemoveRequest};
+use crate::server;
+use crate::stats::Stats;
+use crate::store::{self, StateEvent};
+use crate::tls::PeerTls;
+use crate::types::{Applied, Batch, Change, Member, NodeId, Raft, Value};
+
+/// How a member is set up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub id: NodeId,
+    /// The Raft gRPC listener.
+    pub listen: SocketAddr,
+    /// How peers reach this member, and its admin address.
+    pub member: Member,
+    /// sled lives in `<data_dir>/raft`.
+    pub data_dir: PathBuf,
+    /// Mutual TLS material; `None` is the explicit insecure mode.
+    pub tls: Option<PeerTls>,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Take a snapshot every this many applied entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, for followers slightly behind.
+    pub logs_to_keep: u64,
+}
+
+impl Settings {
+    /// Defaults for a member with this id, listener and data dir.
+    pub fn new(id: NodeId, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            id,
+            listen,
+            member: Member {
+                addr: listen.to_string(),
+                admin: String::new(),
+            },
+            data_dir,
+            tls: None,
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_every: 1000,
+            logs_to_keep: 100,
+        }
+    }
+}
+
+/// One member's view of itself, as `/api/v1/status`, `ctl status` and the Health RPC show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub admin: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub last_applied_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
+    /// The config version this member has applied and serves.
+    pub config_version: u64,
+    /// Whether it is in touch with a leader that has a quorum (or is that leader).
+    pub quorum_contact: bool,
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// Every member as seen from here: its own status, or why it could not be asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    pub id: NodeId,
+    pub member: Member,
+    pub voter: bool,
+    pub status: Option<NodeStatus>,
+    pub error: Option<String>,
+}
+
+/// A running member. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftNode<V: Value> {
+    pub(crate) inner: Arc<Inner<V>>,
+}
+
+impl<V: Value> std::fmt::Debug for RaftNode<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode").field("id", &self.inner.id).finish()
+    }
+}
+
+pub(crate) struct Inner<V: Value> {
+    pub(crate) id: NodeId,
+    pub(crate) member: Member,
+    pub(crate) raft: Raft<V>,
+    pub(crate) channels: Channels,
+    pub(crate) version: Arc<AtomicU64>,
+    pub(crate) stats: Arc<Stats>,
+    change_lock: Mutex<()>,
+    /// When this member last took an AppendEntries from a leader.
+    pub(crate) last_append: std::sync::Mutex<Option<Instant>>,
+    leading: watch::Sender<bool>,
+    contact: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    lease: Duration,
+}
+
+impl<V: Value> RaftNode<V> {
+    /// Open storage, start openraft and the gRPC server. The receiver yields the state on disk
+    /// first, then every applied change.
+    pub async fn start(settings: Settings) -> Result<(Self, mpsc::UnboundedReceiver<StateEvent<V>>), Error> {
+        let (log, mut sm) = store::open::<V>(&settings.data_dir)?;
+        let events = sm.subscribe()?;
+        let version = sm.version_handle();
+        let config = openraft::Config {
+            cluster_name: "raftgate".into(),
+            heartbeat_interval: settings.heartbeat.as_millis() as u64,
+            election_timeout_min: settings.election_timeout_min.as_millis() as u64,
+            election_timeout_max: settings.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every.max(1)),
+            max_in_snapshot_log_to_keep: settings.logs_to_keep,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Raft(format!("raft settings: {e}")))?;
+        let channels = Channels::new(settings.tls.clone());
+        let stats = Arc::new(Stats::default());
+        let network = Network::<V>::new(settings.id, channels.clone(), stats.clone());
+        let raft = openraft::Raft::new(settings.id, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: settings.listen.to_string(),
+                source,
+            })?;
+        if settings.tls.is_none() {
+            tracing::warn!(
+                listen = %settings.listen,
+                "raft peer traffic is NOT authenticated or encrypted (raft.insecure = true): anyone who reaches this port can rewrite the routing state"
+            );
+        }
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: settings.id,
+            member: settings.member.clone(),
+            raft,
+            channels,
+            version,
+            stats,
+            change_lock: Mutex::new(()),
+            last_append: std::sync::Mutex::new(None),
+            leading: watch::channel(false).0,
+            contact: watch::channel(false).0,
+            shutdown,
+            lease: settings.election_timeout_min / 2,
+        });
+        server::spawn(inner.clone(), listener, settings.tls.clone(), shutdown_rx.clone())?;
+        tokio::spawn(watch_leadership(inner.clone(), settings.heartbeat, shutdown_rx));
+        Ok((Self { inner }, events))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn raft(&self) -> &Raft<V> {
+        &self.inner.raft
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// The config version applied on this member.
+    pub fn version(&self) -> u64 {
+        self.inner.version.load(Ordering::Acquire)
+    }
+
+    /// True while this member is the leader and a quorum acknowledged it within the lease
+    /// (half the minimum election timeout), so no other member can have been elected meanwhile.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.inner.leading.subscribe()
+    }
+
+    /// True while this member is in touch with a leader that has a quorum.
+    pub fn quorum_contact(&self) -> watch::Receiver<bool> {
+        self.inner.contact.subscribe()
+    }
+
+    /// Start a new group with this member as its only voter, unless the storage already
+    /// belongs to a group. Returns whether it initialized.
+    pub async fn bootstrap(&self) -> Result<bool, Error> {
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(|e| Error::Raft(e.to_string()))? {
+            return Ok(false);
+        }
+        let members = BTreeMap::from([(self.inner.id, self.inner.member.clone())]);
+        raft.initialize(members).await.map_err(|e| Error::Raft(e.to_string()))?;
+        tracing::info!(
+            id = self.inner.id,
+            "initialized a new raft group with this member as its first voter"
+        );
+        Ok(true)
+    }
+
+    /// Whether this member's storage names it in a membership already.
+    pub fn is_member(&self) -> bool {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.inner.id)
+            .is_some()
+    }
+
+    /// Ask the group, through any of `seeds`, to add this member; retries until it is in or
+    /// shutdown. A member already in the membership does nothing.
+    pub async fn join(&self, seeds: &[String], learner_only: bool) -> Result<(), Error> {
+        let req = JoinRequest {
+            id: self.inner.id,
+            member: self.inner.member.clone(),
+            learner_only,
+        };
+        let body = network::encode(&req).map_err(|s| Error::Raft(s.message().to_string()))?;
+        let mut shutdown = self.inner.shutdown.subscribe();
+        loop {
+            if self.is_member() {
+                return Ok(());
+            }
+            for seed in seeds {
+                match self
+                    .inner
+                    .channels
+                    .call(seed, network::JOIN, body.clone(), Duration::from_secs(60))
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(id = self.inner.id, via = %seed, "joined the raft group");
+                        return Ok(());
+                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        return Err(Error::Refused(s.message().to_string()));
+                    }
+                    Err(s) => tracing::warn!(via = %seed, error = %s.message(), "join failed; will retry"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return Err(Error::Raft("shut down before joining".into())),
+            }
+        }
+    }
+
+    /// Propose a batch on this member, which must be the leader.
+    pub async fn propose(&self, changes: Vec<Change<V>>) -> Result<Applied, Error> {
+        let resp = self
+            .inner
+            .raft
+            .client_write(Batch { changes })
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(resp.data)
+    }
+
+    /// Propose a batch through the leader, wherever it is.
+    pub async fn write(&self, changes: Vec<Change<V>>) -> Result<Applied, Error> {
+        let body = network::encode(&Batch { changes }).map_err(|s| Error::Raft(s.message().to_string()))?;
+        let reply = self
+            .inner
+            .handle_app(network::WRITE, body, false)
+            .await
+            .map_err(status_error)?;
+        network::decode(&reply).map_err(|s| Error::Raft(s.message().to_string()))
+    }
+
+    /// Add a member through the leader (as learner, then voter unless `learner_only`).
+    pub async fn add_member(&self, id: NodeId, member: Member, learner_only: bool) -> Result<(), Error> {
+        let req = JoinRequest {
+            id,
+            member,
+            learner_only,
+        };
+        let body = network::encode(&req).map_err(|s| Error::Raft(s.message().to_string()))?;
+        self.inner
+            .handle_app(network::JOIN, body, false)
+            .await
+            .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// Remove a member through the leader. A member that does not answer needs `force`.
+    pub async fn remove_member(&self, id: NodeId, force: bool) -> Result<(), Error> {
+        let body = network::encode(&RemoveRequest { id, force }).map_err(|s| Error::Raft(s.message().to_string()))?;
+        self.inner
+            .handle_app(network::REMOVE, body, false)
+            .await
+            .map_err(status_error)?;
+        Ok(())
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.inner.status()
+    }
+
+    /// Every member of the membership, asked over the Health RPC (this member answers locally).
+    pub async fn cluster(&self) -> Vec<MemberView> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();
+        let mut asks = Vec::new();
+        for (id, member) in m.membership().nodes() {
+            let (id, member, voter) = (*id, member.clone(), voters.contains(id));
+            let inner = self.inner.clone();
+            asks.push(async move {
+                let (status, error) = if id == inner.id {
+                    (Some(inner.status()), None)
+                } else {
+                    match inner.probe(&member.addr).await {
+                        Ok(s) => (Some(s), None),
+                        Err(e) => (None, Some(e)),
+                    }
+                };
+                MemberView {
+                    id,
+                    member,
+                    voter,
+                    status,
+                    error,
+                }
+            });
+        }
+        futures_util::future::join_all(asks).await
+    }
+
+    /// Stop the server and openraft.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}
+
+fn status_error(s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::FailedPrecondition => Error::Refused(s.message().to_string()),
+        tonic::Code::Unavailable => Error::NoLeader,
+        _ => Error::Raft(s.message().to_string()),
+    }
+}
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+impl<V: Value> Inner<V> {
+    pub(crate) fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        NodeStatus {
+            id: self.id,
+            addr: self.member.addr.clone(),
+            admin: self.member.admin.clone(),
+            role: role(m.state).to_string(),
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            config_version: self.version.load(Ordering::Acquire),
+            quorum_contact: *self.contact.borrow(),
+            voters,
+            learners,
+            members: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+        }
+    }
+
+    pub(crate) async fn probe(&self, addr: &str) -> Result<NodeStatus, String> {
+        let bytes = self
+            .channels
+            .call(addr, network::HEALTH, bytes::Bytes::new(), Duration::from_millis(800))
+            .await
+            .map_err(|s| s.message().to_string())?;
+        network::decode(&bytes).map_err(|s| s.message().to_string())
+    }
+
+    fn leader_addr(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    /// Join, Remove and Write: handled here on the leader, otherwise forwarded to it once.
+    pub(crate) async fn handle_app(
+        &self,
+        path: &'static str,
+        body: bytes::Bytes,
+        forwarded: bool,
+    ) -> Result<bytes::Bytes, tonic::Status> {
+        let Some((leader, addr)) = self.leader_addr() else {
+            return Err(tonic::Status::unavailable("no leader is known yet"));
+        };
+        if leader != self.id {
+            if forwarded {
+                return Err(tonic::Status::unavailable(format!(
+                    "not the leader; member {leader} is"
+                )));
+            }
+            return self
+                .channels
+                .call_forwarded(&addr, path, body, Duration::from_secs(60))
+                .await;
+        }
+        match path {
+            network::JOIN => {
+                let req: JoinRequest = network::decode(&body)?;
+                self.add_local(req).await?;
+                Ok(bytes::Bytes::new())
+            }
+            network::REMOVE => {
+                let req: RemoveRequest = network::decode(&body)?;
+                self.remove_local(req).await?;
+                Ok(bytes::Bytes::new())
+            }
+            network::WRITE => {
+                let batch: Batch<V> = network::decode(&body)?;
+                let resp = self
+                    .raft
+                    .client_write(batch)
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                network::encode(&resp.data)
+            }
+            _ => Err(tonic::Status::unimplemented(path)),
+        }
+    }
+
+    /// How many of `voters` answer (this member always does).
+    async fn reachable(&self, voters: &BTreeSet<NodeId>, nodes: &BTreeMap<NodeId, Member>) -> usize {
+        let asks = voters.iter().map(|id| async move {
+            if *id == self.id {
+                return true;
+            }
+            match nodes.get(id) {
+                Some(n) => self.probe(&n.addr).await.is_ok(),
+                None => false,
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    async fn add_local(&self, req: JoinRequest) -> Result<(), tonic::Status> {
+        let _one_at_a_time = self.change_lock.lock().await;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        if let Some(existing) = membership.get_node(&req.id)
+            && existing.addr != req.member.addr
+        {
+            return Err(tonic::Status::failed_precondition(format!(
+                "member {} is already in the group at {}; remove it first to re-add it at {}",
+                req.id, existing.addr, req.member.addr
+            )));
+        }
+        let is_voter = membership.voter_ids().any(|v| v == req.id);
+        if is_voter {
+            return Ok(());
+        }
+        tracing::info!(id = req.id, addr = %req.member.addr, "adding member as a learner");
+        self.raft
+            .add_learner(req.id, req.member.clone(), true)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        if req.learner_only {
+            return Ok(());
+        }
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        voters.insert(req.id);
+        let mut nodes: BTreeMap<NodeId, Member> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        nodes.insert(req.id, req.member.clone());
+        let up = self.reachable(&voters, &nodes).await;
+        if up * 2 <= voters.len() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "adding voter {} would leave {up} of {} voters reachable, short of a quorum; it stays a learner",
+                req.id,
+                voters.len()
+            )));
+        }
+        tracing::info!(id = req.id, "promoting learner to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([req.id])), false)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    async fn remove_local(&self, req: RemoveRequest) -> Result<(), tonic::Status> {
+        let _one_at_a_time = self.change_lock.lock().await;
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        let Some(node) = membership.get_node(&req.id).cloned() else {
+            return Err(tonic::Status::failed_precondition(format!(
+                "{} is not a member of the group",
+                req.id
+            )));
+        };
+        let mut voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let was_voter = voters.remove(&req.id);
+        if was_voter && voters.is_empty() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "{} is the last voter; removing it would leave no group",
+                req.id
+            )));
+        }
+        if !req.force && req.id != self.id && self.probe(&node.addr).await.is_err() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "member {} at {} does not answer; to remove a dead member, pass force",
+                req.id, node.addr
+            )));
+        }
+        if was_voter {
+            let nodes: BTreeMap<NodeId, Member> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+            let up = self.reachable(&voters, &nodes).await;
+            if up * 2 <= voters.len() {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "removing {} would leave {up} of {} remaining voters reachable, short of a quorum",
+                    req.id,
+                    voters.len()
+                )));
+            }
+        }
+        tracing::info!(id = req.id, force = req.force, "removing member");
+        let change = if was_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([req.id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Keeps `leading` and `contact` true only while they hold, including when no event arrives
+/// (a partitioned leader hears nothing, so its lease must run out by the clock).
+async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut metrics = inner.raft.metrics();
+    let mut last_ack: Option<Instant> = None;
+    let mut last_leader = None;
+    let mut last_snapshot = None;
+    let contact_window = inner.lease * 6;
+    loop {
+        let now = Instant::now();
+        let m = metrics.borrow_and_update().clone();
+        let is_leader = m.state == ServerState::Leader && m.current_leader == Some(inner.id);
+        let sole_voter = {
+            let mut voters = m.membership_config.membership().voter_ids();
+            voters.next() == Some(inner.id) && voters.next().is_none()
+        };
+        if is_leader {
+            if let Some(ms) = m.millis_since_quorum_ack {
+                let at = now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
+                last_ack = Some(last_ack.map_or(at, |prev: Instant| prev.max(at)));
+            }
+        } else {
+            last_ack = None;
+        }
+        let lease_ok = sole_voter || last_ack.is_some_and(|t| now.duration_since(t) < inner.lease);
+        let leading = is_leader && lease_ok;
+        let heard = inner
+            .last_append
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .is_some_and(|t| now.duration_since(t) < contact_window);
+        let contact = leading || (!is_leader && m.current_leader.is_some() && heard);
+        inner
+            .leading
+            .send_if_modified(|v| std::mem::replace(v, leading) != leading);
+        inner
+            .contact
+            .send_if_modified(|v| std::mem::replace(v, contact) != contact);
+        if m.current_leader != last_leader {
+            if m.current_leader.is_some() {
+                inner.stats.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
+            last_leader = m.current_leader;
+        }
+        if m.snapshot != last_snapshot {
+            if m.snapshot.is_some() {
+                inner.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+            }
+            last_snapshot = m.snapshot;
+        }
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(tick / 2) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
