@@ -1,4 +1,4 @@
-//! The admin API: `/healthz`, `/readyz`, Prometheus `/metrics` and `/api/v1/status`.
+//! The admin API: `/healthz`, `/readyz`, Prometheus `/metrics`, `/api/v1/status`, and in Raft mode the cluster and its members.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -38,7 +38,13 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                async move {
+                    let path = req.uri().path();
+                    if path == "/api/v1/cluster" || path.starts_with("/api/v1/members") {
+                        return Ok::<_, Infallible>(members(&state, req).await);
+                    }
+                    Ok::<_, Infallible>(route(&state, &req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -92,6 +98,9 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "raftgate_config_problems{{severity=\"warning\"}} {}",
                 count(Severity::Warning)
             );
+            if let Some(c) = state.cluster() {
+                render_raft(&mut out, c);
+            }
             let _ = writeln!(
                 out,
                 "# HELP raftgate_build_info Build information.\n# TYPE raftgate_build_info gauge"
@@ -110,7 +119,15 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/api/v1/status" => {
             let snap = state.dataplane.snapshot();
+            let raft = state.cluster().map(|c| {
+                serde_json::json!({
+                    "member": c.raft.status(),
+                    "source_running": c.source.running(),
+                    "source_runs": c.source.runs(),
+                })
+            });
             let body = serde_json::json!({
+                "raft": raft,
                 "node_id": state.node_id,
                 "ready": state.is_ready(),
                 "config_version": snap.table.version,
@@ -148,4 +165,165 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = text(status, format!("{body:#}\n"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": message.to_string() }))
+}
+
+/// A member to add, as `POST /api/v1/members` takes it.
+#[derive(Debug, serde::Deserialize)]
+struct AddMember {
+    id: u64,
+    addr: String,
+    #[serde(default)]
+    admin: String,
+    #[serde(default)]
+    learner: bool,
+}
+
+/// `GET /api/v1/cluster`, `POST /api/v1/members`, `DELETE /api/v1/members/<id>[?force=true]`.
+async fn members(state: &NodeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let Some(cluster) = state.cluster() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node runs without a raft group (no raft section in its config)",
+        );
+    };
+    let raft = &cluster.raft;
+    let refused = |e: raftgate_raft::Error| match e {
+        raftgate_raft::Error::Refused(_) => error(StatusCode::CONFLICT, e),
+        raftgate_raft::Error::NoLeader => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        _ => error(StatusCode::BAD_GATEWAY, e),
+    };
+    let path = req.uri().path().to_string();
+    let force = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force=true" || kv == "force"));
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/api/v1/cluster") => {
+            let members = raft.cluster().await;
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "this": raft.status(), "members": members }),
+            )
+        }
+        (Method::POST, "/api/v1/members") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            let add: AddMember = match serde_json::from_slice(&body) {
+                Ok(a) => a,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("expected {{\"id\", \"addr\"}}: {e}")),
+            };
+            let member = raftgate_raft::Member {
+                addr: add.addr,
+                admin: add.admin,
+            };
+            match raft.add_member(add.id, member, add.learner).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "added": add.id })),
+                Err(e) => refused(e),
+            }
+        }
+        (Method::DELETE, p) if p.starts_with("/api/v1/members/") => {
+            let Ok(id) = p["/api/v1/members/".len()..].parse::<u64>() else {
+                return error(StatusCode::BAD_REQUEST, "expected /api/v1/members/<numeric id>");
+            };
+            match raft.remove_member(id, force).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": id })),
+                Err(e) => refused(e),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+fn render_raft(out: &mut String, c: &crate::cluster::ClusterState) {
+    let s = c.raft.status();
+    let stats = c.raft.stats();
+    let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    };
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    gauge(out, "raftgate_raft_term", "Current Raft term.", s.term);
+    let _ = writeln!(
+        out,
+        "# HELP raftgate_raft_role This member's role (1 for the current one).\n# TYPE raftgate_raft_role gauge"
+    );
+    for role in ["leader", "follower", "candidate", "learner", "shutdown"] {
+        let _ = writeln!(
+            out,
+            "raftgate_raft_role{{role=\"{role}\"}} {}",
+            u8::from(s.role == role)
+        );
+    }
+    gauge(
+        out,
+        "raftgate_raft_quorum_contact",
+        "1 while this member is in touch with a leader that has a quorum (or is that leader).",
+        u64::from(s.quorum_contact),
+    );
+    gauge(
+        out,
+        "raftgate_raft_source_running",
+        "1 while this member runs the config source (the leader, with a valid lease).",
+        u64::from(c.source.running()),
+    );
+    let last_log = s.last_log_index.unwrap_or(0);
+    let applied = s.last_applied_index.unwrap_or(0);
+    gauge(
+        out,
+        "raftgate_raft_last_log_index",
+        "Index of the last entry in this member's log.",
+        last_log,
+    );
+    gauge(
+        out,
+        "raftgate_raft_last_applied_index",
+        "Index of the last entry applied here.",
+        applied,
+    );
+    gauge(
+        out,
+        "raftgate_raft_apply_lag_entries",
+        "Entries in the log not applied yet.",
+        last_log.saturating_sub(applied),
+    );
+    counter(
+        out,
+        "raftgate_raft_leader_changes_total",
+        "Times a new leader became known to this member.",
+        stats.leader_changes.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "raftgate_raft_snapshots_total",
+        "Snapshots built or installed by this member.",
+        stats.snapshots.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let (buckets, count, sum) = stats.append_latency.read();
+    let name = "raftgate_raft_append_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} AppendEntries round trips sent as leader, including the follower's fsync.\n# TYPE {name} histogram"
+    );
+    for (le, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+    );
 }

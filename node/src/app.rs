@@ -27,6 +27,8 @@ use tokio::sync::Notify;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::ClusterState;
+use crate::cluster::RaftSink;
 use crate::compiler::Compiler;
 use crate::compiler::Options;
 use crate::compiler::Problem;
@@ -56,6 +58,8 @@ pub enum NodeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Raft(#[from] raftgate_raft::Error),
 }
 
 /// A listener as reported by the status API.
@@ -78,12 +82,25 @@ pub struct NodeState {
     source_errors: Mutex<Vec<String>>,
     /// Set once the L4 manager runs, for metrics and status.
     l4: Mutex<Option<Arc<raftgate_proxy::l4::Manager>>>,
+    /// Set in Raft mode.
+    cluster: std::sync::OnceLock<Arc<ClusterState>>,
 }
 
 impl NodeState {
     /// The first table has been installed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            self.ready_notify.notify_waiters();
+        }
+    }
+
+    /// This node's Raft membership, in Raft mode.
+    pub fn cluster(&self) -> Option<&Arc<ClusterState>> {
+        self.cluster.get()
     }
 
     /// Files or objects the source could not read, as of the last change.
@@ -194,6 +211,7 @@ impl Node {
             problems: Mutex::new(Vec::new()),
             source_errors: Mutex::new(Vec::new()),
             l4: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {
@@ -232,24 +250,64 @@ impl Node {
             drain_rx.clone(),
         )));
 
-        let compiler = Compiler::new(Options::from_config(&cfg));
         let Source::Manifests { path, poll_interval } = cfg.source.clone();
-        let input = match path {
+        if path.is_none() {
+            tracing::info!("no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)");
+        }
+        let make_input = move || match &path {
             Some(p) => Input::Dir(ManifestDir::new(p)),
-            None => {
-                tracing::info!(
-                    "no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)"
-                );
-                Input::Fixed(crate::demo::objects(admin_addr))
-            }
+            None => Input::Fixed(crate::demo::objects(admin_addr)),
         };
-        tasks.push(tokio::spawn(source_loop(
-            input,
-            poll_interval,
-            compiler,
-            state.clone(),
-            drain_rx,
-        )));
+        let options = Options::from_config(&cfg);
+        match &cfg.raft {
+            None => tasks.push(tokio::spawn(source_loop(
+                make_input(),
+                poll_interval,
+                Compiler::new(options),
+                state.clone(),
+                drain_rx,
+                None,
+            ))),
+            Some(rc) => {
+                let (raft, events) = raftgate_raft::RaftNode::start(crate::cluster::settings(rc, admin_addr)?).await?;
+                let (committed_tx, committed) = watch::channel(Arc::new(raftgate_proxy::RoutingTable::default()));
+                tasks.push(tokio::spawn(crate::cluster::apply_loop(
+                    events,
+                    state.clone(),
+                    committed_tx,
+                )));
+                let cluster = Arc::new(ClusterState {
+                    raft: raft.clone(),
+                    source: Default::default(),
+                    committed,
+                    leave_on_shutdown: rc.leave_on_shutdown,
+                });
+                let _ = state.cluster.set(cluster.clone());
+                if rc.join.is_empty() {
+                    raft.bootstrap().await?;
+                } else if !raft.is_member() {
+                    let (seeds, learner) = (rc.join.clone(), rc.learner);
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = raft.join(&seeds, learner).await {
+                            tracing::error!(error = %e, "could not join the raft group");
+                        }
+                    }));
+                }
+                let source_state = state.clone();
+                let source_drain = drain_rx.clone();
+                let run = move |sink| {
+                    tokio::spawn(source_loop(
+                        make_input(),
+                        poll_interval,
+                        Compiler::new(options.clone()),
+                        source_state.clone(),
+                        source_drain.clone(),
+                        Some(sink),
+                    ))
+                };
+                tasks.push(tokio::spawn(crate::cluster::supervise_source(cluster, run, drain_rx)));
+            }
+        }
         Ok(Node {
             state,
             http_addr,
@@ -291,12 +349,24 @@ impl Node {
     }
 
     pub async fn shutdown_within(self, grace: Duration) -> usize {
+        if let Some(c) = self.state.cluster()
+            && c.leave_on_shutdown
+        {
+            let id = c.raft.id();
+            match c.raft.remove_member(id, false).await {
+                Ok(()) => tracing::info!(id, "left the raft group"),
+                Err(e) => tracing::warn!(id, error = %e, "could not leave the raft group"),
+            }
+        }
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
         let _ = self.drain.send(true);
         let (left, left_l4) = tokio::join!(self.shared.drained(grace), self.l4.drained(grace));
         let left = left + left_l4;
         for t in &self.tasks {
             t.abort();
+        }
+        if let Some(c) = self.state.cluster() {
+            c.raft.shutdown().await;
         }
         if left > 0 {
             tracing::warn!(connections = left, "drain grace ran out; closing the rest");
@@ -332,12 +402,15 @@ async fn source_loop(
     mut compiler: Compiler,
     state: Arc<NodeState>,
     mut drain: watch::Receiver<bool>,
+    mut sink: Option<RaftSink>,
 ) {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut first = true;
+    // A table the Raft group has not taken yet: compile and propose again on the next tick.
+    let mut retry = false;
     loop {
         let objects = match &mut input {
-            Input::Fixed(o) => first.then(|| o.clone()),
+            Input::Fixed(o) => (first || retry).then(|| o.clone()),
             Input::Dir(dir) => {
                 let scan = dir.scan();
                 for e in &scan.errors {
@@ -350,7 +423,7 @@ async fn source_loop(
                         s.drain(..excess);
                     }
                 }
-                if scan.changed || first {
+                if scan.changed || first || retry {
                     let (objs, dup) = dir.objects();
                     for e in dup {
                         tracing::warn!(error = %e, "duplicate object");
@@ -382,23 +455,33 @@ async fn source_loop(
             if let Ok(mut p) = state.problems.lock() {
                 *p = out.problems;
             }
-            let dp = &state.dataplane;
-            let current = dp.snapshot();
-            let mut table = out.table;
-            table.version = current.table.version;
-            if first || table != *current.table {
-                table.version = current.table.version + 1;
-                let (version, routes) = (table.version, table.route_count());
-                match dp.install(table) {
-                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
+            if let Some(sink) = &mut sink {
+                match sink.reconcile(&out.table).await {
+                    Ok(_) => retry = false,
                     Err(e) => {
-                        tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
+                        tracing::warn!(error = %e, "routing change not committed; will retry");
+                        retry = true;
+                    }
+                }
+                first = false;
+            } else {
+                let dp = &state.dataplane;
+                let current = dp.snapshot();
+                let mut table = out.table;
+                table.version = current.table.version;
+                if first || table != *current.table {
+                    table.version = current.table.version + 1;
+                    let (version, routes) = (table.version, table.route_count());
+                    match dp.install(table) {
+                        Ok(()) => tracing::info!(version, routes, "routing table applied"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
+                        }
                     }
                 }
             }
             if first {
-                state.ready.store(true, Ordering::Release);
-                state.ready_notify.notify_waiters();
+                state.mark_ready();
                 first = false;
             }
         }

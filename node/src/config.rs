@@ -57,6 +57,8 @@ pub struct Config {
     /// `namespace/name` of an ingress-nginx-style ConfigMap whose keys (`proxy-body-size`,
     /// `hsts`, `use-forwarded-headers`…) override `defaults` while the node runs. Unset: none.
     pub controller_configmap: Option<String>,
+    /// The Raft group. Unset: this node runs alone, its source feeding its own data plane.
+    pub raft: Option<RaftConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Worker threads; 0 (default) means one per CPU this process may run on. With one, the
@@ -307,6 +309,81 @@ impl Default for L4Config {
     }
 }
 
+/// Membership of a Raft group: the leader runs the source and replicates the compiled state.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// This member's id: a number unique in the group, never reused. Required.
+    pub id: u64,
+    /// The peer gRPC listener. Default `0.0.0.0:7946`.
+    pub listen: SocketAddr,
+    /// How peers reach this member (`host:port`). Default: `listen`, which must then not be a
+    /// wildcard address.
+    pub advertise: Option<String>,
+    /// Raft log, vote, state and snapshots (sled). Default `/var/lib/raftgate`.
+    pub data_dir: PathBuf,
+    /// Peers (`host:port`) of an existing group to join on first start. Empty (default): start a
+    /// new group with this member as its first voter, once; later starts recover from `data_dir`.
+    pub join: Vec<String>,
+    /// Join as a learner only: replicate and serve, but never vote. Default false.
+    pub learner: bool,
+    /// Mutual TLS between members (see `raftgate cert`). Required unless `insecure`.
+    pub tls: Option<RaftTls>,
+    /// Plain-text peer traffic without authentication. Only for tests; logged loudly. Default false.
+    pub insecure: bool,
+    /// Leader heartbeat. Default `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat: Duration,
+    /// Minimum election timeout (the maximum is twice it). Default `500ms`.
+    #[serde(deserialize_with = "duration")]
+    pub election_timeout: Duration,
+    /// Take a snapshot every this many entries. Default 1000.
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for followers slightly behind. Default 100.
+    pub logs_to_keep: u64,
+    /// Remove this member from the group when it stops on SIGTERM. Default false.
+    pub leave_on_shutdown: bool,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            id: 0,
+            listen: SocketAddr::from(([0, 0, 0, 0], 7946)),
+            advertise: None,
+            data_dir: PathBuf::from("/var/lib/raftgate"),
+            join: Vec::new(),
+            learner: false,
+            tls: None,
+            insecure: false,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+            snapshot_every: 1000,
+            logs_to_keep: 100,
+            leave_on_shutdown: false,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The address peers use for this member.
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// PEM files for peer mutual TLS.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftTls {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This member's certificate, signed by the CA.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
 /// Logging.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -373,6 +450,29 @@ impl Config {
         for c in &self.defaults.proxy_real_ip_cidr {
             if let Err(e) = raftgate_proxy::limit::IpNet::parse(c) {
                 return bad(&format!("defaults.proxy_real_ip_cidr: {e}"));
+            }
+        }
+        if let Some(r) = &self.raft {
+            if r.id == 0 {
+                return bad("raft.id is required and must be above 0");
+            }
+            match (&r.tls, r.insecure) {
+                (None, false) => {
+                    return bad(
+                        "raft.tls (ca, cert, key) is required; create them with `raftgate cert`, or set raft.insecure: true for a test setup",
+                    );
+                }
+                (Some(_), true) => return bad("raft.tls and raft.insecure exclude each other"),
+                _ => {}
+            }
+            if r.advertise.is_none() && r.listen.ip().is_unspecified() {
+                return bad("raft.advertise is required when raft.listen is a wildcard address");
+            }
+            if r.heartbeat.is_zero() || r.election_timeout < r.heartbeat * 3 {
+                return bad("raft.election_timeout must be at least three heartbeats");
+            }
+            if r.snapshot_every == 0 {
+                return bad("raft.snapshot_every must be at least 1");
             }
         }
         let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];

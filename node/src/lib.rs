@@ -2,8 +2,10 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod compiler;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod objects;
 pub mod source;

@@ -34,6 +34,66 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Create a cluster CA (unless OUT already has one) and a certificate per node for peer mutual TLS.
+    Cert {
+        /// Where to write ca.crt, ca.key and <node>.crt/.key.
+        #[arg(long, default_value = "raftgate-certs")]
+        out: PathBuf,
+        /// The cluster's name, written into the CA.
+        #[arg(long, default_value = "raftgate")]
+        cluster: String,
+        /// A node: `name` or `name=host,10.0.0.1` with extra DNS names or IPs. Repeat per node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// Talk to a running node through its admin API.
+    Ctl {
+        /// The node's admin address.
+        #[arg(long, default_value = "127.0.0.1:10254")]
+        admin: std::net::SocketAddr,
+        #[command(subcommand)]
+        command: Ctl,
+    },
+    /// Remove the node at --admin from its Raft group (through the leader).
+    Leave {
+        #[arg(long, default_value = "127.0.0.1:10254")]
+        admin: std::net::SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Ctl {
+    /// Every member: id, address, role, term, last applied, config version, reachable; and the leader.
+    Status {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove members.
+    #[command(subcommand)]
+    Members(Members),
+}
+
+#[derive(Subcommand, Debug)]
+enum Members {
+    /// Add a member (learner first, then voter).
+    Add {
+        id: u64,
+        /// Its Raft address, host:port.
+        addr: String,
+        /// Its admin address, shown in status.
+        #[arg(long, default_value = "")]
+        admin_addr: String,
+        /// Keep it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member. One that does not answer needs --force.
+    Remove {
+        id: u64,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +120,23 @@ fn main() -> anyhow::Result<()> {
             tracing::info!(worker_threads = threads, "runtime started");
             rt.block_on(run(cfg))
         }
+        Command::Cert { out, cluster, nodes } => {
+            let written = raftgate::ctl::make_certs(&out, &cluster, &nodes)?;
+            for p in written {
+                say(&format!("wrote {}", p.display()));
+            }
+            Ok(())
+        }
+        Command::Ctl { admin, command } => ctl_runtime()?.block_on(ctl(admin, command)),
+        Command::Leave { admin } => ctl_runtime()?.block_on(async move {
+            let status = raftgate::ctl::request(admin, http::Method::GET, "/api/v1/status", None).await?;
+            let id = status["raft"]["member"]["id"]
+                .as_u64()
+                .context("this node runs without a raft group")?;
+            raftgate::ctl::request(admin, http::Method::DELETE, &format!("/api/v1/members/{id}"), None).await?;
+            say(&format!("member {id} left the group"));
+            Ok(())
+        }),
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             let report = raftgate::app::check(&cfg);
@@ -70,6 +147,48 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn ctl_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")
+}
+
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    println!("{line}");
+}
+
+async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<()> {
+    use raftgate::ctl::request;
+    match command {
+        Ctl::Status { json } => {
+            let cluster = request(admin, http::Method::GET, "/api/v1/cluster", None).await?;
+            if json {
+                say(&serde_json::to_string_pretty(&cluster)?);
+            } else {
+                say(raftgate::ctl::status_table(&cluster)?.trim_end());
+            }
+        }
+        Ctl::Members(Members::Add {
+            id,
+            addr,
+            admin_addr,
+            learner,
+        }) => {
+            let body = serde_json::json!({"id": id, "addr": addr, "admin": admin_addr, "learner": learner});
+            request(admin, http::Method::POST, "/api/v1/members", Some(body)).await?;
+            say(&format!("member {id} added"));
+        }
+        Ctl::Members(Members::Remove { id, force }) => {
+            let q = if force { "?force=true" } else { "" };
+            request(admin, http::Method::DELETE, &format!("/api/v1/members/{id}{q}"), None).await?;
+            say(&format!("member {id} removed"));
+        }
+    }
+    Ok(())
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {

@@ -755,13 +755,154 @@ impl RoutingTable {
     pub fn route_count(&self) -> usize {
         self.vhosts.values().map(|v| v.routes.len()).sum()
     }
+
+    /// The table as keyed entries (see [`Entry`]), without its version. This is how the Raft
+    /// group stores and replicates it.
+    pub fn entries(&self) -> impl Iterator<Item = (String, Entry)> + '_ {
+        let vhosts = self
+            .vhosts
+            .iter()
+            .map(|(k, v)| (key("vhost", k), Entry::Vhost(v.clone())));
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|(k, v)| (key("upstream", k), Entry::Upstream(v.clone())));
+        let certs = self
+            .certificates
+            .iter()
+            .map(|(k, v)| (key("cert", k), Entry::Certificate(v.clone())));
+        let sni = self.sni.iter().map(|(k, v)| (key("sni", k), Entry::Sni(v.clone())));
+        let l4 = self.l4.iter().map(|(k, v)| (key("l4", k), Entry::L4(v.clone())));
+        let singles = [
+            (
+                DEFAULT_BACKEND_KEY.to_string(),
+                Entry::DefaultBackend(self.default_backend.clone()),
+            ),
+            (SETTINGS_KEY.to_string(), Entry::Settings(Box::new(self.settings.clone()))),
+        ];
+        vhosts.chain(upstreams).chain(certs).chain(sni).chain(l4).chain(singles)
+    }
+
+    /// Sets (or with `None`, removes) the entry under `key`. A key or entry of the wrong kind
+    /// is refused and changes nothing.
+    pub fn set_entry(&mut self, key: &str, entry: Option<Entry>) -> Result<(), EntryError> {
+        let bad = || EntryError(key.to_string());
+        if key == DEFAULT_BACKEND_KEY {
+            self.default_backend = match entry {
+                Some(Entry::DefaultBackend(b)) => b,
+                None => None,
+                Some(_) => return Err(bad()),
+            };
+            return Ok(());
+        }
+        if key == SETTINGS_KEY {
+            self.settings = match entry {
+                Some(Entry::Settings(s)) => *s,
+                None => GlobalSettings::default(),
+                Some(_) => return Err(bad()),
+            };
+            return Ok(());
+        }
+        let (kind, name) = key.split_once('/').ok_or_else(bad)?;
+        let name = name.to_string();
+        match (kind, entry) {
+            ("vhost", Some(Entry::Vhost(v))) => drop(self.vhosts.insert(name, v)),
+            ("vhost", None) => drop(self.vhosts.remove(&name)),
+            ("upstream", Some(Entry::Upstream(v))) => drop(self.upstreams.insert(name, v)),
+            ("upstream", None) => drop(self.upstreams.remove(&name)),
+            ("cert", Some(Entry::Certificate(v))) => drop(self.certificates.insert(name, v)),
+            ("cert", None) => drop(self.certificates.remove(&name)),
+            ("sni", Some(Entry::Sni(v))) => drop(self.sni.insert(name, v)),
+            ("sni", None) => drop(self.sni.remove(&name)),
+            ("l4", Some(Entry::L4(v))) => drop(self.l4.insert(name, v)),
+            ("l4", None) => drop(self.l4.remove(&name)),
+            _ => return Err(bad()),
+        }
+        Ok(())
+    }
+
+    /// The keyed changes that turn `old` into `new` (versions aside): only what differs.
+    pub fn changes(old: &RoutingTable, new: &RoutingTable) -> Vec<(String, Option<Entry>)> {
+        let mut out = Vec::new();
+        for d in diff(old, new) {
+            let change = match d {
+                Delta::Version(_) => continue,
+                Delta::PutVhost(k, v) => (key("vhost", &k), Some(Entry::Vhost(v))),
+                Delta::DelVhost(k) => (key("vhost", &k), None),
+                Delta::PutUpstream(k, v) => (key("upstream", &k), Some(Entry::Upstream(v))),
+                Delta::DelUpstream(k) => (key("upstream", &k), None),
+                Delta::PutCertificate(k, v) => (key("cert", &k), Some(Entry::Certificate(v))),
+                Delta::DelCertificate(k) => (key("cert", &k), None),
+                Delta::PutSni(k, v) => (key("sni", &k), Some(Entry::Sni(v))),
+                Delta::DelSni(k) => (key("sni", &k), None),
+                Delta::PutL4(k, v) => (key("l4", &k), Some(Entry::L4(v))),
+                Delta::DelL4(k) => (key("l4", &k), None),
+                Delta::DefaultBackend(b) => (DEFAULT_BACKEND_KEY.to_string(), Some(Entry::DefaultBackend(b))),
+                Delta::Settings(s) => (SETTINGS_KEY.to_string(), Some(Entry::Settings(s))),
+            };
+            out.push(change);
+        }
+        out
+    }
 }
+
+const DEFAULT_BACKEND_KEY: &str = "default-backend";
+const SETTINGS_KEY: &str = "settings";
+
+fn key(kind: &str, name: &str) -> String {
+    format!("{kind}/{name}")
+}
+
+/// One keyed piece of a [`RoutingTable`]: `vhost/<host>`, `upstream/<id>`, `cert/<id>`,
+/// `sni/<name>`, `l4/<key>`, `default-backend` or `settings`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entry {
+    Vhost(VirtualHost),
+    Upstream(Upstream),
+    Certificate(Certificate),
+    Sni(String),
+    L4(L4Service),
+    DefaultBackend(Option<Backend>),
+    Settings(Box<GlobalSettings>),
+}
+
+/// A key that names no part of the table, or an entry of another kind than its key.
+#[derive(Debug, thiserror::Error)]
+#[error("routing entry key {0:?} does not match its entry")]
+pub struct EntryError(pub String);
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        #[test]
+        fn keyed_changes_rebuild_the_table(old in arb_table(), new in arb_table()) {
+            let mut rebuilt = old.clone();
+            for (k, e) in RoutingTable::changes(&old, &new) {
+                rebuilt.set_entry(&k, e).unwrap();
+            }
+            rebuilt.version = new.version;
+            prop_assert_eq!(&rebuilt, &new);
+            let mut from_entries = RoutingTable { version: new.version, ..RoutingTable::default() };
+            for (k, e) in new.entries() {
+                from_entries.set_entry(&k, Some(e)).unwrap();
+            }
+            prop_assert_eq!(&from_entries, &new);
+        }
+    }
+
+    #[test]
+    fn an_entry_of_the_wrong_kind_changes_nothing() {
+        let mut t = RoutingTable::default();
+        assert!(t.set_entry("vhost/a", Some(Entry::Sni("x".into()))).is_err());
+        assert!(t.set_entry("nonsense", None).is_err());
+        assert!(t.set_entry("bogus/a", None).is_err());
+        assert_eq!(t, RoutingTable::default());
+    }
 
     fn arb_table() -> impl Strategy<Value = RoutingTable> {
         let vhost = (prop::collection::vec(("[/a-c]{1,4}", "[ab]"), 0..3), any::<bool>()).prop_map(|(paths, tls)| {

@@ -1,0 +1,251 @@
+//! Raft mode: the replicated routing state folded into the data plane, and the source run by the leader alone.
+//!
+//! ```text
+//!  leader only                              every member
+//!  source ─► compiler ─► diff vs committed ─► propose ─► Raft log ─► apply ─► StateEvent ─► RoutingTable ─► Dataplane
+//! ```
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use std::time::SystemTime;
+
+use raftgate_proxy::RoutingTable;
+use raftgate_proxy::model::Entry;
+use raftgate_raft::Change;
+use raftgate_raft::RaftNode;
+use raftgate_raft::StateEvent;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::watch;
+
+use crate::app::NodeState;
+use crate::config::RaftConfig;
+
+/// The member of the Raft group this node is, and what its source did.
+#[derive(Debug)]
+pub struct ClusterState {
+    pub raft: RaftNode<Entry>,
+    pub source: SourceRecord,
+    pub(crate) committed: watch::Receiver<Arc<RoutingTable>>,
+    pub(crate) leave_on_shutdown: bool,
+}
+
+/// When this node's source ran: it runs only while this node leads with a valid lease.
+#[derive(Debug, Default)]
+pub struct SourceRecord {
+    running: AtomicBool,
+    runs: Mutex<Vec<SourceRun>>,
+}
+
+/// One run of the source, in milliseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct SourceRun {
+    pub started_ms: u64,
+    pub stopped_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl SourceRecord {
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// The last runs, oldest first.
+    pub fn runs(&self) -> Vec<SourceRun> {
+        self.runs.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn start(&self) {
+        self.running.store(true, Ordering::Release);
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.push(SourceRun {
+                started_ms: now_ms(),
+                stopped_ms: None,
+            });
+            let excess = runs.len().saturating_sub(100);
+            runs.drain(..excess);
+        }
+    }
+
+    fn stop(&self) {
+        self.running.store(false, Ordering::Release);
+        if let Ok(mut runs) = self.runs.lock()
+            && let Some(last) = runs.last_mut()
+            && last.stopped_ms.is_none()
+        {
+            last.stopped_ms = Some(now_ms());
+        }
+    }
+}
+
+/// Build the raft crate's settings from the config.
+pub(crate) fn settings(
+    cfg: &RaftConfig,
+    admin: std::net::SocketAddr,
+) -> Result<raftgate_raft::Settings, raftgate_raft::Error> {
+    let mut s = raftgate_raft::Settings::new(cfg.id, cfg.listen, cfg.data_dir.clone());
+    s.member = raftgate_raft::Member {
+        addr: cfg.advertised(),
+        admin: admin.to_string(),
+    };
+    s.tls = match &cfg.tls {
+        Some(t) => Some(raftgate_raft::PeerTls::load(&t.ca, &t.cert, &t.key)?),
+        None => None,
+    };
+    s.heartbeat = cfg.heartbeat;
+    s.election_timeout_min = cfg.election_timeout;
+    s.election_timeout_max = cfg.election_timeout * 2;
+    s.snapshot_every = cfg.snapshot_every;
+    s.logs_to_keep = cfg.logs_to_keep;
+    Ok(s)
+}
+
+/// Folds applied changes into the routing table and swaps it into the data plane. Every member
+/// runs this; the first event is the state on disk, so a restarted member serves at once.
+pub(crate) async fn apply_loop(
+    mut events: UnboundedReceiver<StateEvent<Entry>>,
+    state: Arc<NodeState>,
+    committed: watch::Sender<Arc<RoutingTable>>,
+) {
+    let mut table = RoutingTable::default();
+    while let Some(first) = events.recv().await {
+        let started = Instant::now();
+        let mut pending = vec![first];
+        while let Ok(more) = events.try_recv() {
+            pending.push(more);
+        }
+        for ev in pending {
+            match ev {
+                StateEvent::Reset { version, entries } => {
+                    table = RoutingTable::default();
+                    for (key, entry) in entries {
+                        if let Err(e) = table.set_entry(&key, Some(entry)) {
+                            tracing::error!(error = %e, "replicated entry ignored");
+                        }
+                    }
+                    table.version = version;
+                }
+                StateEvent::Changed { version, changes } => {
+                    for c in changes {
+                        if let Err(e) = table.set_entry(&c.key, c.value) {
+                            tracing::error!(error = %e, "replicated entry ignored");
+                        }
+                    }
+                    table.version = version;
+                }
+            }
+        }
+        let version = table.version;
+        committed.send_replace(Arc::new(table.clone()));
+        match state.dataplane.install(table.clone()) {
+            Ok(()) => tracing::info!(
+                version,
+                routes = table.route_count(),
+                apply_us = started.elapsed().as_micros() as u64,
+                "replicated routing table applied"
+            ),
+            Err(e) => {
+                tracing::error!(version, error = %e, "replicated routing table refused by the data plane; keeping the current one")
+            }
+        }
+        if version > 0 {
+            state.mark_ready();
+        }
+    }
+}
+
+/// Where the leader's source sends what it compiled.
+#[derive(Clone, Debug)]
+pub(crate) struct RaftSink {
+    pub(crate) raft: RaftNode<Entry>,
+    pub(crate) committed: watch::Receiver<Arc<RoutingTable>>,
+    pub(crate) leading: watch::Receiver<bool>,
+}
+
+/// Why a compiled table was not committed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    #[error("no longer the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Raft(#[from] raftgate_raft::Error),
+}
+
+impl RaftSink {
+    /// Propose what differs between `table` and the committed state, as one batch, and wait
+    /// until this member applied it. Nothing differs: nothing is proposed, except once on an
+    /// empty group so that every member has a first version to serve.
+    pub(crate) async fn reconcile(&mut self, table: &RoutingTable) -> Result<Option<u64>, SinkError> {
+        let committed = self.committed.borrow().clone();
+        let changes = RoutingTable::changes(&committed, table);
+        if changes.is_empty() && committed.version > 0 {
+            return Ok(None);
+        }
+        if !*self.leading.borrow() {
+            return Err(SinkError::NotLeader);
+        }
+        let count = changes.len();
+        let batch = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
+        let applied = self.raft.propose(batch).await?;
+        let _ = self.committed.wait_for(|t| t.version >= applied.version).await;
+        tracing::info!(version = applied.version, changes = count, "routing change committed");
+        Ok(Some(applied.version))
+    }
+}
+
+/// Runs the source while this member leads (with a valid lease) and stops it the moment it
+/// does not. `run` starts one source run and returns its task.
+pub(crate) async fn supervise_source(
+    cluster: Arc<ClusterState>,
+    mut run: impl FnMut(RaftSink) -> tokio::task::JoinHandle<()>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let mut leading = cluster.raft.leadership();
+    let mut task: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let lead = *leading.borrow_and_update();
+        match (lead, task.is_some()) {
+            (true, false) => {
+                // Everything committed before this term is applied here before the source
+                // compares against it.
+                if let Err(e) = cluster.raft.raft().ensure_linearizable().await {
+                    tracing::warn!(error = %e, "leader could not confirm its state; not starting the source yet");
+                } else if *leading.borrow() {
+                    tracing::info!("leading: starting the config source");
+                    cluster.source.start();
+                    task = Some(run(RaftSink {
+                        raft: cluster.raft.clone(),
+                        committed: cluster.committed.clone(),
+                        leading: leading.clone(),
+                    }));
+                    continue;
+                }
+            }
+            (false, true) => {
+                if let Some(t) = task.take() {
+                    t.abort();
+                }
+                cluster.source.stop();
+                tracing::info!("not leading: config source stopped");
+            }
+            _ => {}
+        }
+        tokio::select! {
+            r = leading.changed() => if r.is_err() { break },
+            _ = raftgate_proxy::server::draining(&mut drain) => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)), if lead && task.is_none() => {}
+        }
+    }
+    if let Some(t) = task.take() {
+        t.abort();
+        cluster.source.stop();
+    }
+}
