@@ -124,6 +124,8 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "member": c.raft.status(),
                     "source_running": c.source.running(),
                     "source_runs": c.source.runs(),
+                    "last_batch_bytes": c.source.last_batch_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                    "last_apply_us": c.source.last_apply_us.load(std::sync::atomic::Ordering::Relaxed),
                 })
             });
             let body = serde_json::json!({

@@ -271,17 +271,18 @@ impl Node {
             Some(rc) => {
                 let (raft, events) = raftgate_raft::RaftNode::start(crate::cluster::settings(rc, admin_addr)?).await?;
                 let (committed_tx, committed) = watch::channel(Arc::new(raftgate_proxy::RoutingTable::default()));
-                tasks.push(tokio::spawn(crate::cluster::apply_loop(
-                    events,
-                    state.clone(),
-                    committed_tx,
-                )));
                 let cluster = Arc::new(ClusterState {
                     raft: raft.clone(),
                     source: Default::default(),
                     committed,
                     leave_on_shutdown: rc.leave_on_shutdown,
                 });
+                tasks.push(tokio::spawn(crate::cluster::apply_loop(
+                    events,
+                    state.clone(),
+                    committed_tx,
+                    cluster.clone(),
+                )));
                 let _ = state.cluster.set(cluster.clone());
                 if rc.join.is_empty() {
                     raft.bootstrap().await?;

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use std::time::SystemTime;
@@ -38,6 +39,10 @@ pub struct ClusterState {
 pub struct SourceRecord {
     running: AtomicBool,
     runs: Mutex<Vec<SourceRun>>,
+    /// Size of the last batch this member proposed, as the Raft log entry carries it (JSON).
+    pub last_batch_bytes: AtomicU64,
+    /// How long the last apply into the data plane took, in microseconds.
+    pub last_apply_us: AtomicU64,
 }
 
 /// One run of the source, in milliseconds since the Unix epoch.
@@ -114,6 +119,7 @@ pub(crate) async fn apply_loop(
     mut events: UnboundedReceiver<StateEvent<Entry>>,
     state: Arc<NodeState>,
     committed: watch::Sender<Arc<RoutingTable>>,
+    record: Arc<ClusterState>,
 ) {
     let mut table = RoutingTable::default();
     while let Some(first) = events.recv().await {
@@ -145,7 +151,12 @@ pub(crate) async fn apply_loop(
         }
         let version = table.version;
         committed.send_replace(Arc::new(table.clone()));
-        match state.dataplane.install(table.clone()) {
+        let installed = state.dataplane.install(table.clone());
+        record
+            .source
+            .last_apply_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match installed {
             Ok(()) => tracing::info!(
                 version,
                 routes = table.route_count(),
@@ -165,6 +176,7 @@ pub(crate) async fn apply_loop(
 /// Where the leader's source sends what it compiled.
 #[derive(Clone, Debug)]
 pub(crate) struct RaftSink {
+    pub(crate) record: Arc<ClusterState>,
     pub(crate) raft: RaftNode<Entry>,
     pub(crate) committed: watch::Receiver<Arc<RoutingTable>>,
     pub(crate) leading: watch::Receiver<bool>,
@@ -193,10 +205,12 @@ impl RaftSink {
             return Err(SinkError::NotLeader);
         }
         let count = changes.len();
-        let batch = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
+        let batch: Vec<Change<Entry>> = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
+        let bytes = serde_json::to_vec(&raftgate_raft::Batch { changes: batch.clone() }).map_or(0, |b| b.len());
+        self.record.source.last_batch_bytes.store(bytes as u64, Ordering::Relaxed);
         let applied = self.raft.propose(batch).await?;
         let _ = self.committed.wait_for(|t| t.version >= applied.version).await;
-        tracing::info!(version = applied.version, changes = count, "routing change committed");
+        tracing::info!(version = applied.version, changes = count, bytes, "routing change committed");
         Ok(Some(applied.version))
     }
 }
@@ -222,6 +236,7 @@ pub(crate) async fn supervise_source(
                     tracing::info!("leading: starting the config source");
                     cluster.source.start();
                     task = Some(run(RaftSink {
+                        record: cluster.clone(),
                         raft: cluster.raft.clone(),
                         committed: cluster.committed.clone(),
                         leading: leading.clone(),

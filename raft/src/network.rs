@@ -38,6 +38,10 @@ pub const HEALTH: &str = "/raftgate.raft.v1.Raft/Health";
 /// Set on a call a follower forwards to the leader.
 pub(crate) const FORWARDED: &str = "x-raftgate-forwarded";
 
+/// The largest gRPC message: a first sync of a large cluster is one log entry of several
+/// megabytes (tonic's default limit is 4 MiB).
+pub(crate) const MAX_MESSAGE: usize = 512 << 20;
+
 /// Snapshot chunks on the wire.
 const CHUNK: usize = 1 << 20;
 
@@ -152,7 +156,9 @@ impl Channels {
     ) -> Result<Bytes, Status> {
         let ch = self.get(addr)?;
         let fut = async move {
-            let mut grpc = tonic::client::Grpc::new(ch);
+            let mut grpc = tonic::client::Grpc::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
@@ -322,7 +328,9 @@ impl<V: Value> RaftNetwork<TypeConfig<V>> for Peer<V> {
         let ch = self.channels.get(&self.addr).map_err(net)?;
         let addr = self.addr.clone();
         let send = async move {
-            let mut grpc = tonic::client::Grpc::new(ch);
+            let mut grpc = tonic::client::Grpc::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
             grpc.ready()
                 .await
                 .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;

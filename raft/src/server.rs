@@ -86,7 +86,9 @@ impl<V: Value> Service<http::Request<tonic::body::Body>> for RaftService<V> {
             network::HEALTH => Some(network::HEALTH),
             network::SNAPSHOT => {
                 return Box::pin(async move {
-                    let mut grpc = Grpc::new(BytesCodec);
+                    let mut grpc = Grpc::new(BytesCodec)
+                        .max_decoding_message_size(network::MAX_MESSAGE)
+                        .max_encoding_message_size(network::MAX_MESSAGE);
                     Ok(grpc.client_streaming(SnapshotMethod { inner }, req).await)
                 });
             }
@@ -94,7 +96,9 @@ impl<V: Value> Service<http::Request<tonic::body::Body>> for RaftService<V> {
         };
         match path {
             Some(path) => Box::pin(async move {
-                let mut grpc = Grpc::new(BytesCodec);
+                let mut grpc = Grpc::new(BytesCodec)
+                    .max_decoding_message_size(network::MAX_MESSAGE)
+                    .max_encoding_message_size(network::MAX_MESSAGE);
                 Ok(grpc.unary(UnaryMethod { inner, path }, req).await)
             }),
             None => {
