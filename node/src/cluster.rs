@@ -207,10 +207,18 @@ impl RaftSink {
         let count = changes.len();
         let batch: Vec<Change<Entry>> = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
         let bytes = serde_json::to_vec(&raftgate_raft::Batch { changes: batch.clone() }).map_or(0, |b| b.len());
-        self.record.source.last_batch_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.record
+            .source
+            .last_batch_bytes
+            .store(bytes as u64, Ordering::Relaxed);
         let applied = self.raft.propose(batch).await?;
         let _ = self.committed.wait_for(|t| t.version >= applied.version).await;
-        tracing::info!(version = applied.version, changes = count, bytes, "routing change committed");
+        tracing::info!(
+            version = applied.version,
+            changes = count,
+            bytes,
+            "routing change committed"
+        );
         Ok(Some(applied.version))
     }
 }

@@ -778,7 +778,10 @@ impl RoutingTable {
                 DEFAULT_BACKEND_KEY.to_string(),
                 Entry::DefaultBackend(self.default_backend.clone()),
             ),
-            (SETTINGS_KEY.to_string(), Entry::Settings(Box::new(self.settings.clone()))),
+            (
+                SETTINGS_KEY.to_string(),
+                Entry::Settings(Box::new(self.settings.clone())),
+            ),
         ];
         vhosts.chain(upstreams).chain(certs).chain(sni).chain(l4).chain(singles)
     }

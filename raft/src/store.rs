@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `log` | the entry index, 8 bytes big-endian → the entry as JSON | `append`, `truncate`, `purge` | before `append` reports the entries flushed, and before `truncate`/`purge` return |
 //! | `meta` | `vote`, `committed`, `last_purged` | `save_vote`, `save_committed`, `purge` | before `save_vote` returns; `committed` rides on the next flush (it is only a hint for replay) |
-//! | `sm` | `d/<key>` → value as JSON; `m/applied`, `m/membership`, `m/version` | `apply`, `install_snapshot` | not on `apply`: after a crash the state machine is at some earlier applied id, and openraft re-applies the committed log from there. Each apply call is one atomic sled batch, so data and its applied id never disagree. Flushed on `install_snapshot` |
+//! | `sm` | `d/<key>` → value as JSON; `m/applied`, `m/membership`, `m/version` | `apply`, `install_snapshot` | on `apply` of any application batch, before the change is reported to the application (so a member restarted without a quorum serves at least what it served before), and on `install_snapshot`. Each apply call is one atomic sled batch, so data and its applied id never disagree; blank and membership entries ride on the next flush, and openraft re-applies the committed log from the last applied id on disk |
 //! | `snapshot` | `meta`, `data` | `build_snapshot`, `install_snapshot` | before either returns, so a snapshot is on disk before openraft purges the log it covers |
 //!
 //! So a vote is never granted twice in a term (the vote is on disk before the reply leaves), and a log
@@ -420,6 +420,11 @@ impl<V: Value> RaftStateMachine<C<V>> for StateMachine<V> {
             batch.insert(MEMBERSHIP, to_json(m).map_err(w)?);
         }
         self.sm.apply_batch(batch).map_err(|e| w(any(e)))?;
+        // On disk before anyone serves it: a member restarted without a quorum comes back with
+        // at least the version it served before (versions never go backwards on a member).
+        if !changed.is_empty() {
+            self.db.flush_async().await.map_err(|e| w(any(e)))?;
+        }
         self.version.store(version, Ordering::Release);
         for (version, changes) in changed {
             self.emit(StateEvent::Changed { version, changes });
