@@ -303,6 +303,19 @@ fn render_raft(out: &mut String, c: &crate::cluster::ClusterState) {
         "Entries in the log not applied yet.",
         last_log.saturating_sub(applied),
     );
+    // On the leader: how far each member's log is behind (not yet replicated, so not yet
+    // counted towards a commit there).
+    let replication = c.raft.raft().metrics().borrow().replication.clone();
+    if let Some(replication) = replication {
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_raft_replication_lag_entries Leader only: entries a member has not acknowledged yet.\n# TYPE raftgate_raft_replication_lag_entries gauge"
+        );
+        for (id, matched) in replication {
+            let lag = last_log.saturating_sub(matched.map_or(0, |m| m.index));
+            let _ = writeln!(out, "raftgate_raft_replication_lag_entries{{member=\"{id}\"}} {lag}");
+        }
+    }
     counter(
         out,
         "raftgate_raft_leader_changes_total",

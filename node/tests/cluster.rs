@@ -14,11 +14,29 @@ use common::{Echo, get, ingress, service};
 use raftgate::ctl::request;
 use serde_json::Value;
 
+/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
+/// connection can take it between now and the moment a member process binds it.
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+    ) ^ (u64::from(std::process::id()) << 20)
+        ^ SEQ.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+    let mut x = seed | 1;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 struct Member {
@@ -207,12 +225,17 @@ impl Group {
     }
 }
 
+/// One group at a time: three processes with 50 ms heartbeats per test already fill two
+/// cores, and starved members would hold elections the tests did not cause.
+static ONE_GROUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn site(host: &str, echo: &Echo) -> String {
     service("default", "web", &[echo]) + &ingress("default", "web", host, &[("/", "Prefix", "web")], "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_converges_survives_its_leader_and_restarts_whole() {
+    let _one = ONE_GROUP.lock().await;
     let echo = Echo::start("e1").await;
     let mut g = Group::new(3, "");
     g.write("site.yaml", &site("a.example", &echo));
@@ -251,6 +274,7 @@ async fn a_group_converges_survives_its_leader_and_restarts_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cut_off_from_everyone_keeps_serving_its_last_state() {
+    let _one = ONE_GROUP.lock().await;
     let echo = Echo::start("e1").await;
     let mut g = Group::new(3, "");
     g.write("site.yaml", &site("a.example", &echo));
@@ -270,6 +294,7 @@ async fn a_member_cut_off_from_everyone_keeps_serving_its_last_state() {
     .await;
     let metrics = reqwest_metrics(g.members[lone].admin).await;
     assert!(metrics.contains("raftgate_raft_quorum_contact 0"), "{metrics}");
+    assert!(metrics.contains("raftgate_raft_role{role=\"leader\"} 0"), "{metrics}");
     assert_eq!(get(g.members[lone].http, "a.example", "/").await.backend(), Some("e1"));
     assert_eq!(g.status(lone).await.unwrap()["config_version"].as_u64(), Some(v));
     // Changes wait for a quorum; once one member is back they go through.
@@ -286,6 +311,7 @@ async fn reqwest_metrics(admin: SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_learner_catches_up_from_a_snapshot() {
+    let _one = ONE_GROUP.lock().await;
     let echo = Echo::start("e1").await;
     let mut g = Group::new(2, "  snapshot_every: 3\n  logs_to_keep: 0\n  learner: true\n");
     g.start(0);
@@ -302,6 +328,16 @@ async fn a_late_learner_catches_up_from_a_snapshot() {
         "the learner installed a snapshot: {s}"
     );
     assert_eq!(s["config_version"].as_u64(), Some(v));
+    // The leader reports how far each member is behind, and its append latency.
+    let metrics = reqwest_metrics(g.members[0].admin).await;
+    assert!(
+        metrics.contains("raftgate_raft_replication_lag_entries{member=\"2\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("raftgate_raft_append_latency_seconds_count"),
+        "{metrics}"
+    );
     // ctl status lists both.
     let cluster = request(g.members[1].admin, http::Method::GET, "/api/v1/cluster", None)
         .await
@@ -313,6 +349,7 @@ async fn a_late_learner_catches_up_from_a_snapshot() {
 /// The source runs on at most one member at any moment, across many leader changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_source_never_runs_on_two_members_at_once() {
+    let _one = ONE_GROUP.lock().await;
     let echo = Echo::start("e1").await;
     let mut g = Group::new(3, "");
     g.write("site.yaml", &site("a.example", &echo));
