@@ -150,8 +150,9 @@ pub(crate) async fn apply_loop(
             }
         }
         let version = table.version;
-        committed.send_replace(Arc::new(table.clone()));
-        let installed = state.dataplane.install(table.clone());
+        let shared = Arc::new(table.clone());
+        committed.send_replace(shared.clone());
+        let installed = state.dataplane.install_shared(shared);
         record
             .source
             .last_apply_us

@@ -129,6 +129,12 @@ impl Dataplane {
     /// Compiles `table` and swaps it in. Endpoint state (pools, health, EWMA) and parsed
     /// certificates carry over for whatever the new table keeps.
     pub fn install(&self, table: RoutingTable) -> Result<(), RouterError> {
+        self.install_shared(Arc::new(table))
+    }
+
+    /// [`Dataplane::install`] for a table the caller keeps too (the Raft apply loop also
+    /// hands it to the leader's source), without another copy.
+    pub fn install_shared(&self, table: Arc<RoutingTable>) -> Result<(), RouterError> {
         let mut access_state = self.install.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let router = Router::new(&table)?;
         let old = self.current.load_full();
@@ -168,7 +174,7 @@ impl Dataplane {
             .as_ref()
             .and_then(|h| http::HeaderValue::from_str(&h.value()).ok());
         self.current.store(Arc::new(Snapshot {
-            table: Arc::new(table),
+            table,
             router,
             upstreams,
             route_stats,

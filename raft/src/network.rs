@@ -156,12 +156,7 @@ impl Channels {
     ) -> Result<Bytes, Status> {
         let ch = self.get(addr)?;
         let fut = async move {
-            let mut grpc = tonic::client::Grpc::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+            let mut grpc = ready_client(ch, addr).await?;
             let resp = grpc
                 .unary(req, http::uri::PathAndQuery::from_static(path), BytesCodec)
                 .await?;
@@ -185,6 +180,17 @@ pub async fn probe(addr: &str, tls: Option<PeerTls>) -> Result<crate::NodeStatus
         .await
         .map_err(|s| peer(s.message().to_string()))?;
     decode(&bytes).map_err(|s| peer(s.message().to_string()))
+}
+
+/// A gRPC client on `ch` with our message limit, once the channel can take a call.
+async fn ready_client(ch: Channel, addr: &str) -> Result<tonic::client::Grpc<Channel>, Status> {
+    let mut grpc = tonic::client::Grpc::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+    Ok(grpc)
 }
 
 /// openraft's network factory: one [`Peer`] per replication target.
@@ -328,12 +334,7 @@ impl<V: Value> RaftNetwork<TypeConfig<V>> for Peer<V> {
         let ch = self.channels.get(&self.addr).map_err(net)?;
         let addr = self.addr.clone();
         let send = async move {
-            let mut grpc = tonic::client::Grpc::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-            grpc.ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("{addr}: {e}")))?;
+            let mut grpc = ready_client(ch, &addr).await?;
             let resp = grpc
                 .client_streaming(
                     Request::new(futures_util::stream::iter(messages)),
