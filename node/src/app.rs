@@ -250,24 +250,30 @@ impl Node {
             drain_rx.clone(),
         )));
 
-        let Source::Manifests { path, poll_interval } = cfg.source.clone();
-        if path.is_none() {
+        let source = cfg.source.clone();
+        if matches!(&source, Source::Manifests { path: None, .. }) {
             tracing::info!("no source.path configured: serving the built-in demo (Host: demo.localhost → admin API)");
         }
-        let make_input = move || match &path {
-            Some(p) => Input::Dir(ManifestDir::new(p)),
-            None => Input::Fixed(crate::demo::objects(admin_addr)),
-        };
         let options = Options::from_config(&cfg);
+        let node_id = state.node_id.clone();
+        let status_addresses = match &cfg.source {
+            Source::Kubernetes(k) => k.status_addresses.clone(),
+            Source::Manifests { .. } => Vec::new(),
+        };
         match &cfg.raft {
-            None => tasks.push(tokio::spawn(source_loop(
-                make_input(),
-                poll_interval,
-                Compiler::new(options),
-                state.clone(),
-                drain_rx,
-                None,
-            ))),
+            None => {
+                let fixed = status_addresses.clone();
+                let addresses: crate::source::kubernetes::Addresses = Arc::new(move || fixed.clone());
+                tasks.push(tokio::spawn(run_source(
+                    source.clone(),
+                    node_id.clone(),
+                    admin_addr,
+                    Compiler::new(options),
+                    Publisher::new(state.clone(), None),
+                    addresses,
+                    drain_rx,
+                )))
+            }
             Some(rc) => {
                 let (raft, events) = raftgate_raft::RaftNode::start(crate::cluster::settings(rc, admin_addr)?).await?;
                 let (committed_tx, committed) = watch::channel(Arc::new(raftgate_proxy::RoutingTable::default()));
@@ -296,14 +302,26 @@ impl Node {
                 }
                 let source_state = state.clone();
                 let source_drain = drain_rx.clone();
+                let members = cluster.raft.clone();
+                let addresses: crate::source::kubernetes::Addresses = Arc::new(move || {
+                    if !status_addresses.is_empty() {
+                        return status_addresses.clone();
+                    }
+                    members
+                        .members()
+                        .into_iter()
+                        .filter_map(|(_, m)| advertised_host(&m.addr))
+                        .collect()
+                });
                 let run = move |sink| {
-                    tokio::spawn(source_loop(
-                        make_input(),
-                        poll_interval,
+                    tokio::spawn(run_source(
+                        source.clone(),
+                        node_id.clone(),
+                        admin_addr,
                         Compiler::new(options.clone()),
-                        source_state.clone(),
+                        Publisher::new(source_state.clone(), Some(sink)),
+                        addresses.clone(),
                         source_drain.clone(),
-                        Some(sink),
                     ))
                 };
                 tasks.push(tokio::spawn(crate::cluster::supervise_source(cluster, run, drain_rx)));
@@ -392,6 +410,130 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// The host part of a Raft `advertise` address, as Ingress status shows it.
+fn advertised_host(addr: &str) -> Option<String> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        return (!sa.ip().is_unspecified()).then(|| sa.ip().to_string());
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    (!host.is_empty()).then(|| host.trim_matches(['[', ']']).to_string())
+}
+
+/// Runs the configured source, feeding `publish`.
+async fn run_source(
+    source: Source,
+    node_id: String,
+    admin_addr: SocketAddr,
+    compiler: Compiler,
+    publish: Publisher,
+    addresses: crate::source::kubernetes::Addresses,
+    drain: watch::Receiver<bool>,
+) {
+    match source {
+        Source::Manifests { path, poll_interval } => {
+            let input = match path {
+                Some(p) => Input::Dir(ManifestDir::new(p)),
+                None => Input::Fixed(crate::demo::objects(admin_addr)),
+            };
+            source_loop(input, poll_interval, compiler, publish, drain).await
+        }
+        Source::Kubernetes(k) => {
+            let opts = compiler.options();
+            let config_maps = [
+                &opts.tcp_services,
+                &opts.udp_services,
+                &opts.controller_configmap,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|n| crate::source::kubernetes::config_map_key(n))
+            .collect();
+            crate::source::kubernetes::run(k, node_id, compiler, config_maps, publish, addresses, drain).await
+        }
+    }
+}
+
+/// Takes compiled tables to the data plane: through the Raft group, or straight in when
+/// the node runs alone. Logs each problem once, not on every recompilation.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    state: Arc<NodeState>,
+    sink: Option<RaftSink>,
+    reported: BTreeSet<String>,
+    first: bool,
+}
+
+impl Publisher {
+    fn new(state: Arc<NodeState>, sink: Option<RaftSink>) -> Publisher {
+        Publisher {
+            state,
+            sink,
+            reported: BTreeSet::new(),
+            first: true,
+        }
+    }
+
+    /// Publishes one compilation; false means the Raft group did not take it (try again).
+    async fn publish_output(&mut self, out: crate::compiler::Output) -> bool {
+        let now: BTreeSet<String> = out.problems.iter().map(ToString::to_string).collect();
+        for p in &out.problems {
+            if !self.reported.contains(&p.to_string()) {
+                match p.severity {
+                    Severity::Rejected => {
+                        tracing::error!(kind = p.kind, object = %p.object, reason = %p.reason, "object rejected")
+                    }
+                    Severity::Warning => {
+                        tracing::warn!(kind = p.kind, object = %p.object, reason = %p.reason, "object served with a problem")
+                    }
+                }
+            }
+        }
+        self.reported = now;
+        if let Ok(mut p) = self.state.problems.lock() {
+            *p = out.problems;
+        }
+        let taken = if let Some(sink) = &mut self.sink {
+            match sink.reconcile(&out.table).await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing change not committed; will retry");
+                    false
+                }
+            }
+        } else {
+            let dp = &self.state.dataplane;
+            let current = dp.snapshot();
+            let mut table = out.table;
+            table.version = current.table.version;
+            if self.first || table != *current.table {
+                table.version = current.table.version + 1;
+                let (version, routes) = (table.version, table.route_count());
+                match dp.install(table) {
+                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
+                    }
+                }
+            }
+            self.state.mark_ready();
+            true
+        };
+        if taken {
+            self.first = false;
+        }
+        taken
+    }
+}
+
+impl crate::source::kubernetes::Publish for Publisher {
+    fn publish(
+        &mut self,
+        out: crate::compiler::Output,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(self.publish_output(out))
+    }
+}
+
 enum Input {
     Dir(ManifestDir),
     Fixed(Objects),
@@ -401,11 +543,9 @@ async fn source_loop(
     mut input: Input,
     poll: Duration,
     mut compiler: Compiler,
-    state: Arc<NodeState>,
+    mut publisher: Publisher,
     mut drain: watch::Receiver<bool>,
-    mut sink: Option<RaftSink>,
 ) {
-    let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut first = true;
     // A table the Raft group has not taken yet: compile and propose again on the next tick.
     let mut retry = false;
@@ -418,7 +558,7 @@ async fn source_loop(
                     tracing::error!(error = %e, "manifest rejected");
                 }
                 if !scan.errors.is_empty() {
-                    if let Ok(mut s) = state.source_errors.lock() {
+                    if let Ok(mut s) = publisher.state.source_errors.lock() {
                         s.extend(scan.errors.iter().map(ToString::to_string));
                         let excess = s.len().saturating_sub(100);
                         s.drain(..excess);
@@ -436,55 +576,8 @@ async fn source_loop(
             }
         };
         if let Some(objs) = objects {
-            let out = compiler.compile(&objs);
-            // Log each problem once, not on every recompilation.
-            let now: BTreeSet<String> = out.problems.iter().map(ToString::to_string).collect();
-            for p in &out.problems {
-                let line = p.to_string();
-                if !reported.contains(&line) {
-                    match p.severity {
-                        Severity::Rejected => {
-                            tracing::error!(kind = p.kind, object = %p.object, reason = %p.reason, "object rejected")
-                        }
-                        Severity::Warning => {
-                            tracing::warn!(kind = p.kind, object = %p.object, reason = %p.reason, "object served with a problem")
-                        }
-                    }
-                }
-            }
-            reported = now;
-            if let Ok(mut p) = state.problems.lock() {
-                *p = out.problems;
-            }
-            if let Some(sink) = &mut sink {
-                match sink.reconcile(&out.table).await {
-                    Ok(_) => retry = false,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "routing change not committed; will retry");
-                        retry = true;
-                    }
-                }
-                first = false;
-            } else {
-                let dp = &state.dataplane;
-                let current = dp.snapshot();
-                let mut table = out.table;
-                table.version = current.table.version;
-                if first || table != *current.table {
-                    table.version = current.table.version + 1;
-                    let (version, routes) = (table.version, table.route_count());
-                    match dp.install(table) {
-                        Ok(()) => tracing::info!(version, routes, "routing table applied"),
-                        Err(e) => {
-                            tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
-                        }
-                    }
-                }
-            }
-            if first {
-                state.mark_ready();
-                first = false;
-            }
+            retry = !publisher.publish_output(compiler.compile(&objs)).await;
+            first = false;
         }
         tokio::select! {
             _ = tokio::time::sleep(poll) => {}
@@ -517,9 +610,14 @@ impl CheckReport {
 pub fn check(cfg: &Config) -> CheckReport {
     let mut compiler = Compiler::new(Options::from_config(cfg));
     let mut report = CheckReport::default();
-    let Source::Manifests { path, .. } = &cfg.source;
-    let objs = match path {
-        Some(p) => {
+    let objs = match &cfg.source {
+        Source::Kubernetes(_) => {
+            report
+                .manifest_errors
+                .push("`check` reads manifests; this config's source is the Kubernetes API".into());
+            Objects::default()
+        }
+        Source::Manifests { path: Some(p), .. } => {
             let mut dir = ManifestDir::new(p);
             let scan = dir.scan();
             report
@@ -529,7 +627,7 @@ pub fn check(cfg: &Config) -> CheckReport {
             report.manifest_errors.extend(dup.iter().map(ToString::to_string));
             objs
         }
-        None => crate::demo::objects(cfg.admin.listen),
+        Source::Manifests { path: None, .. } => crate::demo::objects(cfg.admin.listen),
     };
     let out = compiler.compile(&objs);
     report.routes = out.table.route_count();

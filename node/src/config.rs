@@ -134,6 +134,47 @@ pub enum Source {
         #[serde(default = "default_poll", deserialize_with = "duration")]
         poll_interval: Duration,
     },
+    /// The Kubernetes API, watched by the Raft leader alone (or by this node when it runs alone).
+    Kubernetes(KubeSource),
+}
+
+/// Watching the Kubernetes API.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeSource {
+    /// A kubeconfig file. Unset: `--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`,
+    /// then the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespaces whose Ingresses, Services, EndpointSlices and Secrets are watched. Empty (default): all.
+    pub namespaces: Vec<String>,
+    /// How long changes are gathered before one compilation. Default `10ms`.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub debounce: Duration,
+    /// Addresses written to `status.loadBalancer.ingress` of our Ingresses (IPs or host names).
+    /// Empty (default): the members' addresses (the host part of each Raft `advertise`), or,
+    /// running alone, none — then status is not written.
+    pub status_addresses: Vec<String>,
+    /// Write Ingress status at all. Default true.
+    pub update_status: bool,
+    /// Write Events on Ingresses that are rejected or served with a problem. Default true.
+    pub events: bool,
+    /// The user agent sent to the API server; `{node}` is replaced by the node id.
+    /// Default `raftgate/{node}`, so audit logs show which member wrote.
+    pub user_agent: String,
+}
+
+impl Default for KubeSource {
+    fn default() -> Self {
+        KubeSource {
+            kubeconfig: None,
+            namespaces: Vec::new(),
+            debounce: Duration::from_millis(10),
+            status_addresses: Vec::new(),
+            update_status: true,
+            events: true,
+            user_agent: "raftgate/{node}".into(),
+        }
+    }
 }
 
 fn default_poll() -> Duration {
@@ -432,6 +473,17 @@ impl Config {
         if self.listen.http.is_none() && self.listen.https.is_none() {
             return bad("listen: at least one of http and https is needed");
         }
+        if let Source::Kubernetes(k) = &self.source {
+            if k.debounce > Duration::from_secs(10) {
+                return bad("source.debounce: at most 10s (changes would wait that long to be served)");
+            }
+            if k.namespaces.iter().any(|n| n.is_empty()) {
+                return bad("source.namespaces: an empty name; leave the list empty to watch all namespaces");
+            }
+            if http::HeaderValue::from_str(&k.user_agent).is_err() {
+                return bad("source.user_agent: not a valid HTTP header value");
+            }
+        }
         if self.http.max_connections == 0 {
             return bad("http.max_connections must be at least 1");
         }
@@ -647,5 +699,27 @@ mod tests {
             }
         );
         assert!(serde_yaml::from_str::<Config>("source: {kind: nope}").is_err());
+    }
+
+    #[test]
+    fn kubernetes_source() {
+        let c: Config = serde_yaml::from_str(
+            "source: {kind: kubernetes, kubeconfig: /k, namespaces: [a, b], debounce: 5ms, status_addresses: [10.0.0.9, lb.example.com]}",
+        )
+        .unwrap();
+        let Source::Kubernetes(k) = &c.source else {
+            panic!("{:?}", c.source)
+        };
+        assert_eq!(k.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(k.namespaces, ["a", "b"]);
+        assert_eq!(k.debounce, Duration::from_millis(5));
+        assert!(k.update_status && k.events);
+        c.validate().unwrap();
+        let e = serde_yaml::from_str::<Config>("source: {kind: kubernetes, namespace: [a]}").unwrap_err();
+        assert!(e.to_string().contains("unknown field `namespace`"), "{e}");
+        let c: Config = serde_yaml::from_str("source: {kind: kubernetes, debounce: 1m}").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("debounce"));
+        let c: Config = serde_yaml::from_str("source: {kind: kubernetes}").unwrap();
+        assert_eq!(c.source, Source::Kubernetes(KubeSource::default()));
     }
 }

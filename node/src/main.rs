@@ -28,6 +28,10 @@ enum Command {
         /// The YAML config file (see docs/config.md).
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Watch the Kubernetes API with this kubeconfig (sets `source.kind: kubernetes`
+        /// when the config names no source of its own).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Validate a config file and the manifests it points at, then exit (1 if anything is rejected).
     Check {
@@ -99,11 +103,29 @@ enum Members {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            let cfg = match &config {
+        Command::Run { config, kubeconfig } => {
+            let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
                 None => Config::default(),
             };
+            if let Some(kc) = kubeconfig {
+                cfg.source = match cfg.source {
+                    raftgate::config::Source::Kubernetes(mut k) => {
+                        k.kubeconfig = Some(kc);
+                        raftgate::config::Source::Kubernetes(k)
+                    }
+                    raftgate::config::Source::Manifests { path: None, .. } => {
+                        raftgate::config::Source::Kubernetes(raftgate::config::KubeSource {
+                            kubeconfig: Some(kc),
+                            ..Default::default()
+                        })
+                    }
+                    raftgate::config::Source::Manifests { path: Some(p), .. } => anyhow::bail!(
+                        "--kubeconfig given, but the config's source is the manifests directory {}",
+                        p.display()
+                    ),
+                };
+            }
             init_logging(&cfg);
             let threads = match cfg.worker_threads {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

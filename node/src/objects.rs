@@ -140,6 +140,48 @@ impl Objects {
         }
     }
 
+    /// Adds or replaces an object; returns the one it replaced.
+    pub fn upsert(&mut self, obj: Object) -> Option<Object> {
+        let key = obj.key();
+        match obj {
+            Object::Ingress(o) => self.ingresses.insert(key, o).map(Object::Ingress),
+            Object::IngressClass(o) => self.classes.insert(key, o).map(Object::IngressClass),
+            Object::Service(o) => self.services.insert(key, o).map(Object::Service),
+            Object::EndpointSlice(o) => self.slices.insert(key, o).map(Object::EndpointSlice),
+            Object::Endpoints(o) => self.endpoints.insert(key, o).map(Object::Endpoints),
+            Object::Secret(o) => self.secrets.insert(key, o).map(Object::Secret),
+            Object::ConfigMap(o) => self.config_maps.insert(key, o).map(Object::ConfigMap),
+        }
+    }
+
+    /// Removes the object of `kind` (as [`Object::kind`] names it) at `key`; true if it was there.
+    pub fn remove(&mut self, kind: &str, key: &Key) -> bool {
+        match kind {
+            "Ingress" => self.ingresses.remove(key).is_some(),
+            "IngressClass" => self.classes.remove(key).is_some(),
+            "Service" => self.services.remove(key).is_some(),
+            "EndpointSlice" => self.slices.remove(key).is_some(),
+            "Endpoints" => self.endpoints.remove(key).is_some(),
+            "Secret" => self.secrets.remove(key).is_some(),
+            "ConfigMap" => self.config_maps.remove(key).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Keeps only the objects of `kind` for which `keep` is true.
+    pub fn retain(&mut self, kind: &str, keep: impl Fn(&Key) -> bool) {
+        match kind {
+            "Ingress" => self.ingresses.retain(|k, _| keep(k)),
+            "IngressClass" => self.classes.retain(|k, _| keep(k)),
+            "Service" => self.services.retain(|k, _| keep(k)),
+            "EndpointSlice" => self.slices.retain(|k, _| keep(k)),
+            "Endpoints" => self.endpoints.retain(|k, _| keep(k)),
+            "Secret" => self.secrets.retain(|k, _| keep(k)),
+            "ConfigMap" => self.config_maps.retain(|k, _| keep(k)),
+            _ => {}
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ingresses.len()
             + self.classes.len()

@@ -323,6 +323,12 @@ impl<V: Value> RaftNode<V> {
     }
 
     /// Every member of the membership, asked over the Health RPC (this member answers locally).
+    /// The members in the committed membership config, as this node knows it. No network.
+    pub fn members(&self) -> Vec<(NodeId, Member)> {
+        let m = self.inner.raft.metrics().borrow().membership_config.clone();
+        m.membership().nodes().map(|(id, member)| (*id, member.clone())).collect()
+    }
+
     pub async fn cluster(&self) -> Vec<MemberView> {
         let m = self.inner.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = m.membership().voter_ids().collect();

@@ -342,6 +342,21 @@ impl Compiler {
         }
     }
 
+    /// The options this compiler was made with.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// The Ingresses of our class, as [`Compiler::compile`] selects them.
+    pub fn ours(&self, objs: &Objects) -> BTreeSet<Key> {
+        let default_class = self.default_class_is_ours(objs);
+        objs.ingresses
+            .iter()
+            .filter(|(_, i)| self.is_ours(i, default_class))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Whether the IngressClass named in the config is marked default, so class-less Ingresses are ours.
     fn default_class_is_ours(&self, objs: &Objects) -> bool {
         objs.classes.values().any(|c| {

@@ -1,0 +1,1064 @@
+//! The Kubernetes source: watchers on the API server feed a local store; changes are debounced, compiled and published.
+//!
+//! ```text
+//!  watchers (Ingress, IngressClass, Service, EndpointSlice, ConfigMaps by name, Secret metadata)
+//!     │ Apply / Delete / Init…InitDone (a relist replaces that watcher's objects at once)
+//!     ▼
+//!  Store ── dirty? wait `debounce` ──► fetch the Secrets our Ingresses use ──► compile ──► publish
+//!                                                                                  ├──► Events (rate-limited)
+//!                                                                                  └──► Ingress status
+//! ```
+//!
+//! Nothing is compiled until every watcher has listed once, so a leader that just took over
+//! never withdraws routes it has not seen yet. A failing watch keeps the store as it was (the
+//! watcher retries with backoff and relists after 410 Gone), so an API server outage changes
+//! nothing that is served. Secrets are watched by metadata only; the data of a Secret is
+//! fetched, and held, only while an Ingress of our class refers to it.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Event as K8sEvent;
+use k8s_openapi::api::core::v1::EventSource;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::IngressClass;
+use k8s_openapi::api::networking::v1::IngressLoadBalancerIngress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Api;
+use kube::Client;
+use kube::api::Patch;
+use kube::api::PatchParams;
+use kube::api::PostParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use kube::runtime::watcher::Event;
+use tokio::sync::watch;
+
+use crate::compiler::Compiler;
+use crate::compiler::Problem;
+use crate::compiler::Severity;
+use crate::config::KubeSource;
+use crate::objects::Key;
+use crate::objects::Object;
+use crate::objects::Objects;
+
+const AUTH_SECRET_ANNOTATION: &str = "nginx.ingress.kubernetes.io/auth-secret";
+
+/// Why the API client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("no kubeconfig and not in a cluster: {0}")]
+    Infer(String),
+    #[error("API client: {0}")]
+    Client(String),
+    #[error("user agent {0:?} is not a valid header value")]
+    UserAgent(String),
+}
+
+/// Builds the API client: the given kubeconfig, else `KUBECONFIG` or `~/.kube/config`, else in-cluster.
+pub async fn client(kubeconfig: Option<&Path>, user_agent: &str) -> Result<Client, KubeError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let err = |reason: String| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                reason,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| KubeError::Infer(e.to_string()))?,
+    };
+    let ua = http::HeaderValue::from_str(user_agent).map_err(|_| KubeError::UserAgent(user_agent.into()))?;
+    config.headers.push((http::header::USER_AGENT, ua));
+    Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))
+}
+
+/// What one watcher covers: a kind, and optionally one namespace and one name.
+#[derive(Clone, Debug)]
+struct Scope {
+    kind: &'static str,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+impl Scope {
+    fn covers(&self, key: &Key) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+            && self.name.as_ref().is_none_or(|n| *n == key.name)
+    }
+}
+
+/// One watcher's event, with Secrets reduced to their key and resourceVersion.
+#[derive(Debug)]
+enum Update {
+    Object(Event<Object>),
+    SecretMeta(Event<(Key, String)>),
+}
+
+type Updates = BoxStream<'static, (usize, Result<Update, watcher::Error>)>;
+
+fn map_event<K, T>(ev: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
+    match ev {
+        Event::Apply(o) => Event::Apply(f(o)),
+        Event::Delete(o) => Event::Delete(f(o)),
+        Event::Init => Event::Init,
+        Event::InitApply(o) => Event::InitApply(f(o)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+fn watch_objects<K>(api: Api<K>, wc: watcher::Config, wrap: fn(K) -> Object) -> Updates
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, wc)
+        .default_backoff()
+        .map(move |r| (0, r.map(|ev| Update::Object(map_event(ev, wrap)))))
+        .boxed()
+}
+
+/// The watchers this source runs, and what each covers.
+fn watchers(client: &Client, cfg: &KubeSource, config_maps: &[Key]) -> (Vec<Scope>, Vec<Updates>) {
+    let mut scopes = Vec::new();
+    let mut streams = Vec::new();
+    let namespaces: Vec<Option<String>> = if cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cfg.namespaces.iter().cloned().map(Some).collect()
+    };
+    fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let wc = watcher::Config::default;
+    let mut push = |scope: Scope, stream: Updates| {
+        scopes.push(scope);
+        streams.push(stream);
+    };
+    let scope = |kind, namespace: &Option<String>| Scope {
+        kind,
+        namespace: namespace.clone(),
+        name: None,
+    };
+    push(
+        scope("IngressClass", &None),
+        watch_objects(Api::<IngressClass>::all(client.clone()), wc(), Object::IngressClass),
+    );
+    for ns in &namespaces {
+        push(
+            scope("Ingress", ns),
+            watch_objects(api::<Ingress>(client, ns), wc(), Object::Ingress),
+        );
+        push(
+            scope("Service", ns),
+            watch_objects(api::<Service>(client, ns), wc(), Object::Service),
+        );
+        push(
+            scope("EndpointSlice", ns),
+            watch_objects(api::<EndpointSlice>(client, ns), wc(), Object::EndpointSlice),
+        );
+        push(
+            scope("Secret", ns),
+            secret_metadata(api::<PartialObjectMeta<Secret>>(client, ns)),
+        );
+    }
+    for key in config_maps {
+        push(
+            Scope {
+                kind: "ConfigMap",
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+            },
+            watch_objects(
+                Api::<ConfigMap>::namespaced(client.clone(), &key.namespace),
+                wc().fields(&format!("metadata.name={}", key.name)),
+                Object::ConfigMap,
+            ),
+        );
+    }
+    // Tag each stream with its index now that the order is fixed.
+    let streams = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| s.map(move |(_, r)| (i, r)).boxed())
+        .collect();
+    (scopes, streams)
+}
+
+fn secret_metadata(api: Api<PartialObjectMeta<Secret>>) -> Updates {
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .map(|r| {
+            let f = |m: PartialObjectMeta<Secret>| {
+                (
+                    Key::of(&m.metadata),
+                    m.metadata.resource_version.clone().unwrap_or_default(),
+                )
+            };
+            (0, r.map(|ev| Update::SecretMeta(map_event(ev, f))))
+        })
+        .boxed()
+}
+
+/// A watcher's progress through a (re)list.
+#[derive(Debug, Default)]
+struct Listing {
+    synced: bool,
+    objects: Option<Vec<Object>>,
+    secrets: Option<Vec<(Key, String)>>,
+}
+
+/// What a batch of updates made stale.
+#[derive(Clone, Copy, Debug, Default)]
+struct Dirty {
+    compile: bool,
+    status: bool,
+}
+
+impl Dirty {
+    fn any(self) -> bool {
+        self.compile || self.status
+    }
+
+    fn or(&mut self, other: Dirty) {
+        self.compile |= other.compile;
+        self.status |= other.status;
+    }
+}
+
+/// The objects as the watchers last reported them.
+#[derive(Debug, Default)]
+struct Store {
+    objects: Objects,
+    scopes: Vec<Scope>,
+    listings: Vec<Listing>,
+    /// Every Secret in scope, by key, with its resourceVersion (no data).
+    secret_versions: BTreeMap<Key, String>,
+    /// The resourceVersion of each Secret whose data is held in `objects.secrets`.
+    secrets_loaded: BTreeMap<Key, String>,
+}
+
+impl Store {
+    fn new(scopes: Vec<Scope>) -> Store {
+        Store {
+            listings: scopes.iter().map(|_| Listing::default()).collect(),
+            scopes,
+            ..Store::default()
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.listings.iter().all(|l| l.synced)
+    }
+
+    fn apply(&mut self, idx: usize, update: Update) -> Dirty {
+        let compile = Dirty {
+            compile: true,
+            status: true,
+        };
+        let (Some(scope), Some(listing)) = (self.scopes.get(idx).cloned(), self.listings.get_mut(idx)) else {
+            return Dirty::default();
+        };
+        match update {
+            Update::Object(Event::Apply(o)) => {
+                let key = o.key();
+                match self.objects.upsert(o) {
+                    // A status-only change (our own write coming back) needs no compilation.
+                    Some(Object::Ingress(old))
+                        if self.objects.ingresses.get(&key).is_some_and(|new| {
+                            new.spec == old.spec
+                                && new.metadata.annotations == old.metadata.annotations
+                                && new.metadata.creation_timestamp == old.metadata.creation_timestamp
+                        }) =>
+                    {
+                        Dirty {
+                            compile: false,
+                            status: true,
+                        }
+                    }
+                    _ => compile,
+                }
+            }
+            Update::Object(Event::Delete(o)) => {
+                self.objects.remove(o.kind(), &o.key());
+                compile
+            }
+            Update::Object(Event::Init) => {
+                listing.objects = Some(Vec::new());
+                Dirty::default()
+            }
+            Update::Object(Event::InitApply(o)) => {
+                listing.objects.get_or_insert_with(Vec::new).push(o);
+                Dirty::default()
+            }
+            Update::Object(Event::InitDone) => {
+                let fresh = listing.objects.take().unwrap_or_default();
+                listing.synced = true;
+                // The relist replaces everything this watcher covers: nothing stale stays,
+                // nothing listed twice is counted twice.
+                self.objects.retain(scope.kind, |k| !scope.covers(k));
+                for o in fresh {
+                    self.objects.upsert(o);
+                }
+                compile
+            }
+            Update::SecretMeta(Event::Apply((key, rv))) => {
+                self.secret_versions.insert(key, rv);
+                compile
+            }
+            Update::SecretMeta(Event::Delete((key, _))) => {
+                self.secret_versions.remove(&key);
+                compile
+            }
+            Update::SecretMeta(Event::Init) => {
+                listing.secrets = Some(Vec::new());
+                Dirty::default()
+            }
+            Update::SecretMeta(Event::InitApply(s)) => {
+                listing.secrets.get_or_insert_with(Vec::new).push(s);
+                Dirty::default()
+            }
+            Update::SecretMeta(Event::InitDone) => {
+                let fresh = listing.secrets.take().unwrap_or_default();
+                listing.synced = true;
+                self.secret_versions.retain(|k, _| !scope.covers(k));
+                self.secret_versions.extend(fresh);
+                compile
+            }
+        }
+    }
+
+    /// The Secrets that the given Ingresses use: TLS and auth-secret.
+    fn used_secrets(&self, ours: &BTreeSet<Key>) -> BTreeSet<Key> {
+        let mut used = BTreeSet::new();
+        for key in ours {
+            let Some(ing) = self.objects.ingresses.get(key) else {
+                continue;
+            };
+            for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+                if let Some(name) = tls.secret_name.as_deref().filter(|n| !n.is_empty()) {
+                    used.insert(Key::new(&key.namespace, name));
+                }
+            }
+            if let Some(auth) = ing
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(AUTH_SECRET_ANNOTATION))
+            {
+                used.insert(match auth.split_once('/') {
+                    Some((ns, n)) => Key::new(ns, n),
+                    None => Key::new(&key.namespace, auth),
+                });
+            }
+        }
+        used
+    }
+}
+
+/// Fetches the data of the used Secrets that changed, and drops the data of every other.
+/// Returns whether anything changed, and whether a fetch failed (try again later).
+async fn sync_secrets(client: &Client, store: &mut Store, used: &BTreeSet<Key>) -> (bool, bool) {
+    let mut changed = false;
+    let before = store.objects.secrets.len();
+    store
+        .objects
+        .secrets
+        .retain(|k, _| used.contains(k) && store.secret_versions.contains_key(k));
+    store
+        .secrets_loaded
+        .retain(|k, _| used.contains(k) && store.secret_versions.contains_key(k));
+    changed |= store.objects.secrets.len() != before;
+    let wanted: Vec<Key> = used
+        .iter()
+        .filter(|k| {
+            store
+                .secret_versions
+                .get(*k)
+                .is_some_and(|rv| store.secrets_loaded.get(*k) != Some(rv))
+        })
+        .cloned()
+        .collect();
+    let fetched: Vec<(Key, Result<Option<Secret>, kube::Error>)> = futures_util::stream::iter(wanted)
+        .map(|key| {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
+            async move {
+                let r = api.get_opt(&key.name).await;
+                (key, r)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut failed = false;
+    for (key, r) in fetched {
+        match r {
+            Ok(Some(secret)) => {
+                let rv = secret.metadata.resource_version.clone().unwrap_or_default();
+                store.secrets_loaded.insert(key.clone(), rv);
+                store.objects.secrets.insert(key, secret);
+                changed = true;
+            }
+            Ok(None) => {
+                store.secrets_loaded.remove(&key);
+                changed |= store.objects.secrets.remove(&key).is_some();
+            }
+            Err(e) => {
+                tracing::warn!(secret = %key, error = %e, "could not read a Secret an Ingress uses; keeping what was read before");
+                failed = true;
+            }
+        }
+    }
+    (changed, failed)
+}
+
+/// Where compiled tables go: the Raft group, or this node's own data plane.
+pub(crate) trait Publish: Send {
+    /// Publishes a table; false means "not taken, try again".
+    fn publish(&mut self, out: crate::compiler::Output)
+    -> Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+}
+
+/// Where the status of our Ingresses should point.
+pub(crate) type Addresses = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// Runs the source until the task is dropped (leadership lost) or `drain` fires.
+pub(crate) async fn run(
+    cfg: KubeSource,
+    node_id: String,
+    mut compiler: Compiler,
+    config_maps: Vec<Key>,
+    mut publish: impl Publish,
+    addresses: Addresses,
+    mut drain: watch::Receiver<bool>,
+) {
+    let user_agent = cfg.user_agent.replace("{node}", &node_id);
+    let client = loop {
+        match client(cfg.kubeconfig.as_deref(), &user_agent).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 5s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = raftgate_proxy::server::draining(&mut drain) => return,
+                }
+            }
+        }
+    };
+    let (scopes, streams) = watchers(&client, &cfg, &config_maps);
+    let mut updates = futures_util::stream::select_all(streams);
+    let mut store = Store::new(scopes);
+    let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
+    let _status = AbortOnDrop(
+        cfg.update_status
+            .then(|| tokio::spawn(status_writer(client.clone(), status_rx))),
+    );
+    let mut events = EventWriter::new(client.clone(), node_id.clone());
+    let mut dirty = Dirty::default();
+    let mut due: Option<tokio::time::Instant> = None;
+    let mut last_cost = Duration::ZERO;
+    let mut errors = ErrorLog::default();
+    tracing::info!(
+        namespaces = ?cfg.namespaces,
+        watchers = store.scopes.len(),
+        "watching the Kubernetes API"
+    );
+    loop {
+        tokio::select! {
+            item = updates.next() => {
+                let Some((idx, r)) = item else { return };
+                match r {
+                    Ok(u) => {
+                        let d = store.apply(idx, u);
+                        if d.any() && due.is_none() {
+                            due = Some(tokio::time::Instant::now() + cfg.debounce.max(last_cost));
+                        }
+                        dirty.or(d);
+                    }
+                    Err(e) => errors.report(idx, store.scopes.get(idx).map_or("?", |s| s.kind), &e),
+                }
+                continue;
+            }
+            _ = sleep_until(due) => {}
+            _ = raftgate_proxy::server::draining(&mut drain) => return,
+        }
+        due = None;
+        if !store.synced() {
+            continue;
+        }
+        let started = Instant::now();
+        let ours = compiler.ours(&store.objects);
+        let used = store.used_secrets(&ours);
+        let (secrets_changed, secrets_failed) = sync_secrets(&client, &mut store, &used).await;
+        if secrets_failed {
+            due = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+        if dirty.compile || secrets_changed {
+            let out = compiler.compile(&store.objects);
+            if cfg.events {
+                events.problems(&store.objects, &ours, &out.problems).await;
+            }
+            if !publish.publish(out).await {
+                due = Some(tokio::time::Instant::now() + Duration::from_millis(200));
+                last_cost = started.elapsed();
+                continue;
+            }
+        }
+        if dirty.any() {
+            let _ = status_tx.send(Arc::new(wanted_status(&store.objects, &ours, &addresses())));
+        }
+        dirty = Dirty::default();
+        last_cost = started.elapsed();
+    }
+}
+
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task when dropped, so helpers stop with the source.
+#[derive(Debug)]
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Logs watch errors at most once per 10 s per watcher.
+#[derive(Debug, Default)]
+struct ErrorLog {
+    last: HashMap<usize, Instant>,
+}
+
+impl ErrorLog {
+    fn report(&mut self, idx: usize, kind: &str, e: &watcher::Error) {
+        let now = Instant::now();
+        if self
+            .last
+            .get(&idx)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last.insert(idx, now);
+        tracing::warn!(kind, error = %e, "watch failed; serving what was last seen and retrying");
+    }
+}
+
+/// One Ingress whose status should change.
+#[derive(Clone, Debug, PartialEq)]
+struct StatusWant {
+    key: Key,
+    /// The object's resourceVersion when it was read.
+    version: String,
+    want: Vec<IngressLoadBalancerIngress>,
+}
+
+fn lb_entries(addresses: &[String]) -> Vec<IngressLoadBalancerIngress> {
+    let mut v: Vec<IngressLoadBalancerIngress> = addresses
+        .iter()
+        .map(|a| {
+            if a.parse::<std::net::IpAddr>().is_ok() {
+                IngressLoadBalancerIngress {
+                    ip: Some(a.clone()),
+                    ..Default::default()
+                }
+            } else {
+                IngressLoadBalancerIngress {
+                    hostname: Some(a.clone()),
+                    ..Default::default()
+                }
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| (&a.ip, &a.hostname).cmp(&(&b.ip, &b.hostname)));
+    v.dedup();
+    v
+}
+
+fn current_status(ing: &Ingress) -> Vec<IngressLoadBalancerIngress> {
+    let mut v: Vec<IngressLoadBalancerIngress> = ing
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.clone())
+        .unwrap_or_default();
+    v.sort_by(|a, b| (&a.ip, &a.hostname).cmp(&(&b.ip, &b.hostname)));
+    v
+}
+
+/// The status changes to make: our Ingresses point at `addresses`; an Ingress that left our
+/// class and still shows exactly our addresses is cleared. No addresses: nothing is written.
+fn wanted_status(objs: &Objects, ours: &BTreeSet<Key>, addresses: &[String]) -> Vec<StatusWant> {
+    let want = lb_entries(addresses);
+    if want.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (key, ing) in &objs.ingresses {
+        let current = current_status(ing);
+        let target = if ours.contains(key) {
+            want.clone()
+        } else if current == want {
+            Vec::new()
+        } else {
+            continue;
+        };
+        if current != target {
+            out.push(StatusWant {
+                key: key.clone(),
+                version: ing.metadata.resource_version.clone().unwrap_or_default(),
+                want: target,
+            });
+        }
+    }
+    out
+}
+
+/// Writes Ingress status, several at a time, skipping what it already wrote for the same
+/// version of an object (its own write has not come back through the watch yet).
+async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWant>>>) {
+    let mut written: HashMap<Key, (String, Vec<IngressLoadBalancerIngress>)> = HashMap::new();
+    loop {
+        let wants = rx.borrow_and_update().clone();
+        let todo: Vec<StatusWant> = wants
+            .iter()
+            .filter(|w| written.get(&w.key).is_none_or(|(v, s)| *v != w.version || *s != w.want))
+            .cloned()
+            .collect();
+        let results: Vec<(StatusWant, Result<Ingress, kube::Error>)> = futures_util::stream::iter(todo)
+            .map(|w| {
+                let api: Api<Ingress> = Api::namespaced(client.clone(), &w.key.namespace);
+                async move {
+                    let ingress = if w.want.is_empty() {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::to_value(&w.want).unwrap_or(serde_json::Value::Null)
+                    };
+                    let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+                    let r = api
+                        .patch_status(&w.key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await;
+                    (w, r)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (w, r) in results {
+            match r {
+                Ok(_) => {
+                    tracing::debug!(ingress = %w.key, "status written");
+                    written.insert(w.key, (w.version, w.want));
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => tracing::warn!(ingress = %w.key, error = %e, "could not write Ingress status"),
+            }
+        }
+        let live: BTreeSet<&Key> = wants.iter().map(|w| &w.key).collect();
+        written.retain(|k, _| live.contains(k));
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes a Warning Event for each new problem on an object we serve: at most once per
+/// object and reason while the problem lasts, and at most [`EventWriter::BURST`] at once,
+/// refilled at [`EventWriter::PER_SECOND`].
+struct EventWriter {
+    client: Client,
+    node: String,
+    sent: BTreeSet<(Key, String)>,
+    tokens: f64,
+    refilled: Instant,
+    seq: u64,
+    dropped: u64,
+}
+
+impl std::fmt::Debug for EventWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventWriter")
+            .field("node", &self.node)
+            .field("sent", &self.sent.len())
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
+impl EventWriter {
+    const BURST: f64 = 25.0;
+    const PER_SECOND: f64 = 5.0;
+
+    fn new(client: Client, node: String) -> EventWriter {
+        EventWriter {
+            client,
+            node,
+            sent: BTreeSet::new(),
+            tokens: Self::BURST,
+            refilled: Instant::now(),
+            seq: 0,
+            dropped: 0,
+        }
+    }
+
+    async fn problems(&mut self, objs: &Objects, ours: &BTreeSet<Key>, problems: &[Problem]) {
+        let mut now_set = BTreeSet::new();
+        let mut todo = Vec::new();
+        for p in problems {
+            for (kind, key, meta) in involved(objs, ours, p) {
+                let id = (key.clone(), format!("{kind}|{}", p.reason));
+                if !self.sent.contains(&id) {
+                    todo.push((kind, key, meta, p));
+                }
+                now_set.insert(id);
+            }
+        }
+        // A problem that went away may be reported again if it comes back.
+        self.sent.retain(|id| now_set.contains(id));
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * Self::PER_SECOND).min(Self::BURST);
+        self.refilled = now;
+        for (kind, key, meta, p) in todo {
+            if self.tokens < 1.0 {
+                self.dropped += 1;
+                tracing::debug!(object = %key, dropped = self.dropped, "event rate limit reached; not writing");
+                continue;
+            }
+            self.tokens -= 1.0;
+            self.seq += 1;
+            let ev = event(kind, &key, meta, p, &self.node, self.seq);
+            let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &key.namespace);
+            match api.create(&PostParams::default(), &ev).await {
+                Ok(_) => {
+                    self.sent.insert((key, format!("{kind}|{}", p.reason)));
+                }
+                Err(e) => tracing::warn!(object = %key, error = %e, "could not write an Event"),
+            }
+        }
+    }
+}
+
+/// The objects an Event about `p` belongs on: the Ingress itself, or for a Secret or a
+/// Service, each Ingress of ours in its namespace that uses it; a ConfigMap gets its own.
+fn involved<'a>(objs: &'a Objects, ours: &BTreeSet<Key>, p: &Problem) -> Vec<(&'static str, Key, &'a ObjectMeta)> {
+    let Some((ns, name)) = p.object.split_once('/') else {
+        return Vec::new();
+    };
+    let target = Key::new(ns, name);
+    let ingress = |k: &Key| objs.ingresses.get(k).map(|i| ("Ingress", k.clone(), &i.metadata));
+    match p.kind {
+        "Ingress" => ingress(&target).into_iter().collect(),
+        "ConfigMap" => objs
+            .config_maps
+            .get(&target)
+            .map(|c| ("ConfigMap", target.clone(), &c.metadata))
+            .into_iter()
+            .collect(),
+        "Secret" | "Service" => ours
+            .iter()
+            .filter(|k| k.namespace == target.namespace || p.kind == "Secret")
+            .filter(|k| {
+                objs.ingresses
+                    .get(*k)
+                    .is_some_and(|i| uses(i, &k.namespace, p.kind, &target))
+            })
+            .filter_map(ingress)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether an Ingress in `ns` refers to the Secret or Service `target`.
+fn uses(ing: &Ingress, ns: &str, kind: &str, target: &Key) -> bool {
+    let Some(spec) = &ing.spec else { return false };
+    if kind == "Secret" {
+        let tls = ns == target.namespace
+            && spec
+                .tls
+                .iter()
+                .flatten()
+                .any(|t| t.secret_name.as_deref() == Some(target.name.as_str()));
+        let auth = ing
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(AUTH_SECRET_ANNOTATION))
+            .is_some_and(|a| match a.split_once('/') {
+                Some((n, s)) => n == target.namespace && s == target.name,
+                None => ns == target.namespace && *a == target.name,
+            });
+        return tls || auth;
+    }
+    let named = |b: &k8s_openapi::api::networking::v1::IngressBackend| {
+        b.service.as_ref().is_some_and(|s| s.name == target.name)
+    };
+    spec.default_backend.as_ref().is_some_and(named)
+        || spec
+            .rules
+            .iter()
+            .flatten()
+            .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+            .any(|p| named(&p.backend))
+}
+
+fn event(kind: &'static str, key: &Key, meta: &ObjectMeta, p: &Problem, node: &str, seq: u64) -> K8sEvent {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (reason, type_) = match p.severity {
+        Severity::Rejected => ("Rejected", "Warning"),
+        Severity::Warning => ("Degraded", "Warning"),
+    };
+    let api_version = match kind {
+        "Ingress" => "networking.k8s.io/v1",
+        _ => "v1",
+    };
+    let suffix = format!("{:x}{seq:x}", now.0.as_millisecond());
+    K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{suffix}", key.name)),
+            namespace: Some(key.namespace.clone()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(api_version.into()),
+            kind: Some(kind.into()),
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(format!("{}: {}", p.kind, truncate(&p.reason, 1024))),
+        type_: Some(type_.into()),
+        source: Some(EventSource {
+            component: Some("raftgate".into()),
+            host: Some(node.into()),
+        }),
+        reporting_component: Some(crate::compiler::CONTROLLER.into()),
+        reporting_instance: Some(node.into()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Parses `namespace/name` (a bare name means `default`).
+pub(crate) fn config_map_key(name: &str) -> Key {
+    match name.split_once('/') {
+        Some((ns, n)) => Key::new(ns, n),
+        None => Key::new("default", name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress(ns: &str, name: &str, host: &str, class: &str) -> Ingress {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": ns, "name": name, "resourceVersion": "1"},
+            "spec": {
+                "ingressClassName": class,
+                "tls": [{"hosts": [host], "secretName": format!("{name}-tls")}],
+                "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn store() -> Store {
+        Store::new(vec![
+            Scope {
+                kind: "Ingress",
+                namespace: Some("a".into()),
+                name: None,
+            },
+            Scope {
+                kind: "Ingress",
+                namespace: Some("b".into()),
+                name: None,
+            },
+            Scope {
+                kind: "Secret",
+                namespace: None,
+                name: None,
+            },
+        ])
+    }
+
+    fn ev(e: Event<Ingress>) -> Update {
+        Update::Object(map_event(e, Object::Ingress))
+    }
+
+    #[test]
+    fn nothing_compiles_until_every_watcher_listed_and_a_relist_replaces_only_its_scope() {
+        let mut s = store();
+        s.apply(0, ev(Event::Init));
+        s.apply(0, ev(Event::InitApply(ingress("a", "x", "x.test", "raftgate"))));
+        s.apply(0, ev(Event::InitApply(ingress("a", "y", "y.test", "raftgate"))));
+        assert!(s.objects.ingresses.is_empty(), "a list in progress is buffered");
+        assert!(s.apply(0, ev(Event::InitDone)).compile);
+        s.apply(1, ev(Event::Init));
+        s.apply(1, ev(Event::InitApply(ingress("b", "z", "z.test", "raftgate"))));
+        s.apply(1, ev(Event::InitDone));
+        assert!(!s.synced(), "the Secret watcher has not listed yet");
+        s.apply(2, Update::SecretMeta(Event::Init));
+        s.apply(2, Update::SecretMeta(Event::InitDone));
+        assert!(s.synced());
+        assert_eq!(s.objects.ingresses.len(), 3);
+
+        // After 410 Gone the watcher relists namespace a: y was deleted meanwhile, w added.
+        s.apply(0, ev(Event::Init));
+        s.apply(0, ev(Event::InitApply(ingress("a", "x", "x.test", "raftgate"))));
+        s.apply(0, ev(Event::InitApply(ingress("a", "w", "w.test", "raftgate"))));
+        assert_eq!(
+            s.objects.ingresses.len(),
+            3,
+            "the old state serves until the relist is complete"
+        );
+        s.apply(0, ev(Event::InitDone));
+        let keys: Vec<String> = s.objects.ingresses.keys().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            ["a/w", "a/x", "b/z"],
+            "no gap, no stale object, namespace b untouched"
+        );
+    }
+
+    #[test]
+    fn a_status_only_change_does_not_recompile() {
+        let mut s = store();
+        let mut i = ingress("a", "x", "x.test", "raftgate");
+        assert!(s.apply(0, ev(Event::Apply(i.clone()))).compile);
+        i.metadata.resource_version = Some("2".into());
+        i.status =
+            serde_json::from_value(serde_json::json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}})).unwrap();
+        let d = s.apply(0, ev(Event::Apply(i.clone())));
+        assert!(!d.compile && d.status);
+        i.metadata.annotations = Some([("nginx.ingress.kubernetes.io/ssl-redirect".into(), "false".into())].into());
+        assert!(s.apply(0, ev(Event::Apply(i.clone()))).compile);
+        assert!(s.apply(0, ev(Event::Delete(i))).compile);
+        assert!(s.objects.ingresses.is_empty());
+    }
+
+    #[test]
+    fn only_secrets_our_ingresses_use_are_wanted() {
+        let mut s = store();
+        let mut i = ingress("a", "x", "x.test", "raftgate");
+        i.metadata.annotations = Some([(AUTH_SECRET_ANNOTATION.into(), "auth/users".into())].into());
+        s.apply(0, ev(Event::Apply(i)));
+        s.apply(0, ev(Event::Apply(ingress("a", "other", "o.test", "nginx"))));
+        let ours: BTreeSet<Key> = [Key::new("a", "x")].into();
+        let used: Vec<String> = s.used_secrets(&ours).iter().map(ToString::to_string).collect();
+        assert_eq!(used, ["a/x-tls", "auth/users"]);
+    }
+
+    #[test]
+    fn status_points_ours_at_the_addresses_and_clears_only_what_we_wrote() {
+        let mut objs = Objects::default();
+        let mut ours_ing = ingress("a", "x", "x.test", "raftgate");
+        ours_ing.status =
+            serde_json::from_value(serde_json::json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}})).unwrap();
+        let mut left = ingress("a", "left", "l.test", "nginx");
+        left.status = serde_json::from_value(serde_json::json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.2"}, {"hostname": "lb.test"}, {"ip": "10.0.0.1"}]}})).unwrap();
+        let mut foreign = ingress("a", "foreign", "f.test", "nginx");
+        foreign.status =
+            serde_json::from_value(serde_json::json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.7"}]}})).unwrap();
+        let done = ingress("a", "done", "d.test", "raftgate");
+        for i in [ours_ing, left, foreign, done] {
+            objs.ingresses.insert(Key::of(&i.metadata), i);
+        }
+        let ours: BTreeSet<Key> = [Key::new("a", "x"), Key::new("a", "done")].into();
+        let addrs = ["10.0.0.2".to_string(), "lb.test".into(), "10.0.0.1".into()];
+        let wants = wanted_status(&objs, &ours, &addrs);
+        let summary: Vec<(String, usize)> = wants.iter().map(|w| (w.key.to_string(), w.want.len())).collect();
+        assert_eq!(summary, [("a/done".into(), 3), ("a/left".into(), 0), ("a/x".into(), 3)]);
+        // Once written, nothing more is wanted.
+        for w in wants {
+            let i = objs.ingresses.get_mut(&w.key).unwrap();
+            i.status = Some(Default::default());
+            i.status.as_mut().unwrap().load_balancer =
+                Some(k8s_openapi::api::networking::v1::IngressLoadBalancerStatus { ingress: Some(w.want) });
+        }
+        assert_eq!(wanted_status(&objs, &ours, &addrs), []);
+        assert_eq!(
+            wanted_status(&objs, &ours, &[]),
+            [],
+            "no addresses: status is left alone"
+        );
+    }
+
+    #[test]
+    fn events_land_on_the_ingresses_that_use_a_broken_secret_or_service() {
+        let mut objs = Objects::default();
+        for i in [
+            ingress("a", "x", "x.test", "raftgate"),
+            ingress("a", "y", "y.test", "raftgate"),
+            ingress("b", "z", "z.test", "raftgate"),
+        ] {
+            objs.ingresses.insert(Key::of(&i.metadata), i);
+        }
+        let ours: BTreeSet<Key> = objs.ingresses.keys().cloned().collect();
+        let p = |kind, object: &str| Problem {
+            kind,
+            object: object.into(),
+            severity: Severity::Warning,
+            reason: "bad".into(),
+        };
+        let names = |v: Vec<(&str, Key, &ObjectMeta)>| v.into_iter().map(|(_, k, _)| k.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(involved(&objs, &ours, &p("Secret", "a/x-tls"))), ["a/x"]);
+        assert_eq!(names(involved(&objs, &ours, &p("Service", "a/web"))), ["a/x", "a/y"]);
+        assert_eq!(names(involved(&objs, &ours, &p("Ingress", "b/z"))), ["b/z"]);
+        assert!(involved(&objs, &ours, &p("Ingress", "b/gone")).is_empty());
+        assert_eq!(truncate("héllo", 2), "h");
+    }
+}
