@@ -109,6 +109,11 @@ pub struct IngressClassConfig {
     pub name: String,
     /// Serve Ingresses with no class at all (ingress-nginx's `--watch-ingress-without-class`). Default false.
     pub watch_without_class: bool,
+    /// The `spec.controller` the IngressClass object must name (ingress-nginx's
+    /// `--controller-class`). Default `raftgate.io/ingress-controller`; set `k8s.io/ingress-nginx`
+    /// to take over an ingress-nginx IngressClass unchanged. Without an IngressClass object,
+    /// Ingresses naming the class are served.
+    pub controller: String,
 }
 
 impl Default for IngressClassConfig {
@@ -116,6 +121,7 @@ impl Default for IngressClassConfig {
         IngressClassConfig {
             name: "raftgate".into(),
             watch_without_class: false,
+            controller: crate::compiler::CONTROLLER.into(),
         }
     }
 }

@@ -102,9 +102,11 @@ impl fmt::Display for Problem {
 }
 
 /// What the compiler needs from the config.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     pub class: String,
+    /// The `spec.controller` an IngressClass must name for its Ingresses to be ours.
+    pub controller: String,
     pub watch_without_class: bool,
     pub defaults: RouteDefaults,
     /// The tcp-services ConfigMap (`namespace/name`), if any.
@@ -115,6 +117,21 @@ pub struct Options {
     pub reserved_ports: Vec<u16>,
     /// The ingress-nginx-style ConfigMap (`namespace/name`) laid over `defaults`, if any.
     pub controller_configmap: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            class: "raftgate".into(),
+            controller: CONTROLLER.into(),
+            watch_without_class: false,
+            defaults: RouteDefaults::default(),
+            tcp_services: None,
+            udp_services: None,
+            reserved_ports: Vec::new(),
+            controller_configmap: None,
+        }
+    }
 }
 
 impl Options {
@@ -129,6 +146,7 @@ impl Options {
         reserved.sort_unstable();
         Options {
             class: cfg.ingress_class.name.clone(),
+            controller: cfg.ingress_class.controller.clone(),
             watch_without_class: cfg.ingress_class.watch_without_class,
             defaults: cfg.defaults.clone(),
             tcp_services: cfg.l4.tcp_services_configmap.clone(),
@@ -249,11 +267,22 @@ impl Compiler {
             }
         }
         out.table.settings = defaults::settings(&self.effective, policy(&self.effective, &Annotations::default()));
-        let default_class = self.default_class_is_ours(objs);
+        let (default_class, foreign) = self.class_view(objs);
+        if let Some(controller) = &foreign {
+            out.problems.push(Problem {
+                kind: "IngressClass",
+                object: self.opts.class.clone(),
+                severity: Severity::Warning,
+                reason: format!(
+                    "names controller {controller:?}, not {:?} (ingress_class.controller); its Ingresses are not served",
+                    self.opts.controller
+                ),
+            });
+        }
         let mut ours: Vec<&Ingress> = objs
             .ingresses
             .values()
-            .filter(|i| self.is_ours(i, default_class))
+            .filter(|i| self.is_ours(i, default_class, foreign.is_some()))
             .collect();
         ours.sort_by_key(|i| order_key(i));
         let keys: BTreeSet<Key> = ours.iter().map(|i| Key::of(&i.metadata)).collect();
@@ -349,27 +378,39 @@ impl Compiler {
 
     /// The Ingresses of our class, as [`Compiler::compile`] selects them.
     pub fn ours(&self, objs: &Objects) -> BTreeSet<Key> {
-        let default_class = self.default_class_is_ours(objs);
+        let (default_class, foreign) = self.class_view(objs);
         objs.ingresses
             .iter()
-            .filter(|(_, i)| self.is_ours(i, default_class))
+            .filter(|(_, i)| self.is_ours(i, default_class, foreign.is_some()))
             .map(|(k, _)| k.clone())
             .collect()
     }
 
-    /// Whether the IngressClass named in the config is marked default, so class-less Ingresses are ours.
-    fn default_class_is_ours(&self, objs: &Objects) -> bool {
-        objs.classes.values().any(|c| {
-            c.metadata.name.as_deref() == Some(self.opts.class.as_str())
-                && c.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                    .is_some_and(|v| v == "true")
-        })
+    /// What the IngressClass named in the config says: whether it is marked default (so
+    /// class-less Ingresses are ours), and, if it names another controller, which one (then
+    /// none of its Ingresses are ours). No such object: the class is ours, not default.
+    fn class_view(&self, objs: &Objects) -> (bool, Option<String>) {
+        let Some(c) = objs
+            .classes
+            .values()
+            .find(|c| c.metadata.name.as_deref() == Some(self.opts.class.as_str()))
+        else {
+            return (false, None);
+        };
+        let controller = c.spec.as_ref().and_then(|s| s.controller.clone()).unwrap_or_default();
+        if controller != self.opts.controller {
+            return (false, Some(controller));
+        }
+        let default = c
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+            .is_some_and(|v| v == "true");
+        (default, None)
     }
 
-    fn is_ours(&self, ing: &Ingress, default_class: bool) -> bool {
+    fn is_ours(&self, ing: &Ingress, default_class: bool, foreign: bool) -> bool {
         let class = ing
             .spec
             .as_ref()
@@ -382,7 +423,7 @@ impl Compiler {
                     .map(String::as_str)
             });
         match class {
-            Some(c) => c == self.opts.class,
+            Some(c) => !foreign && c == self.opts.class,
             None => default_class || self.opts.watch_without_class,
         }
     }

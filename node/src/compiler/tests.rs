@@ -969,3 +969,44 @@ data: {"53": "t/dns:53"}
             .any(|p| p.object == "ingress-nginx/tcp-servics" && p.reason.contains("not found"))
     );
 }
+
+#[test]
+fn an_ingress_class_of_another_controller_is_not_ours() {
+    let ing = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: app}
+spec:
+  ingressClassName: nginx
+  rules: [{host: n.com, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}]
+"#;
+    let class = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+"#;
+    // No IngressClass object: the name alone decides.
+    let yaml = svc("web", "10.0.0.1") + ing;
+    assert!(compiler("nginx").compile(&objects(&yaml)).table.vhosts.contains_key("n.com"));
+    // The class belongs to ingress-nginx: not served, and said so.
+    let yaml = yaml + class;
+    let out = compiler("nginx").compile(&objects(&yaml));
+    assert!(out.table.vhosts.is_empty());
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.kind == "IngressClass" && p.reason.contains("k8s.io/ingress-nginx")),
+        "{:?}",
+        out.problems
+    );
+    // Taking over an ingress-nginx class unchanged, as a migration does.
+    let mut c = Compiler::new(Options {
+        class: "nginx".into(),
+        controller: "k8s.io/ingress-nginx".into(),
+        ..Options::default()
+    });
+    assert!(c.compile(&objects(&yaml)).table.vhosts.contains_key("n.com"));
+}
