@@ -26,6 +26,21 @@ use crate::config::parse_size;
 /// The annotation prefix ingress-nginx uses.
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
+/// The longest annotation value read (the API server allows 256 KiB for all of them together).
+const MAX_VALUE: usize = 16 * 1024;
+
+/// A value as error messages show it: at most 128 bytes, cut on a character boundary.
+fn preview(value: &str) -> String {
+    if value.len() <= 128 {
+        return value.to_string();
+    }
+    let mut end = 128;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &value[..end])
+}
+
 /// An annotation value that could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("annotation {PREFIX}{key}: invalid value {value:?}: {reason}")]
@@ -231,9 +246,15 @@ impl Annotations {
             };
             let err = |reason: &str| AnnotationError {
                 key: key.into(),
-                value: value.clone(),
+                value: preview(value),
                 reason: reason.into(),
             };
+            if value.len() > MAX_VALUE && !key.ends_with("-snippet") {
+                return Err(err(&format!(
+                    "{} bytes long; annotation values are limited to {MAX_VALUE}",
+                    value.len()
+                )));
+            }
             let v = value.trim();
             let flag = || boolean(v).ok_or_else(|| err("expected \"true\" or \"false\""));
             let secs = || seconds(v).ok_or_else(|| err("expected whole seconds above 0"));
@@ -873,5 +894,19 @@ mod tests {
         m.insert("kubernetes.io/ingress.class".to_string(), "nginx".to_string());
         m.insert(format!("{PREFIX}some-future-thing"), "x".to_string());
         assert_eq!(Annotations::parse(Some(&m)).unwrap(), Annotations::default());
+    }
+
+    #[test]
+    fn an_oversized_value_is_refused_and_never_echoed_whole() {
+        let mut m = BTreeMap::new();
+        m.insert(format!("{PREFIX}rewrite-target"), "/x".repeat(512 * 1024));
+        let e = Annotations::parse(Some(&m)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("1048576 bytes long"), "{}", &msg[..200.min(msg.len())]);
+        assert!(msg.len() < 400, "the message carries a preview, not the value: {} bytes", msg.len());
+        // A snippet is ignored whatever its size.
+        let mut m = BTreeMap::new();
+        m.insert(format!("{PREFIX}configuration-snippet"), "#".repeat(1 << 20));
+        assert_eq!(Annotations::parse(Some(&m)).unwrap().ignored_snippets.len(), 1);
     }
 }

@@ -93,6 +93,9 @@ pub struct Problem {
     pub object: String,
     pub severity: Severity,
     pub reason: String,
+    /// The Ingresses (`namespace/name`) a problem with a Service or Secret affects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<String>,
 }
 
 impl fmt::Display for Problem {
@@ -262,6 +265,7 @@ impl Compiler {
                         object: key.to_string(),
                         severity: Severity::Warning,
                         reason,
+                        related: Vec::new(),
                     });
                 }
             }
@@ -277,6 +281,7 @@ impl Compiler {
                     "names controller {controller:?}, not {:?} (ingress_class.controller); its Ingresses are not served",
                     self.opts.controller
                 ),
+                related: Vec::new(),
             });
         }
         let mut ours: Vec<&Ingress> = objs
@@ -296,6 +301,7 @@ impl Compiler {
                 object: key.to_string(),
                 severity,
                 reason,
+                related: Vec::new(),
             };
             match self.plan(ing, objs) {
                 Ok((plan, warnings)) => {
@@ -347,6 +353,7 @@ impl Compiler {
                     object: key.to_string(),
                     severity: Severity::Warning,
                     reason: format!("not found (named by l4.{}_services_configmap)", protocol.as_str()),
+                    related: Vec::new(),
                 });
                 continue;
             };
@@ -356,11 +363,12 @@ impl Compiler {
                     object: key.to_string(),
                     severity: Severity::Rejected,
                     reason: format!("entry {port:?}: {reason}"),
+                    related: Vec::new(),
                 };
                 match l4_entry(protocol, port, value, &self.opts.reserved_ports) {
                     Ok((svc, r)) => {
                         if !out.table.upstreams.contains_key(&svc.upstream) {
-                            add_upstream(objs, svc.upstream.clone(), &r, &mut out.table, &mut out.problems);
+                            add_upstream(objs, svc.upstream.clone(), &r, &mut out.table, &mut out.problems, Vec::new());
                         }
                         let source = format!("{key}:{port}");
                         out.table.l4.insert(svc.key(), L4Service { source, ..svc });
@@ -772,6 +780,9 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
     let mut claimed: BTreeMap<(String, PathMatch), String> = BTreeMap::new();
     let mut refs: BTreeMap<String, UpstreamRef> = BTreeMap::new();
     let mut sni_secrets: BTreeMap<String, (String, Key)> = BTreeMap::new();
+    // Which Ingresses use each upstream and TLS Secret, for the problems found resolving them.
+    let mut users: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut secret_users: BTreeMap<Key, BTreeSet<String>> = BTreeMap::new();
     // Each Ingress's accepted server-alias hosts, which share its routes' canaries.
     let mut alias_hosts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let rule_hosts: BTreeSet<String> = plans
@@ -786,6 +797,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                 object: owner.clone(),
                 severity: Severity::Warning,
                 reason,
+                related: Vec::new(),
             })
         };
         let only_default = plan.rules.is_empty();
@@ -847,6 +859,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                     ),
                     Some(_) => {}
                     None => {
+                        secret_users.entry(key.clone()).or_default().insert(owner.clone());
                         sni_secrets.insert(host.clone(), (owner.clone(), key));
                     }
                 }
@@ -859,6 +872,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
             }
         }
         for (id, r) in plan.upstreams {
+            users.entry(id.clone()).or_default().insert(owner.clone());
             refs.entry(id).or_insert(r);
         }
     }
@@ -874,7 +888,8 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
         }
     }
     for (id, r) in refs {
-        add_upstream(objs, id, &r, t, &mut out.problems);
+        let related = users.get(&id).map(|u| u.iter().cloned().collect()).unwrap_or_default();
+        add_upstream(objs, id, &r, t, &mut out.problems, related);
     }
     let mut loaded: BTreeMap<Key, bool> = BTreeMap::new();
     for (host, (_, key)) in sni_secrets {
@@ -891,6 +906,10 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                         object: key.to_string(),
                         severity: Severity::Warning,
                         reason: format!("{reason}; the default certificate is served instead"),
+                        related: secret_users
+                            .get(&key)
+                            .map(|u| u.iter().cloned().collect())
+                            .unwrap_or_default(),
                     });
                     false
                 }
@@ -920,6 +939,7 @@ fn attach_canary(
             object: owner.clone(),
             severity: Severity::Warning,
             reason,
+            related: Vec::new(),
         })
     };
     let planned: BTreeMap<&str, &UpstreamRef> = plan.upstreams.iter().map(|(id, r)| (id.as_str(), r)).collect();
@@ -1044,7 +1064,14 @@ fn validate_path(p: &str) -> Result<&str, CompileError> {
 }
 
 /// Resolves an upstream into the table, reporting what makes it unusable against its Service.
-fn add_upstream(objs: &Objects, id: String, r: &UpstreamRef, table: &mut RoutingTable, problems: &mut Vec<Problem>) {
+fn add_upstream(
+    objs: &Objects,
+    id: String,
+    r: &UpstreamRef,
+    table: &mut RoutingTable,
+    problems: &mut Vec<Problem>,
+    related: Vec<String>,
+) {
     let (upstream, warnings) = resolve(objs, r);
     for reason in warnings {
         problems.push(Problem {
@@ -1052,6 +1079,7 @@ fn add_upstream(objs: &Objects, id: String, r: &UpstreamRef, table: &mut Routing
             object: format!("{}/{}", r.namespace, r.service),
             severity: Severity::Warning,
             reason,
+            related: related.clone(),
         });
     }
     table.upstreams.insert(id, upstream);

@@ -774,67 +774,23 @@ impl EventWriter {
     }
 }
 
-/// The objects an Event about `p` belongs on: the Ingress itself, or for a Secret or a
-/// Service, each Ingress of ours in its namespace that uses it; a ConfigMap gets its own.
+/// The objects an Event about `p` belongs on: the Ingress itself; for a Secret or a Service,
+/// each Ingress of ours the compiler names as using it; a ConfigMap gets its own.
 fn involved<'a>(objs: &'a Objects, ours: &BTreeSet<Key>, p: &Problem) -> Vec<(&'static str, Key, &'a ObjectMeta)> {
-    let Some((ns, name)) = p.object.split_once('/') else {
-        return Vec::new();
+    let key = |s: &str| s.split_once('/').map(|(ns, n)| Key::new(ns, n));
+    let ingress = |k: Key| {
+        let i = objs.ingresses.get(&k).filter(|_| ours.contains(&k))?;
+        Some(("Ingress", k, &i.metadata))
     };
-    let target = Key::new(ns, name);
-    let ingress = |k: &Key| objs.ingresses.get(k).map(|i| ("Ingress", k.clone(), &i.metadata));
     match p.kind {
-        "Ingress" => ingress(&target).into_iter().collect(),
-        "ConfigMap" => objs
-            .config_maps
-            .get(&target)
-            .map(|c| ("ConfigMap", target.clone(), &c.metadata))
+        "Ingress" => key(&p.object).and_then(ingress).into_iter().collect(),
+        "ConfigMap" => key(&p.object)
+            .and_then(|k| objs.config_maps.get(&k).map(|c| ("ConfigMap", k, &c.metadata)))
             .into_iter()
             .collect(),
-        "Secret" | "Service" => ours
-            .iter()
-            .filter(|k| k.namespace == target.namespace || p.kind == "Secret")
-            .filter(|k| {
-                objs.ingresses
-                    .get(*k)
-                    .is_some_and(|i| uses(i, &k.namespace, p.kind, &target))
-            })
-            .filter_map(ingress)
-            .collect(),
+        "Secret" | "Service" => p.related.iter().filter_map(|r| key(r)).filter_map(ingress).collect(),
         _ => Vec::new(),
     }
-}
-
-/// Whether an Ingress in `ns` refers to the Secret or Service `target`.
-fn uses(ing: &Ingress, ns: &str, kind: &str, target: &Key) -> bool {
-    let Some(spec) = &ing.spec else { return false };
-    if kind == "Secret" {
-        let tls = ns == target.namespace
-            && spec
-                .tls
-                .iter()
-                .flatten()
-                .any(|t| t.secret_name.as_deref() == Some(target.name.as_str()));
-        let auth = ing
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(AUTH_SECRET_ANNOTATION))
-            .is_some_and(|a| match a.split_once('/') {
-                Some((n, s)) => n == target.namespace && s == target.name,
-                None => ns == target.namespace && *a == target.name,
-            });
-        return tls || auth;
-    }
-    let named = |b: &k8s_openapi::api::networking::v1::IngressBackend| {
-        b.service.as_ref().is_some_and(|s| s.name == target.name)
-    };
-    spec.default_backend.as_ref().is_some_and(named)
-        || spec
-            .rules
-            .iter()
-            .flatten()
-            .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
-            .any(|p| named(&p.backend))
 }
 
 fn event(kind: &'static str, key: &Key, meta: &ObjectMeta, p: &Problem, node: &str, seq: u64) -> K8sEvent {
@@ -1038,7 +994,7 @@ mod tests {
     }
 
     #[test]
-    fn events_land_on_the_ingresses_that_use_a_broken_secret_or_service() {
+    fn events_land_on_the_ingresses_the_compiler_names() {
         let mut objs = Objects::default();
         for i in [
             ingress("a", "x", "x.test", "raftgate"),
@@ -1048,17 +1004,23 @@ mod tests {
             objs.ingresses.insert(Key::of(&i.metadata), i);
         }
         let ours: BTreeSet<Key> = objs.ingresses.keys().cloned().collect();
-        let p = |kind, object: &str| Problem {
+        let p = |kind, object: &str, related: &[&str]| Problem {
             kind,
             object: object.into(),
             severity: Severity::Warning,
             reason: "bad".into(),
+            related: related.iter().map(ToString::to_string).collect(),
         };
         let names = |v: Vec<(&str, Key, &ObjectMeta)>| v.into_iter().map(|(_, k, _)| k.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(involved(&objs, &ours, &p("Secret", "a/x-tls"))), ["a/x"]);
-        assert_eq!(names(involved(&objs, &ours, &p("Service", "a/web"))), ["a/x", "a/y"]);
-        assert_eq!(names(involved(&objs, &ours, &p("Ingress", "b/z"))), ["b/z"]);
-        assert!(involved(&objs, &ours, &p("Ingress", "b/gone")).is_empty());
+        assert_eq!(names(involved(&objs, &ours, &p("Secret", "a/x-tls", &["a/x"]))), ["a/x"]);
+        assert_eq!(
+            names(involved(&objs, &ours, &p("Service", "a/web", &["a/x", "a/y", "a/gone"]))),
+            ["a/x", "a/y"]
+        );
+        assert_eq!(names(involved(&objs, &ours, &p("Ingress", "b/z", &[]))), ["b/z"]);
+        assert!(involved(&objs, &ours, &p("Ingress", "b/gone", &[])).is_empty());
+        let theirs: BTreeSet<Key> = BTreeSet::new();
+        assert!(involved(&objs, &theirs, &p("Ingress", "b/z", &[])).is_empty(), "not ours: no Event");
         assert_eq!(truncate("héllo", 2), "h");
     }
 }
