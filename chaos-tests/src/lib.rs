@@ -1,1 +1,3 @@
-//! Harness for multi-node failover drills in network namespaces. Not built yet.
+//! Harness for raftgate's fault tests: an in-process test Kubernetes API server with fault injection.
+
+pub mod apiserver;

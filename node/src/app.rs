@@ -439,15 +439,11 @@ async fn run_source(
         }
         Source::Kubernetes(k) => {
             let opts = compiler.options();
-            let config_maps = [
-                &opts.tcp_services,
-                &opts.udp_services,
-                &opts.controller_configmap,
-            ]
-            .into_iter()
-            .flatten()
-            .map(|n| crate::source::kubernetes::config_map_key(n))
-            .collect();
+            let config_maps = [&opts.tcp_services, &opts.udp_services, &opts.controller_configmap]
+                .into_iter()
+                .flatten()
+                .map(|n| crate::source::kubernetes::config_map_key(n))
+                .collect();
             crate::source::kubernetes::run(k, node_id, compiler, config_maps, publish, addresses, drain).await
         }
     }
@@ -557,12 +553,12 @@ async fn source_loop(
                 for e in &scan.errors {
                     tracing::error!(error = %e, "manifest rejected");
                 }
-                if !scan.errors.is_empty() {
-                    if let Ok(mut s) = publisher.state.source_errors.lock() {
-                        s.extend(scan.errors.iter().map(ToString::to_string));
-                        let excess = s.len().saturating_sub(100);
-                        s.drain(..excess);
-                    }
+                if !scan.errors.is_empty()
+                    && let Ok(mut s) = publisher.state.source_errors.lock()
+                {
+                    s.extend(scan.errors.iter().map(ToString::to_string));
+                    let excess = s.len().saturating_sub(100);
+                    s.drain(..excess);
                 }
                 if scan.changed || first || retry {
                     let (objs, dup) = dir.objects();

@@ -535,10 +535,11 @@ impl Config {
         }
         let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];
         for (i, a) in addrs.iter().enumerate() {
-            if let Some(a) = a {
-                if a.port() != 0 && addrs[i + 1..].iter().flatten().any(|b| b == a) {
-                    return bad(&format!("address {a} is used by two listeners"));
-                }
+            if let Some(a) = a
+                && a.port() != 0
+                && addrs[i + 1..].iter().flatten().any(|b| b == a)
+            {
+                return bad(&format!("address {a} is used by two listeners"));
             }
         }
         Ok(())

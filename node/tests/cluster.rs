@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::{Echo, get, ingress, service};
 use raftgate::ctl::request;
+use raftgate_chaos_tests::apiserver::ApiServer;
 use serde_json::Value;
+use serde_json::json;
 
 /// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
 /// connection can take it between now and the moment a member process binds it.
@@ -69,6 +71,11 @@ impl Group {
     /// Configs and certificates for `n` members; member 1 starts the group, the rest join it.
     /// `raft_extra` is appended to every member's `raft:` section.
     fn new(n: u64, raft_extra: &str) -> Group {
+        Group::with_source(n, raft_extra, None)
+    }
+
+    /// Like [`Group::new`], with `source` (a YAML flow mapping) instead of the shared manifests directory.
+    fn with_source(n: u64, raft_extra: &str, source: Option<&str>) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
         let nodes: Vec<String> = (1..=n).map(|i| format!("n{i}=127.0.0.1")).collect();
@@ -84,9 +91,13 @@ impl Group {
                 format!("  join: [\"{}\"]\n", raft_addrs[0])
             };
             let d = dir.path().display();
+            let source = match source {
+                Some(s) => s.to_string(),
+                None => format!("{{kind: manifests, path: \"{d}/manifests\", poll_interval: 20ms}}"),
+            };
             let yaml = format!(
                 "node_id: n{i}\nlisten: {{http: \"{http}\", https: null}}\nadmin: {{listen: \"{admin}\"}}\n\
-                 source: {{kind: manifests, path: \"{d}/manifests\", poll_interval: 20ms}}\n\
+                 source: {source}\n\
                  log: {{level: \"info,openraft=warn\"}}\n\
                  raft:\n  id: {i}\n  listen: \"{}\"\n  data_dir: \"{d}/data{i}\"\n{join}\
                  \x20 heartbeat: 50ms\n  election_timeout: 300ms\n\
@@ -423,4 +434,112 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// `kubectl apply` of every document in `yaml`.
+fn kube_apply(api: &ApiServer, yaml: &str) {
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        if !v.is_null() {
+            api.apply(&v).unwrap();
+        }
+    }
+}
+
+/// The members watch the test API server: only the leader does, every member serves, and
+/// across a leader's death while objects change nothing is missed and status has one writer at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_fed_by_the_kubernetes_api() {
+    let _one = ONE_GROUP.lock().await;
+    let api = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let kc = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(kc.path(), api.kubeconfig_yaml()).unwrap();
+    let source = format!(
+        "{{kind: kubernetes, kubeconfig: \"{}\", debounce: 5ms}}",
+        kc.path().display()
+    );
+    let mut g = Group::with_source(3, "", Some(&source));
+    let (e1, e2) = (Echo::start("e1").await, Echo::start("e2").await);
+    kube_apply(&api, &site("a.example", &e1));
+    for i in 0..3 {
+        g.start(i);
+    }
+    g.wait_served(&[0, 1, 2], "a.example", "e1").await;
+    // Status lists the members' addresses (all three advertise 127.0.0.1).
+    let status = || api.get("networking.k8s.io/v1", "Ingress", "default", "web").unwrap()["status"].clone();
+    g.wait("Ingress status", Duration::from_secs(10), || async {
+        status()["loadBalancer"]["ingress"] == json!([{"ip": "127.0.0.1"}])
+    })
+    .await;
+    // Only the leader talks to the API server.
+    let agents = |since: usize| -> std::collections::BTreeSet<String> {
+        api.requests()[since..]
+            .iter()
+            .filter_map(|r| r.user_agent.clone())
+            .collect()
+    };
+    let leader = g.leader(&[0, 1, 2]).await.unwrap();
+    assert_eq!(
+        agents(0),
+        [format!("raftgate/n{}", leader + 1)].into(),
+        "followers never talk to the API server"
+    );
+
+    // Change objects continuously while the leader dies.
+    let seen = api.requests().len();
+    let mut next = 0;
+    let killer = Instant::now() + Duration::from_millis(300);
+    let mut killed = false;
+    while next < 20 {
+        kube_apply(
+            &api,
+            &ingress(
+                "default",
+                &format!("r{next}"),
+                &format!("r{next}.example"),
+                &[("/", "Prefix", "web")],
+                "",
+            ),
+        );
+        next += 1;
+        if !killed && Instant::now() > killer {
+            g.kill(leader);
+            killed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    kube_apply(&api, &service("default", "web", &[&e2]));
+    let live: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for r in [0, 10, 19] {
+        g.wait_served(&live, &format!("r{r}.example"), "e2").await;
+    }
+    let new_leader = g.leader(&live).await.unwrap();
+    assert_ne!(new_leader, leader);
+    // Every Ingress got its status, and status writes came from one member, then the other: never interleaved.
+    g.wait("status on every Ingress", Duration::from_secs(10), || async {
+        (0..20).all(|r| {
+            api.get("networking.k8s.io/v1", "Ingress", "default", &format!("r{r}"))
+                .unwrap()["status"]["loadBalancer"]["ingress"]
+                == json!([{"ip": "127.0.0.1"}])
+        })
+    })
+    .await;
+    let writers: Vec<String> = api.requests()[seen..]
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/status"))
+        .filter_map(|r| r.user_agent.clone())
+        .collect();
+    let mut runs = writers.clone();
+    runs.dedup();
+    assert!(runs.len() <= 2, "status writers interleaved: {runs:?}");
+    assert_eq!(runs.last(), Some(&format!("raftgate/n{}", new_leader + 1)), "{runs:?}");
+    let leaders: std::collections::BTreeSet<String> = [leader, new_leader]
+        .iter()
+        .map(|l| format!("raftgate/n{}", l + 1))
+        .collect();
+    assert_eq!(
+        agents(0),
+        leaders,
+        "the follower that never led never talked to the API server"
+    );
 }

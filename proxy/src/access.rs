@@ -115,10 +115,10 @@ impl RouteAccess {
             Some((limits, status)) => Some(limits.admit(ip, now).map_err(|_| Denied::Limited(*status))?),
             None => None,
         };
-        if let Some(allow) = &self.allow {
-            if !allow.iter().any(|n| n.contains(ip)) {
-                return Err(Denied::Forbidden);
-            }
+        if let Some(allow) = &self.allow
+            && !allow.iter().any(|n| n.contains(ip))
+        {
+            return Err(Denied::Forbidden);
         }
         Ok(admission)
     }

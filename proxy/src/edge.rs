@@ -99,10 +99,10 @@ pub fn cors_headers(out: &mut HeaderMap, cors: &Cors, origin: Option<&HeaderValu
             HeaderValue::from_static("true"),
         );
     }
-    if !cors.expose_headers.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&cors.expose_headers) {
-            out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
-        }
+    if !cors.expose_headers.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cors.expose_headers)
+    {
+        out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v);
     }
 }
 

@@ -149,19 +149,19 @@ pub async fn handle(
     if !conn.tls && ((tls && policy.ssl_redirect) || policy.force_ssl_redirect) {
         return Ok(log.finish(redirect_to_https(&req, host_str, conn.https_port)));
     }
-    if let Some(root) = &policy.app_root {
-        if let Some(resp) = edge::app_root(&req, host_str, root, conn.tls) {
-            return Ok(log.finish(resp));
-        }
+    if let Some(root) = &policy.app_root
+        && let Some(resp) = edge::app_root(&req, host_str, root, conn.tls)
+    {
+        return Ok(log.finish(resp));
     }
     let origin = policy
         .cors
         .as_ref()
         .and_then(|_| req.headers().get(header::ORIGIN).cloned());
-    if let Some(cors) = &policy.cors {
-        if let Some(resp) = edge::cors_preflight(&req, cors) {
-            return Ok(log.finish(resp));
-        }
+    if let Some(cors) = &policy.cors
+        && let Some(resp) = edge::cors_preflight(&req, cors)
+    {
+        return Ok(log.finish(resp));
     }
     // The client's address, as the access checks, hash-by and forwarded headers see it.
     let client = client_ip(&snap, &conn, req.headers());

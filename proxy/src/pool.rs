@@ -122,10 +122,10 @@ impl Pool {
         if sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < max_idle {
-                idle.push((sender, now));
-            }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < max_idle
+        {
+            idle.push((sender, now));
         }
     }
 

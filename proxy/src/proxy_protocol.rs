@@ -224,10 +224,10 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
     if len > V2_MAX_LEN {
         return Err(ProxyProtocolError::V2TooLong(len));
     }
-    if let Some(need) = need {
-        if body < need {
-            return Err(ProxyProtocolError::V2ShortAddress { family, len: body });
-        }
+    if let Some(need) = need
+        && body < need
+    {
+        return Err(ProxyProtocolError::V2ShortAddress { family, len: body });
     }
     let Some(block) = buf.get(V2_FIXED..len) else {
         return Ok(Parsed::Incomplete);

@@ -207,12 +207,11 @@ impl Router {
         if let Some(&i) = self.exact_hosts.get(host) {
             return Some(&self.vhosts[i]);
         }
-        if let Some((label, suffix)) = host.split_once('.') {
-            if !label.is_empty() {
-                if let Some(&i) = self.wildcard_hosts.get(suffix) {
-                    return Some(&self.vhosts[i]);
-                }
-            }
+        if let Some((label, suffix)) = host.split_once('.')
+            && !label.is_empty()
+            && let Some(&i) = self.wildcard_hosts.get(suffix)
+        {
+            return Some(&self.vhosts[i]);
         }
         self.any_host.map(|i| &self.vhosts[i])
     }
@@ -252,10 +251,10 @@ impl VhostIndex {
             return None;
         }
         // The whole path is a candidate unless it ends with '/' (keys never do)...
-        if !path.ends_with('/') {
-            if let Some(&id) = self.prefix.get(path) {
-                return Some((path.len(), id));
-            }
+        if !path.ends_with('/')
+            && let Some(&id) = self.prefix.get(path)
+        {
+            return Some((path.len(), id));
         }
         // ...then every prefix that ends just before a '/', longest first.
         let bytes = path.as_bytes();
@@ -341,12 +340,13 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if input[i] == b'%'
+            && i + 2 < input.len()
+            && let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(input[i]);
         i += 1;

@@ -83,17 +83,17 @@ pub fn weighted(n: u64, weight: u32, total: u32) -> bool {
 
 /// Whether a request goes to the canary: by header, then by cookie, then by weight.
 pub fn to_canary(c: &Canary, state: &CanaryState, headers: &HeaderMap) -> bool {
-    if let Some(h) = &c.header {
-        if let Some(v) = headers.get(h.name.as_str()).and_then(|v| v.to_str().ok()) {
-            match &h.matches {
-                HeaderMatch::Value(want) if v == want.as_str() => return true,
-                HeaderMatch::Pattern(_) if state.pattern.as_ref().is_some_and(|re| re.is_match(v)) => {
-                    return true;
-                }
-                HeaderMatch::AlwaysNever if v == "always" => return true,
-                HeaderMatch::AlwaysNever if v == "never" => return false,
-                _ => {}
+    if let Some(h) = &c.header
+        && let Some(v) = headers.get(h.name.as_str()).and_then(|v| v.to_str().ok())
+    {
+        match &h.matches {
+            HeaderMatch::Value(want) if v == want.as_str() => return true,
+            HeaderMatch::Pattern(_) if state.pattern.as_ref().is_some_and(|re| re.is_match(v)) => {
+                return true;
             }
+            HeaderMatch::AlwaysNever if v == "always" => return true,
+            HeaderMatch::AlwaysNever if v == "never" => return false,
+            _ => {}
         }
     }
     if let Some(name) = &c.cookie {

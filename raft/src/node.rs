@@ -326,7 +326,10 @@ impl<V: Value> RaftNode<V> {
     /// The members in the committed membership config, as this node knows it. No network.
     pub fn members(&self) -> Vec<(NodeId, Member)> {
         let m = self.inner.raft.metrics().borrow().membership_config.clone();
-        m.membership().nodes().map(|(id, member)| (*id, member.clone())).collect()
+        m.membership()
+            .nodes()
+            .map(|(id, member)| (*id, member.clone()))
+            .collect()
     }
 
     pub async fn cluster(&self) -> Vec<MemberView> {

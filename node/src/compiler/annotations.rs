@@ -195,14 +195,14 @@ struct Traffic {
 impl Traffic {
     fn finish(self, a: &mut Annotations) -> Result<(), AnnotationError> {
         let weight_total = self.weight_total.unwrap_or(100);
-        if let Some((w, value)) = &self.weight {
-            if *w > weight_total {
-                return Err(AnnotationError {
-                    key: "canary-weight".into(),
-                    value: value.clone(),
-                    reason: format!("above canary-weight-total ({weight_total})"),
-                });
-            }
+        if let Some((w, value)) = &self.weight
+            && *w > weight_total
+        {
+            return Err(AnnotationError {
+                key: "canary-weight".into(),
+                value: value.clone(),
+                reason: format!("above canary-weight-total ({weight_total})"),
+            });
         }
         if self.canary {
             let matches = match (self.header_value, self.header_pattern) {
@@ -903,7 +903,11 @@ mod tests {
         let e = Annotations::parse(Some(&m)).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("1048576 bytes long"), "{}", &msg[..200.min(msg.len())]);
-        assert!(msg.len() < 400, "the message carries a preview, not the value: {} bytes", msg.len());
+        assert!(
+            msg.len() < 400,
+            "the message carries a preview, not the value: {} bytes",
+            msg.len()
+        );
         // A snippet is ignored whatever its size.
         let mut m = BTreeMap::new();
         m.insert(format!("{PREFIX}configuration-snippet"), "#".repeat(1 << 20));

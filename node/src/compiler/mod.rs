@@ -368,7 +368,14 @@ impl Compiler {
                 match l4_entry(protocol, port, value, &self.opts.reserved_ports) {
                     Ok((svc, r)) => {
                         if !out.table.upstreams.contains_key(&svc.upstream) {
-                            add_upstream(objs, svc.upstream.clone(), &r, &mut out.table, &mut out.problems, Vec::new());
+                            add_upstream(
+                                objs,
+                                svc.upstream.clone(),
+                                &r,
+                                &mut out.table,
+                                &mut out.problems,
+                                Vec::new(),
+                            );
                         }
                         let source = format!("{key}:{port}");
                         out.table.l4.insert(svc.key(), L4Service { source, ..svc });
@@ -840,10 +847,10 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
         }
         if only_default {
             // An Ingress with only a defaultBackend sets the catch-all; the oldest wins.
-            if let Some(b) = &plan.default_backend {
-                if t.default_backend.is_none() {
-                    t.default_backend = Some(b.clone());
-                }
+            if let Some(b) = &plan.default_backend
+                && t.default_backend.is_none()
+            {
+                t.default_backend = Some(b.clone());
             }
         }
         for (host, secret) in plan.tls_hosts {

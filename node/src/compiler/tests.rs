@@ -990,7 +990,13 @@ spec: {controller: k8s.io/ingress-nginx}
 "#;
     // No IngressClass object: the name alone decides.
     let yaml = svc("web", "10.0.0.1") + ing;
-    assert!(compiler("nginx").compile(&objects(&yaml)).table.vhosts.contains_key("n.com"));
+    assert!(
+        compiler("nginx")
+            .compile(&objects(&yaml))
+            .table
+            .vhosts
+            .contains_key("n.com")
+    );
     // The class belongs to ingress-nginx: not served, and said so.
     let yaml = yaml + class;
     let out = compiler("nginx").compile(&objects(&yaml));

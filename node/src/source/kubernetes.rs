@@ -109,8 +109,10 @@ impl Scope {
     }
 }
 
-/// One watcher's event, with Secrets reduced to their key and resourceVersion.
+/// One watcher's event, with Secrets reduced to their key and resourceVersion. Short-lived
+/// (moved into the store at once), so the size difference costs nothing worth a box.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Update {
     Object(Event<Object>),
     SecretMeta(Event<(Key, String)>),
@@ -1012,15 +1014,25 @@ mod tests {
             related: related.iter().map(ToString::to_string).collect(),
         };
         let names = |v: Vec<(&str, Key, &ObjectMeta)>| v.into_iter().map(|(_, k, _)| k.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(involved(&objs, &ours, &p("Secret", "a/x-tls", &["a/x"]))), ["a/x"]);
         assert_eq!(
-            names(involved(&objs, &ours, &p("Service", "a/web", &["a/x", "a/y", "a/gone"]))),
+            names(involved(&objs, &ours, &p("Secret", "a/x-tls", &["a/x"]))),
+            ["a/x"]
+        );
+        assert_eq!(
+            names(involved(
+                &objs,
+                &ours,
+                &p("Service", "a/web", &["a/x", "a/y", "a/gone"])
+            )),
             ["a/x", "a/y"]
         );
         assert_eq!(names(involved(&objs, &ours, &p("Ingress", "b/z", &[]))), ["b/z"]);
         assert!(involved(&objs, &ours, &p("Ingress", "b/gone", &[])).is_empty());
         let theirs: BTreeSet<Key> = BTreeSet::new();
-        assert!(involved(&objs, &theirs, &p("Ingress", "b/z", &[])).is_empty(), "not ours: no Event");
+        assert!(
+            involved(&objs, &theirs, &p("Ingress", "b/z", &[])).is_empty(),
+            "not ours: no Event"
+        );
         assert_eq!(truncate("héllo", 2), "h");
     }
 }

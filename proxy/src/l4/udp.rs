@@ -258,11 +258,11 @@ impl Session {
         }
         // Unless it already expired (or the listener closed), end it so the client's next
         // datagram picks an endpoint afresh.
-        if let Ok(mut st) = self.state.lock() {
-            if st.table.close(self.client, self.id) {
-                st.relays.remove(&self.id);
-                st.publish(&self.stats);
-            }
+        if let Ok(mut st) = self.state.lock()
+            && st.table.close(self.client, self.id)
+        {
+            st.relays.remove(&self.id);
+            st.publish(&self.stats);
         }
     }
 

@@ -1,0 +1,105 @@
+//! `raftgate-test-apiserver`: runs the test Kubernetes API server until interrupted, for scripts and benchmarks.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use raftgate_chaos_tests::apiserver::ApiServer;
+use raftgate_chaos_tests::apiserver::ApiServerConfig;
+
+const USAGE: &str = "usage: raftgate-test-apiserver [--listen ADDR] [--control-listen ADDR] [--kubeconfig-out PATH]
+                               [--bookmark-interval-ms N] [--watch-timeout-s N] [--max-history N]
+
+Serves a test Kubernetes API over plain HTTP (default --listen 127.0.0.1:0) until SIGINT/SIGTERM.
+Prints `listening on http://ADDR` and `control on http://ADDR` on stdout. Faults are driven with
+POST /_faults/{refuse-connections,stall}?enabled=BOOL, /_faults/close-watches, /_faults/expire-next-watches?n=N,
+/_faults/fail-watches-410?enabled=BOOL, /_faults/compact[?rv=N], /_faults/pause, /_faults/resume,
+/_faults/reset, /_faults/bookmark-interval?ms=N; GET /_faults/stats and /_faults/requests
+(on either listener; the control listener is never faulted).
+";
+
+#[derive(Debug)]
+struct Args {
+    config: ApiServerConfig,
+    kubeconfig_out: Option<std::path::PathBuf>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let default_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = ApiServerConfig::new(default_listen);
+    config.max_history = Some(100_000);
+    let mut kubeconfig_out = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(None);
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(format!("{flag} needs a value"))
+        };
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: {v:?} is not a number"));
+        match flag.as_str() {
+            "--listen" => config.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--control-listen" => {
+                config.control_listen = Some(value()?.parse().map_err(|e| format!("--control-listen: {e}"))?);
+            }
+            "--kubeconfig-out" => kubeconfig_out = Some(value()?.into()),
+            "--bookmark-interval-ms" => config.bookmark_interval = Duration::from_millis(number(value()?)?),
+            "--watch-timeout-s" => config.default_watch_timeout = Duration::from_secs(number(value()?)?),
+            "--max-history" => {
+                let n = number(value()?)?;
+                config.max_history = (n > 0).then_some(n as usize);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some(Args { config, kubeconfig_out }))
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raftgate-test-apiserver: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let Some(args) = parse_args()? else {
+        std::io::stdout()
+            .write_all(USAGE.as_bytes())
+            .map_err(|e| e.to_string())?;
+        return Ok(());
+    };
+    let server = ApiServer::start_with(args.config).await.map_err(|e| e.to_string())?;
+    if let Some(path) = &args.kubeconfig_out {
+        std::fs::write(path, server.kubeconfig_yaml()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {}", server.url()).map_err(|e| e.to_string())?;
+    writeln!(out, "control on {}", server.control_url()).map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    drop(out);
+    wait_for_signal().await.map_err(|e| e.to_string())?;
+    server.shutdown();
+    Ok(())
+}
