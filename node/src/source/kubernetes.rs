@@ -482,7 +482,11 @@ pub(crate) async fn run(
         cfg.update_status
             .then(|| tokio::spawn(status_writer(client.clone(), status_rx))),
     );
-    let mut events = EventWriter::new(client.clone(), node_id.clone());
+    let (events_tx, events_rx) = watch::channel(Arc::new(Vec::new()));
+    let _events = AbortOnDrop(
+        cfg.events
+            .then(|| tokio::spawn(EventWriter::new(client.clone(), node_id.clone()).run(events_rx))),
+    );
     let mut dirty = Dirty::default();
     let mut due: Option<tokio::time::Instant> = None;
     let mut last_cost = Duration::ZERO;
@@ -525,7 +529,7 @@ pub(crate) async fn run(
         if dirty.compile || secrets_changed {
             let out = compiler.compile(&store.objects);
             if cfg.events {
-                events.problems(&store.objects, &ours, &out.problems).await;
+                let _ = events_tx.send(Arc::new(event_wants(&store.objects, &ours, &out.problems)));
             }
             if !publish.publish(out).await {
                 due = Some(tokio::time::Instant::now() + Duration::from_millis(200));
@@ -662,7 +666,8 @@ async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWan
             .filter(|w| written.get(&w.key).is_none_or(|(v, s)| *v != w.version || *s != w.want))
             .cloned()
             .collect();
-        let results: Vec<(StatusWant, Result<Ingress, kube::Error>)> = futures_util::stream::iter(todo)
+        type Written = Result<Result<Ingress, kube::Error>, tokio::time::error::Elapsed>;
+        let results: Vec<(StatusWant, Written)> = futures_util::stream::iter(todo)
             .map(|w| {
                 let api: Api<Ingress> = Api::namespaced(client.clone(), &w.key.namespace);
                 async move {
@@ -672,9 +677,11 @@ async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWan
                         serde_json::to_value(&w.want).unwrap_or(serde_json::Value::Null)
                     };
                     let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
-                    let r = api
-                        .patch_status(&w.key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await;
+                    let r = tokio::time::timeout(
+                        WRITE_TIMEOUT,
+                        api.patch_status(&w.key.name, &PatchParams::default(), &Patch::Merge(&patch)),
+                    )
+                    .await;
                     (w, r)
                 }
             })
@@ -683,18 +690,24 @@ async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWan
             .await;
         for (w, r) in results {
             match r {
-                Ok(_) => {
+                Ok(Ok(_)) => {
                     tracing::debug!(ingress = %w.key, "status written");
                     written.insert(w.key, (w.version, w.want));
                 }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => tracing::warn!(ingress = %w.key, error = %e, "could not write Ingress status"),
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => {}
+                Ok(Err(e)) => tracing::warn!(ingress = %w.key, error = %e, "could not write Ingress status"),
+                Err(_) => tracing::warn!(ingress = %w.key, "could not write Ingress status: no answer within 10s"),
             }
         }
         let live: BTreeSet<&Key> = wants.iter().map(|w| &w.key).collect();
         written.retain(|k, _| live.contains(k));
-        if rx.changed().await.is_err() {
-            return;
+        // A write that failed is tried again in a while, if nothing newer comes first.
+        let retry = wants
+            .iter()
+            .any(|w| written.get(&w.key).is_none_or(|(v, s)| *v != w.version || *s != w.want));
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
         }
     }
 }
@@ -738,42 +751,90 @@ impl EventWriter {
         }
     }
 
-    async fn problems(&mut self, objs: &Objects, ours: &BTreeSet<Key>, problems: &[Problem]) {
-        let mut now_set = BTreeSet::new();
-        let mut todo = Vec::new();
-        for p in problems {
-            for (kind, key, meta) in involved(objs, ours, p) {
-                let id = (key.clone(), format!("{kind}|{}", p.reason));
-                if !self.sent.contains(&id) {
-                    todo.push((kind, key, meta, p));
-                }
-                now_set.insert(id);
+    /// Writes the Events for `wants` that were not written yet; runs until the source stops.
+    async fn run(mut self, mut rx: watch::Receiver<Arc<Vec<EventWant>>>) {
+        loop {
+            let wants = rx.borrow_and_update().clone();
+            // Events held back by the rate limit or a failed write go out later.
+            let pending = self.write(&wants).await;
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(1)), if pending => {}
             }
         }
+    }
+
+    /// Returns whether some Events are still to be written.
+    async fn write(&mut self, wants: &[EventWant]) -> bool {
+        let mut pending = false;
+        let id = |w: &EventWant| (w.key.clone(), format!("{}|{}", w.kind, w.problem.reason));
         // A problem that went away may be reported again if it comes back.
-        self.sent.retain(|id| now_set.contains(id));
+        let live: BTreeSet<(Key, String)> = wants.iter().map(id).collect();
+        self.sent.retain(|i| live.contains(i));
         let now = Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.refilled).as_secs_f64() * Self::PER_SECOND).min(Self::BURST);
         self.refilled = now;
-        for (kind, key, meta, p) in todo {
+        for w in wants {
+            if self.sent.contains(&id(w)) {
+                continue;
+            }
             if self.tokens < 1.0 {
                 self.dropped += 1;
-                tracing::debug!(object = %key, dropped = self.dropped, "event rate limit reached; not writing");
+                pending = true;
+                tracing::debug!(object = %w.key, held = self.dropped, "event rate limit reached; writing later");
                 continue;
             }
             self.tokens -= 1.0;
             self.seq += 1;
-            let ev = event(kind, &key, meta, p, &self.node, self.seq);
-            let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &key.namespace);
-            match api.create(&PostParams::default(), &ev).await {
-                Ok(_) => {
-                    self.sent.insert((key, format!("{kind}|{}", p.reason)));
+            let ev = event(w, &self.node, self.seq);
+            let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &w.key.namespace);
+            match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &ev)).await {
+                Ok(Ok(_)) => {
+                    self.sent.insert(id(w));
                 }
-                Err(e) => tracing::warn!(object = %key, error = %e, "could not write an Event"),
+                Ok(Err(e)) => {
+                    pending = true;
+                    tracing::warn!(object = %w.key, error = %e, "could not write an Event")
+                }
+                Err(_) => {
+                    pending = true;
+                    tracing::warn!(object = %w.key, "could not write an Event: no answer within 10s")
+                }
             }
         }
+        pending
     }
+}
+
+/// How long one status or Event write may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A problem to report on one object.
+#[derive(Clone, Debug, PartialEq)]
+struct EventWant {
+    kind: &'static str,
+    key: Key,
+    uid: Option<String>,
+    version: Option<String>,
+    problem: Problem,
+}
+
+/// The Events the problems of one compilation call for.
+fn event_wants(objs: &Objects, ours: &BTreeSet<Key>, problems: &[Problem]) -> Vec<EventWant> {
+    let mut out = Vec::new();
+    for p in problems {
+        for (kind, key, meta) in involved(objs, ours, p) {
+            out.push(EventWant {
+                kind,
+                key,
+                uid: meta.uid.clone(),
+                version: meta.resource_version.clone(),
+                problem: p.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// The objects an Event about `p` belongs on: the Ingress itself; for a Secret or a Service,
@@ -795,30 +856,32 @@ fn involved<'a>(objs: &'a Objects, ours: &BTreeSet<Key>, p: &Problem) -> Vec<(&'
     }
 }
 
-fn event(kind: &'static str, key: &Key, meta: &ObjectMeta, p: &Problem, node: &str, seq: u64) -> K8sEvent {
+fn event(w: &EventWant, node: &str, seq: u64) -> K8sEvent {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let p = &w.problem;
     let (reason, type_) = match p.severity {
         Severity::Rejected => ("Rejected", "Warning"),
         Severity::Warning => ("Degraded", "Warning"),
     };
-    let api_version = match kind {
+    let api_version = match w.kind {
         "Ingress" => "networking.k8s.io/v1",
         _ => "v1",
     };
+    // Names are at most 253 characters; the suffix keeps them unique.
     let suffix = format!("{:x}{seq:x}", now.0.as_millisecond());
     K8sEvent {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{suffix}", key.name)),
-            namespace: Some(key.namespace.clone()),
+            name: Some(format!("{}.{suffix}", truncate(&w.key.name, 200))),
+            namespace: Some(w.key.namespace.clone()),
             ..Default::default()
         },
         involved_object: ObjectReference {
             api_version: Some(api_version.into()),
-            kind: Some(kind.into()),
-            name: Some(key.name.clone()),
-            namespace: Some(key.namespace.clone()),
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
+            kind: Some(w.kind.into()),
+            name: Some(w.key.name.clone()),
+            namespace: Some(w.key.namespace.clone()),
+            uid: w.uid.clone(),
+            resource_version: w.version.clone(),
             ..Default::default()
         },
         reason: Some(reason.into()),
