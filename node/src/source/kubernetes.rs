@@ -408,11 +408,14 @@ async fn sync_secrets(client: &Client, store: &mut Store, used: &BTreeSet<Key>) 
         })
         .cloned()
         .collect();
-    let fetched: Vec<(Key, Result<Option<Secret>, kube::Error>)> = futures_util::stream::iter(wanted)
+    let fetched: Vec<(Key, Result<Option<Secret>, String>)> = futures_util::stream::iter(wanted)
         .map(|key| {
             let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
             async move {
-                let r = api.get_opt(&key.name).await;
+                let r = match tokio::time::timeout(WRITE_TIMEOUT, api.get_opt(&key.name)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("no answer within 10s".to_string()),
+                };
                 (key, r)
             }
         })
@@ -807,7 +810,7 @@ impl EventWriter {
     }
 }
 
-/// How long one status or Event write may take.
+/// How long one request besides the watches (a Secret read, a status or Event write) may take.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A problem to report on one object.
