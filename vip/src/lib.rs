@@ -2,7 +2,8 @@
 //!
 //! The leader decides who owns each VIP ([`assign::plan`], driven by [`leader::LeaderBook`]) and
 //! commits the [`table::Table`] through Raft; every member decides from the table it applied and
-//! its lease what to hold ([`hold::decide`]). The netlink/ARP shell lives in `node`.
+//! its lease what to hold ([`hold::decide`]). The netlink/ARP shell that carries those decisions
+//! out on a Linux host is [`shell`].
 //!
 //! # The lease
 //!
@@ -76,6 +77,7 @@ pub mod error;
 pub mod hold;
 pub mod leader;
 pub mod lease;
+pub mod shell;
 pub mod status;
 pub mod table;
 pub mod time;
