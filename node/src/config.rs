@@ -486,6 +486,23 @@ impl Config {
             if k.namespaces.iter().any(|n| n.is_empty()) {
                 return bad("source.namespaces: an empty name; leave the list empty to watch all namespaces");
             }
+            for a in &k.status_addresses {
+                let hostname = !a.is_empty()
+                    && a.len() <= 253
+                    && a.split('.').all(|l| {
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                            && !l.starts_with('-')
+                            && !l.ends_with('-')
+                    });
+                if a.parse::<std::net::IpAddr>().is_err() && !hostname {
+                    return Err(ConfigError::Invalid(format!(
+                        "source.status_addresses: {a:?} is neither an IP address nor a DNS name (no port, lower case)"
+                    )));
+                }
+            }
             if http::HeaderValue::from_str(&k.user_agent).is_err() {
                 return bad("source.user_agent: not a valid HTTP header value");
             }
@@ -724,6 +741,9 @@ mod tests {
         c.validate().unwrap();
         let e = serde_yaml::from_str::<Config>("source: {kind: kubernetes, namespace: [a]}").unwrap_err();
         assert!(e.to_string().contains("unknown field `namespace`"), "{e}");
+        let c: Config =
+            serde_yaml::from_str("source: {kind: kubernetes, status_addresses: [\"10.0.0.1:80\"]}").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("10.0.0.1:80"));
         let c: Config = serde_yaml::from_str("source: {kind: kubernetes, debounce: 1m}").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("debounce"));
         let c: Config = serde_yaml::from_str("source: {kind: kubernetes}").unwrap();

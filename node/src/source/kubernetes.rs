@@ -265,6 +265,10 @@ struct Store {
     secret_versions: BTreeMap<Key, String>,
     /// The resourceVersion of each Secret whose data is held in `objects.secrets`.
     secrets_loaded: BTreeMap<Key, String>,
+    /// The Secrets our Ingresses used at the last compilation: only their changes recompile.
+    secrets_used: BTreeSet<Key>,
+    /// Ingresses this source has seen as ours: only their status is ever cleared.
+    were_ours: BTreeSet<Key>,
 }
 
 impl Store {
@@ -332,12 +336,14 @@ impl Store {
                 compile
             }
             Update::SecretMeta(Event::Apply((key, rv))) => {
+                let used = self.secrets_used.contains(&key);
                 self.secret_versions.insert(key, rv);
-                compile
+                if used { compile } else { Dirty::default() }
             }
             Update::SecretMeta(Event::Delete((key, _))) => {
+                let used = self.secrets_used.contains(&key);
                 self.secret_versions.remove(&key);
-                compile
+                if used { compile } else { Dirty::default() }
             }
             Update::SecretMeta(Event::Init) => {
                 listing.secrets = Some(Vec::new());
@@ -386,8 +392,10 @@ impl Store {
 }
 
 /// Fetches the data of the used Secrets that changed, and drops the data of every other.
-/// Returns whether anything changed, and whether a fetch failed (try again later).
+/// Returns whether anything changed, and whether a fetch failed (try again later) for a
+/// Secret whose data is not held at all: then compiling would wrongly treat it as missing.
 async fn sync_secrets(client: &Client, store: &mut Store, used: &BTreeSet<Key>) -> (bool, bool) {
+    store.secrets_used = used.clone();
     let mut changed = false;
     let before = store.objects.secrets.len();
     store
@@ -437,7 +445,7 @@ async fn sync_secrets(client: &Client, store: &mut Store, used: &BTreeSet<Key>) 
             }
             Err(e) => {
                 tracing::warn!(secret = %key, error = %e, "could not read a Secret an Ingress uses; keeping what was read before");
-                failed = true;
+                failed |= !store.objects.secrets.contains_key(&key);
             }
         }
     }
@@ -494,6 +502,10 @@ pub(crate) async fn run(
     let mut due: Option<tokio::time::Instant> = None;
     let mut last_cost = Duration::ZERO;
     let mut errors = ErrorLog::default();
+    // The addresses status was last computed with; members come and go without any object changing.
+    let mut sent_addresses: Vec<String> = Vec::new();
+    let mut recheck = tokio::time::interval(Duration::from_secs(10));
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
         namespaces = ?cfg.namespaces,
         watchers = store.scopes.len(),
@@ -516,6 +528,12 @@ pub(crate) async fn run(
                 continue;
             }
             _ = sleep_until(due) => {}
+            _ = recheck.tick(), if due.is_none() => {
+                if addresses() == sent_addresses {
+                    continue;
+                }
+                dirty.status = true;
+            }
             _ = raftgate_proxy::server::draining(&mut drain) => return,
         }
         due = None;
@@ -527,24 +545,35 @@ pub(crate) async fn run(
         let used = store.used_secrets(&ours);
         let (secrets_changed, secrets_failed) = sync_secrets(&client, &mut store, &used).await;
         if secrets_failed {
+            // Never compile as if an unreadable Secret were missing: that would withdraw routes.
             due = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            dirty.compile |= secrets_changed;
+            continue;
         }
         if dirty.compile || secrets_changed {
+            let compile_started = Instant::now();
             let out = compiler.compile(&store.objects);
+            // The next debounce waits at least as long as this compilation took (at most 1 s),
+            // so a burst never keeps the node compiling more than half the time.
+            last_cost = compile_started.elapsed().min(Duration::from_secs(1));
             if cfg.events {
                 let _ = events_tx.send(Arc::new(event_wants(&store.objects, &ours, &out.problems)));
             }
             if !publish.publish(out).await {
                 due = Some(tokio::time::Instant::now() + Duration::from_millis(200));
-                last_cost = started.elapsed();
                 continue;
             }
         }
-        if dirty.any() {
-            let _ = status_tx.send(Arc::new(wanted_status(&store.objects, &ours, &addresses())));
+        let addrs = addresses();
+        if dirty.any() || addrs != sent_addresses {
+            let ingresses = &store.objects.ingresses;
+            store.were_ours.retain(|k| ingresses.contains_key(k));
+            store.were_ours.extend(ours.iter().cloned());
+            let _ = status_tx.send(Arc::new(wanted_status(&store.objects, &ours, &store.were_ours, &addrs)));
+            sent_addresses = addrs;
         }
         dirty = Dirty::default();
-        last_cost = started.elapsed();
+        tracing::debug!(took_us = started.elapsed().as_micros() as u64, "source cycle");
     }
 }
 
@@ -630,9 +659,15 @@ fn current_status(ing: &Ingress) -> Vec<IngressLoadBalancerIngress> {
     v
 }
 
-/// The status changes to make: our Ingresses point at `addresses`; an Ingress that left our
-/// class and still shows exactly our addresses is cleared. No addresses: nothing is written.
-fn wanted_status(objs: &Objects, ours: &BTreeSet<Key>, addresses: &[String]) -> Vec<StatusWant> {
+/// The status changes to make: our Ingresses point at `addresses`; an Ingress this source saw
+/// as ours that left our class and still shows exactly our addresses is cleared (another
+/// controller's Ingress showing the same addresses is left alone). No addresses: nothing is written.
+fn wanted_status(
+    objs: &Objects,
+    ours: &BTreeSet<Key>,
+    were_ours: &BTreeSet<Key>,
+    addresses: &[String],
+) -> Vec<StatusWant> {
     let want = lb_entries(addresses);
     if want.is_empty() {
         return Vec::new();
@@ -642,7 +677,7 @@ fn wanted_status(objs: &Objects, ours: &BTreeSet<Key>, addresses: &[String]) -> 
         let current = current_status(ing);
         let target = if ours.contains(key) {
             want.clone()
-        } else if current == want {
+        } else if current == want && were_ours.contains(key) {
             Vec::new()
         } else {
             continue;
@@ -662,11 +697,14 @@ fn wanted_status(objs: &Objects, ours: &BTreeSet<Key>, addresses: &[String]) -> 
 /// version of an object (its own write has not come back through the watch yet).
 async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWant>>>) {
     let mut written: HashMap<Key, (String, Vec<IngressLoadBalancerIngress>)> = HashMap::new();
+    let mut failing: HashMap<Key, (u32, Instant)> = HashMap::new();
     loop {
         let wants = rx.borrow_and_update().clone();
+        let now = Instant::now();
         let todo: Vec<StatusWant> = wants
             .iter()
             .filter(|w| written.get(&w.key).is_none_or(|(v, s)| *v != w.version || *s != w.want))
+            .filter(|w| failing.get(&w.key).is_none_or(|(_, next)| *next <= now))
             .cloned()
             .collect();
         type Written = Result<Result<Ingress, kube::Error>, tokio::time::error::Elapsed>;
@@ -692,18 +730,33 @@ async fn status_writer(client: Client, mut rx: watch::Receiver<Arc<Vec<StatusWan
             .collect()
             .await;
         for (w, r) in results {
-            match r {
+            let error = match r {
                 Ok(Ok(_)) => {
                     tracing::debug!(ingress = %w.key, "status written");
+                    failing.remove(&w.key);
                     written.insert(w.key, (w.version, w.want));
+                    continue;
                 }
-                Ok(Err(kube::Error::Api(e))) if e.code == 404 => {}
-                Ok(Err(e)) => tracing::warn!(ingress = %w.key, error = %e, "could not write Ingress status"),
-                Err(_) => tracing::warn!(ingress = %w.key, "could not write Ingress status: no answer within 10s"),
+                // Deleted meanwhile: the watch will say so.
+                Ok(Err(kube::Error::Api(e))) if e.code == 404 => {
+                    written.insert(w.key, (w.version, w.want));
+                    continue;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 10s".to_string(),
+            };
+            // Back off per Ingress (5 s doubling to 5 min) and say so on the first failure and
+            // then every tenth, so a missing RBAC rule never floods the API server or the log.
+            let (n, next) = failing.entry(w.key.clone()).or_insert((0, now));
+            *n += 1;
+            *next = Instant::now() + Duration::from_secs(5u64 << (*n - 1).min(6)).min(Duration::from_secs(300));
+            if *n == 1 || *n % 10 == 0 {
+                tracing::warn!(ingress = %w.key, failures = *n, error, "could not write Ingress status; backing off");
             }
         }
         let live: BTreeSet<&Key> = wants.iter().map(|w| &w.key).collect();
         written.retain(|k, _| live.contains(k));
+        failing.retain(|k, _| live.contains(k));
         // A write that failed is tried again in a while, if nothing newer comes first.
         let retry = wants
             .iter()
@@ -724,7 +777,6 @@ struct EventWriter {
     sent: BTreeSet<(Key, String)>,
     tokens: f64,
     refilled: Instant,
-    seq: u64,
     dropped: u64,
 }
 
@@ -749,7 +801,6 @@ impl EventWriter {
             sent: BTreeSet::new(),
             tokens: Self::BURST,
             refilled: Instant::now(),
-            seq: 0,
             dropped: 0,
         }
     }
@@ -789,12 +840,21 @@ impl EventWriter {
                 continue;
             }
             self.tokens -= 1.0;
-            self.seq += 1;
-            let ev = event(w, &self.node, self.seq);
+            let ev = event(w, &self.node);
             let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &w.key.namespace);
             match tokio::time::timeout(WRITE_TIMEOUT, api.create(&PostParams::default(), &ev)).await {
                 Ok(Ok(_)) => {
                     self.sent.insert(id(w));
+                }
+                // An earlier leader already wrote this very Event (its name is derived from
+                // the object, its version and the problem).
+                Ok(Err(kube::Error::Api(e))) if e.code == 409 => {
+                    self.sent.insert(id(w));
+                }
+                Ok(Err(kube::Error::Api(e))) if (400..500).contains(&e.code) => {
+                    // Refused for good (RBAC, a namespace being deleted): not retried.
+                    self.sent.insert(id(w));
+                    tracing::warn!(object = %w.key, error = %e, "Event refused by the API server; not retrying it")
                 }
                 Ok(Err(e)) => {
                     pending = true;
@@ -859,7 +919,19 @@ fn involved<'a>(objs: &'a Objects, ours: &BTreeSet<Key>, p: &Problem) -> Vec<(&'
     }
 }
 
-fn event(w: &EventWant, node: &str, seq: u64) -> K8sEvent {
+/// FNV-1a: a stable hash, so every leader names the same Event the same way.
+fn fnv1a(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn event(w: &EventWant, node: &str) -> K8sEvent {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let p = &w.problem;
     let (reason, type_) = match p.severity {
@@ -870,8 +942,17 @@ fn event(w: &EventWant, node: &str, seq: u64) -> K8sEvent {
         "Ingress" => "networking.k8s.io/v1",
         _ => "v1",
     };
-    // Names are at most 253 characters; the suffix keeps them unique.
-    let suffix = format!("{:x}{seq:x}", now.0.as_millisecond());
+    // Names are at most 253 characters. The suffix names this problem on this version of the
+    // object, so a new leader re-reporting it finds the Event already there.
+    let suffix = format!(
+        "{:016x}",
+        fnv1a(&[
+            w.kind,
+            &w.key.to_string(),
+            w.version.as_deref().unwrap_or_default(),
+            &p.reason
+        ])
+    );
     K8sEvent {
         metadata: ObjectMeta {
             name: Some(format!("{}.{suffix}", truncate(&w.key.name, 200))),
@@ -1043,7 +1124,12 @@ mod tests {
         }
         let ours: BTreeSet<Key> = [Key::new("a", "x"), Key::new("a", "done")].into();
         let addrs = ["10.0.0.2".to_string(), "lb.test".into(), "10.0.0.1".into()];
-        let wants = wanted_status(&objs, &ours, &addrs);
+        // "left" was ours once; "foreign" never was, though it shows the same addresses.
+        let were_ours: BTreeSet<Key> = [Key::new("a", "x"), Key::new("a", "left")].into();
+        let mut foreign_same = ingress("a", "foreign-same", "fs.test", "nginx");
+        foreign_same.status = objs.ingresses[&Key::new("a", "left")].status.clone();
+        objs.ingresses.insert(Key::new("a", "foreign-same"), foreign_same);
+        let wants = wanted_status(&objs, &ours, &were_ours, &addrs);
         let summary: Vec<(String, usize)> = wants.iter().map(|w| (w.key.to_string(), w.want.len())).collect();
         assert_eq!(summary, [("a/done".into(), 3), ("a/left".into(), 0), ("a/x".into(), 3)]);
         // Once written, nothing more is wanted.
@@ -1053,9 +1139,9 @@ mod tests {
             i.status.as_mut().unwrap().load_balancer =
                 Some(k8s_openapi::api::networking::v1::IngressLoadBalancerStatus { ingress: Some(w.want) });
         }
-        assert_eq!(wanted_status(&objs, &ours, &addrs), []);
+        assert_eq!(wanted_status(&objs, &ours, &were_ours, &addrs), []);
         assert_eq!(
-            wanted_status(&objs, &ours, &[]),
+            wanted_status(&objs, &ours, &were_ours, &[]),
             [],
             "no addresses: status is left alone"
         );
