@@ -6,26 +6,14 @@ serving within how long, with each member's RSS.
 Usage: bench/kube.sh (builds the release binaries, then runs this). Loopback only. The API
 server is raftgate's test API server (chaos-tests), with the real list/watch semantics.
 """
-import http.client, json, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request, socket
+import http.client, json, os, shutil, signal, subprocess, sys, tempfile, threading, time
+
+from raft import free_port, pct, status  # bench/raft.py, beside this file
 
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/raftgate"
 API_BIN = sys.argv[2] if len(sys.argv) > 2 else "target/release/raftgate-test-apiserver"
 CHANGES = int(os.environ.get("CHANGES", "200"))
 BURST = int(os.environ.get("BURST", "10000"))
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def status(admin):
-    with urllib.request.urlopen(f"http://{admin}/api/v1/status", timeout=2) as r:
-        return json.load(r)
-
-
-def pct(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def rss_mib(pid):

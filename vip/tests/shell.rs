@@ -145,6 +145,17 @@ fn child_env() -> Option<Env> {
     })
 }
 
+/// Runs the test `name`: in the parent, builds a fresh topology and re-runs this test inside
+/// the owner namespace; there (the child), runs `body`.
+fn in_namespaces<F: Future<Output = ()>>(name: &str, body: impl FnOnce(Env) -> F) {
+    if let Some(env) = child_env() {
+        return block_on(body(env));
+    }
+    if let Some(topo) = Topo::new() {
+        topo.run_child(name);
+    }
+}
+
 /// Runs a child body on a current-thread runtime.
 fn block_on<F: Future<Output = ()>>(f: F) {
     tokio::runtime::Builder::new_current_thread()
@@ -287,12 +298,7 @@ async fn wait_link(env: &Env) {
 
 #[test]
 fn v4_activate_announce_renew_release() {
-    if let Some(env) = child_env() {
-        return block_on(v4_child(env));
-    }
-    if let Some(topo) = Topo::new() {
-        topo.run_child("v4_activate_announce_renew_release");
-    }
+    in_namespaces("v4_activate_announce_renew_release", v4_child);
 }
 
 async fn v4_child(env: Env) {
@@ -369,12 +375,7 @@ async fn v4_child(env: Env) {
 
 #[test]
 fn kernel_lifetime_removes_unrenewed_address() {
-    if let Some(env) = child_env() {
-        return block_on(lifetime_child(env));
-    }
-    if let Some(topo) = Topo::new() {
-        topo.run_child("kernel_lifetime_removes_unrenewed_address");
-    }
+    in_namespaces("kernel_lifetime_removes_unrenewed_address", lifetime_child);
 }
 
 async fn lifetime_child(env: Env) {
@@ -401,12 +402,7 @@ async fn lifetime_child(env: Env) {
 
 #[test]
 fn v6_nodad_and_unsolicited_na() {
-    if let Some(env) = child_env() {
-        return block_on(v6_child(env));
-    }
-    if let Some(topo) = Topo::new() {
-        topo.run_child("v6_nodad_and_unsolicited_na");
-    }
+    in_namespaces("v6_nodad_and_unsolicited_na", v6_child);
 }
 
 async fn v6_child(env: Env) {
@@ -442,12 +438,7 @@ async fn v6_child(env: Env) {
 
 #[test]
 fn quiesce_moves_to_lo_and_back() {
-    if let Some(env) = child_env() {
-        return block_on(quiesce_child(env));
-    }
-    if let Some(topo) = Topo::new() {
-        topo.run_child("quiesce_moves_to_lo_and_back");
-    }
+    in_namespaces("quiesce_moves_to_lo_and_back", quiesce_child);
 }
 
 async fn quiesce_child(env: Env) {
@@ -492,12 +483,7 @@ async fn quiesce_child(env: Env) {
 
 #[test]
 fn remove_all_clears_stale_pool_addresses() {
-    if let Some(env) = child_env() {
-        return block_on(remove_all_child(env));
-    }
-    if let Some(topo) = Topo::new() {
-        topo.run_child("remove_all_clears_stale_pool_addresses");
-    }
+    in_namespaces("remove_all_clears_stale_pool_addresses", remove_all_child);
 }
 
 async fn remove_all_child(env: Env) {
