@@ -16,7 +16,7 @@ pub mod tls;
 pub mod types;
 
 pub use error::Error;
-pub use node::{MemberView, NodeStatus, RaftNode, Settings};
+pub use node::{LeaderHandler, MemberView, NodeStatus, RaftNode, Settings};
 pub use store::{LogStore, StateEvent, StateMachine};
 pub use tls::PeerTls;
 pub use types::{Applied, Batch, Change, Member, NodeId, Raft, TypeConfig, Value};

@@ -34,6 +34,7 @@ pub(crate) const JOIN: &str = "/raftgate.raft.v1.Raft/Join";
 pub(crate) const REMOVE: &str = "/raftgate.raft.v1.Raft/Remove";
 pub(crate) const WRITE: &str = "/raftgate.raft.v1.Raft/Write";
 pub const HEALTH: &str = "/raftgate.raft.v1.Raft/Health";
+pub(crate) const LEADER_CALL: &str = "/raftgate.raft.v1.Raft/LeaderCall";
 
 /// Set on a call a follower forwards to the leader.
 pub(crate) const FORWARDED: &str = "x-raftgate-forwarded";

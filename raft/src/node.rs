@@ -93,6 +93,11 @@ pub struct MemberView {
     pub error: Option<String>,
 }
 
+/// The application's answer to calls members make to the leader ([`RaftNode::ask_leader`]),
+/// run on the leader only while it leads. An `Err` reaches the caller as [`Error::Raft`].
+pub type LeaderHandler =
+    Arc<dyn Fn(bytes::Bytes) -> futures_util::future::BoxFuture<'static, Result<bytes::Bytes, String>> + Send + Sync>;
+
 /// A running member. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode<V: Value> {
@@ -119,6 +124,7 @@ pub(crate) struct Inner<V: Value> {
     contact: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
     lease: Duration,
+    leader_handler: std::sync::Mutex<Option<LeaderHandler>>,
 }
 
 impl<V: Value> RaftNode<V> {
@@ -171,6 +177,7 @@ impl<V: Value> RaftNode<V> {
             contact: watch::channel(false).0,
             shutdown,
             lease: settings.election_timeout_min / 2,
+            leader_handler: std::sync::Mutex::new(None),
         });
         server::spawn(inner.clone(), listener, settings.tls.clone(), shutdown_rx.clone())?;
         tokio::spawn(watch_leadership(inner.clone(), settings.heartbeat, shutdown_rx));
@@ -203,6 +210,50 @@ impl<V: Value> RaftNode<V> {
     /// True while this member is in touch with a leader that has a quorum.
     pub fn quorum_contact(&self) -> watch::Receiver<bool> {
         self.inner.contact.subscribe()
+    }
+
+    /// The instant of the latest heartbeat a quorum acknowledged, while this member is the
+    /// leader (now, for a sole voter). `None` when it is not the leader.
+    pub fn quorum_ack(&self) -> Option<Instant> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader || m.current_leader != Some(self.inner.id) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut voters = m.membership_config.membership().voter_ids();
+        if voters.next() == Some(self.inner.id) && voters.next().is_none() {
+            return Some(now);
+        }
+        let ms = m.millis_since_quorum_ack?;
+        now.checked_sub(Duration::from_millis(ms))
+    }
+
+    /// The current term and leader, as this member knows them.
+    pub fn term_and_leader(&self) -> (u64, Option<NodeId>) {
+        let m = self.inner.raft.metrics().borrow().clone();
+        (m.current_term, m.current_leader)
+    }
+
+    /// Sets what this member answers, while it leads, to [`RaftNode::ask_leader`] calls.
+    pub fn set_leader_handler(&self, handler: LeaderHandler) {
+        if let Ok(mut h) = self.inner.leader_handler.lock() {
+            *h = Some(handler);
+        }
+    }
+
+    /// One call to the current leader's [`LeaderHandler`], straight to it (never forwarded), or
+    /// locally when this member leads. Fails when no leader is known, the leader does not lead
+    /// (its lease lapsed) or does not answer within `ttl`.
+    pub async fn ask_leader(&self, body: bytes::Bytes, ttl: Duration) -> Result<bytes::Bytes, Error> {
+        let (leader, addr) = self.inner.leader_addr().ok_or(Error::NoLeader)?;
+        if leader == self.inner.id {
+            return self.inner.leader_call(body).await.map_err(status_error);
+        }
+        self.inner
+            .channels
+            .call(&addr, network::LEADER_CALL, body, ttl)
+            .await
+            .map_err(status_error)
     }
 
     /// Start a new group with this member as its only voter, unless the storage already
@@ -418,6 +469,18 @@ impl<V: Value> Inner<V> {
             .await
             .map_err(|s| s.message().to_string())?;
         network::decode(&bytes).map_err(|s| s.message().to_string())
+    }
+
+    /// A member's call to the leader's application handler: answered only while leading.
+    pub(crate) async fn leader_call(&self, body: bytes::Bytes) -> Result<bytes::Bytes, tonic::Status> {
+        if !*self.leading.borrow() {
+            return Err(tonic::Status::unavailable("not leading"));
+        }
+        let handler = self.leader_handler.lock().ok().and_then(|h| h.clone());
+        let Some(handler) = handler else {
+            return Err(tonic::Status::unavailable("no leader handler is set"));
+        };
+        handler(body).await.map_err(tonic::Status::aborted)
     }
 
     fn leader_addr(&self) -> Option<(NodeId, String)> {

@@ -84,6 +84,7 @@ impl<V: Value> Service<http::Request<tonic::body::Body>> for RaftService<V> {
             network::REMOVE => Some(network::REMOVE),
             network::WRITE => Some(network::WRITE),
             network::HEALTH => Some(network::HEALTH),
+            network::LEADER_CALL => Some(network::LEADER_CALL),
             network::SNAPSHOT => {
                 return Box::pin(async move {
                     let mut grpc = Grpc::new(BytesCodec)
@@ -145,6 +146,7 @@ impl<V: Value> Service<Request<Bytes>> for UnaryMethod<V> {
                     network::encode(&inner.raft.vote(rpc).await)?
                 }
                 network::HEALTH => network::encode(&inner.status())?,
+                network::LEADER_CALL => inner.leader_call(body).await?,
                 _ => inner.handle_app(path, body, forwarded).await?,
             };
             Ok(Response::new(reply))

@@ -144,6 +144,39 @@ async fn three_members_replicate_over_mutual_tls() {
     let cluster = nodes[1].0.cluster().await;
     assert_eq!(cluster.len(), 3);
     assert!(cluster.iter().all(|m| m.status.is_some() && m.voter), "{cluster:?}");
+
+    // Leader calls: answered by the leader's handler only, straight from a follower or locally.
+    for (n, _, _) in &nodes {
+        let id = n.id();
+        n.set_leader_handler(std::sync::Arc::new(move |body: bytes::Bytes| {
+            Box::pin(async move {
+                if body.is_empty() {
+                    return Err("empty".to_string());
+                }
+                Ok(bytes::Bytes::from(format!("{id}:{}", String::from_utf8_lossy(&body))))
+            })
+        }));
+    }
+    let ttl = Duration::from_secs(2);
+    let answer = nodes[2]
+        .0
+        .ask_leader(bytes::Bytes::from_static(b"hi"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(&answer[..], b"1:hi");
+    let answer = nodes[0]
+        .0
+        .ask_leader(bytes::Bytes::from_static(b"me"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(&answer[..], b"1:me");
+    let refused = nodes[1].0.ask_leader(bytes::Bytes::new(), ttl).await;
+    assert!(
+        matches!(&refused, Err(Error::Raft(m)) if m.contains("empty")),
+        "{refused:?}"
+    );
+    assert!(nodes[0].0.quorum_ack().is_some());
+    assert!(nodes[1].0.quorum_ack().is_none());
     for (n, _, _) in &nodes {
         n.shutdown().await;
     }
