@@ -207,7 +207,7 @@ impl RaftSink {
         }
         let count = changes.len();
         let batch: Vec<Change<Entry>> = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
-        let bytes = serde_json::to_vec(&raftgate_raft::Batch { changes: batch.clone() }).map_or(0, |b| b.len());
+        let bytes = serde_json::to_vec(&raftgate_raft::Batch::new(batch.clone())).map_or(0, |b| b.len());
         self.record
             .source
             .last_batch_bytes

@@ -327,7 +327,19 @@ impl<V: Value> RaftNode<V> {
         let resp = self
             .inner
             .raft
-            .client_write(Batch { changes })
+            .client_write(Batch::new(changes))
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(resp.data)
+    }
+
+    /// Propose a conditional batch on this member, which must be the leader: it applies only if
+    /// the keys in `expect` hold exactly those values then ([`Applied::rejected`] otherwise).
+    pub async fn propose_if(&self, expect: Vec<Change<V>>, changes: Vec<Change<V>>) -> Result<Applied, Error> {
+        let resp = self
+            .inner
+            .raft
+            .client_write(Batch { changes, expect })
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
         Ok(resp.data)
@@ -335,7 +347,7 @@ impl<V: Value> RaftNode<V> {
 
     /// Propose a batch through the leader, wherever it is.
     pub async fn write(&self, changes: Vec<Change<V>>) -> Result<Applied, Error> {
-        let body = network::encode(&Batch { changes }).map_err(|s| Error::Raft(s.message().to_string()))?;
+        let body = network::encode(&Batch::new(changes)).map_err(|s| Error::Raft(s.message().to_string()))?;
         let reply = self
             .inner
             .handle_app(network::WRITE, body, false)

@@ -14,7 +14,7 @@
 //! So a vote is never granted twice in a term (the vote is on disk before the reply leaves), and a log
 //! entry is never counted towards a commit before it is on disk on that member.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
@@ -391,26 +391,52 @@ impl<V: Value> RaftStateMachine<C<V>> for StateMachine<V> {
         let mut changed = Vec::new();
         let mut last = None;
         let mut membership = None;
+        // What this call wrote so far, for the expectations of later batches in it.
+        let mut pending: HashMap<Vec<u8>, Option<V>> = HashMap::new();
         for entry in entries {
             last = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(cmd) => {
+                    let log_id = entry.log_id;
+                    let mut met = true;
+                    for e in &cmd.expect {
+                        let key = Self::data_key(&e.key);
+                        let current: Option<V> = match pending.get(&key) {
+                            Some(v) => v.clone(),
+                            None => read_json(&self.sm, &key).map_err(|err| StorageIOError::apply(log_id, err))?,
+                        };
+                        if current != e.value {
+                            met = false;
+                            break;
+                        }
+                    }
+                    if !met {
+                        replies.push(Applied {
+                            version,
+                            rejected: true,
+                        });
+                        continue;
+                    }
                     version += 1;
                     for change in &cmd.changes {
                         let key = Self::data_key(&change.key);
                         match &change.value {
                             Some(v) => {
-                                batch.insert(key, to_json(v).map_err(|e| StorageIOError::apply(entry.log_id, e))?)
+                                batch.insert(key.clone(), to_json(v).map_err(|e| StorageIOError::apply(log_id, e))?)
                             }
-                            None => batch.remove(key),
+                            None => batch.remove(key.clone()),
                         }
+                        pending.insert(key, change.value.clone());
                     }
                     changed.push((version, cmd.changes));
                 }
                 EntryPayload::Membership(m) => membership = Some(StoredMembership::new(Some(entry.log_id), m)),
             }
-            replies.push(Applied { version });
+            replies.push(Applied {
+                version,
+                rejected: false,
+            });
         }
         let Some(last) = last else { return Ok(replies) };
         let w = |e| StorageIOError::write_state_machine(e);

@@ -40,16 +40,35 @@ pub struct Change<V> {
 
 /// The only command of the state machine: a batch of keyed changes applied atomically. Every
 /// applied batch raises the config version by one, so versions only grow, whoever proposes.
+///
+/// A batch with `expect` is conditional: it applies only if every key named there holds exactly
+/// the value given (`None`: absent) when the batch's turn comes in the log; otherwise it changes
+/// nothing, not even the version, on every member alike.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(bound = "V: Value")]
 pub struct Batch<V> {
     pub changes: Vec<Change<V>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect: Vec<Change<V>>,
 }
 
-/// What applying a log entry returns: the config version after it.
+impl<V> Batch<V> {
+    /// An unconditional batch.
+    pub fn new(changes: Vec<Change<V>>) -> Self {
+        Self {
+            changes,
+            expect: Vec::new(),
+        }
+    }
+}
+
+/// What applying a log entry returns: the config version after it, and whether a conditional
+/// batch's expectations failed (then nothing changed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub version: u64,
+    #[serde(default)]
+    pub rejected: bool,
 }
 
 /// openraft's type configuration for values of type `V`. A zero-sized marker.

@@ -138,9 +138,34 @@ async fn three_members_replicate_over_mutual_tls() {
         assert_eq!(fold(rx, &mut state), 2);
         assert_eq!(state, BTreeMap::from([("b".to_string(), "2".to_string())]));
     }
+    // Conditional batches: applied only when the expected values hold when their turn comes.
+    let stale = nodes[0]
+        .0
+        .propose_if(vec![put("b", "1")], vec![put("b", "9")])
+        .await
+        .unwrap();
+    assert!(stale.rejected);
+    assert_eq!(stale.version, 2, "a rejected batch does not raise the version");
+    let absent = Change {
+        key: "a".into(),
+        value: None,
+    };
+    let ok = nodes[0]
+        .0
+        .propose_if(vec![put("b", "2"), absent], vec![put("b", "3")])
+        .await
+        .unwrap();
+    assert!(!ok.rejected);
+    let back = nodes[0]
+        .0
+        .propose_if(vec![put("b", "3")], vec![put("b", "2")])
+        .await
+        .unwrap();
+    assert!(!back.rejected);
+    assert_eq!(back.version, 4);
     // A follower forwards a write to the leader.
     let applied = nodes[2].0.write(vec![put("c", "3")]).await.unwrap();
-    assert_eq!(applied.version, 3);
+    assert_eq!(applied.version, 5);
     let cluster = nodes[1].0.cluster().await;
     assert_eq!(cluster.len(), 3);
     assert!(cluster.iter().all(|m| m.status.is_some() && m.voter), "{cluster:?}");
