@@ -43,6 +43,9 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
                     if path == "/api/v1/cluster" || path.starts_with("/api/v1/members") {
                         return Ok::<_, Infallible>(members(&state, req).await);
                     }
+                    if path.starts_with("/api/v1/vips") {
+                        return Ok::<_, Infallible>(vips(&state, req).await);
+                    }
                     Ok::<_, Infallible>(route(&state, &req))
                 }
             });
@@ -100,6 +103,9 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             );
             if let Some(c) = state.cluster() {
                 render_raft(&mut out, c);
+                if let Some(v) = &c.vips {
+                    v.render_metrics(&mut out);
+                }
             }
             let _ = writeln!(
                 out,
@@ -128,8 +134,10 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                     "last_apply_us": c.source.last_apply_us.load(std::sync::atomic::Ordering::Relaxed),
                 })
             });
+            let vips = state.cluster().and_then(|c| c.vips.as_ref()).map(|v| v.view());
             let body = serde_json::json!({
                 "raft": raft,
+                "vips": vips,
                 "node_id": state.node_id,
                 "ready": state.is_ready(),
                 "config_version": snap.table.version,
@@ -244,6 +252,42 @@ async fn members(state: &NodeState, req: Request<Incoming>) -> Response<Full<Byt
             match raft.remove_member(id, force).await {
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({ "removed": id })),
                 Err(e) => refused(e),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// `GET /api/v1/vips`, and `POST`/`DELETE /api/v1/vips/drain/<id>` (drain, undrain).
+async fn vips(state: &NodeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some((cluster, vips)) = state.cluster().and_then(|c| c.vips.as_ref().map(|v| (c, v))) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this node has no VIPs configured (no vip section)",
+        );
+    };
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/api/v1/vips") => match serde_json::to_value(vips.view()) {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        (m @ (Method::POST | Method::DELETE), p) if p.starts_with("/api/v1/vips/drain/") => {
+            let Ok(id) = p["/api/v1/vips/drain/".len()..].parse::<u64>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected /api/v1/vips/drain/<numeric member id>",
+                );
+            };
+            let drained = m == Method::POST;
+            match crate::vips::set_drained(&cluster.raft, vips.replicated(), id, drained).await {
+                Ok(r) => json(StatusCode::OK, &serde_json::json!({ "member": id, "record": r })),
+                Err(e @ crate::vips::DrainError::NotMember(_)) => error(StatusCode::NOT_FOUND, e),
+                Err(e @ crate::vips::DrainError::Contended) => error(StatusCode::CONFLICT, e),
+                Err(crate::vips::DrainError::Raft(e @ raftgate_raft::Error::NoLeader)) => {
+                    error(StatusCode::SERVICE_UNAVAILABLE, e)
+                }
+                Err(e) => error(StatusCode::BAD_GATEWAY, e),
             }
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),

@@ -277,19 +277,48 @@ impl Node {
             Some(rc) => {
                 let (raft, events) = raftgate_raft::RaftNode::start(crate::cluster::settings(rc, admin_addr)?).await?;
                 let (committed_tx, committed) = watch::channel(Arc::new(raftgate_proxy::RoutingTable::default()));
+                let (vips_tx, vips_rx) = watch::channel(Arc::new(crate::vips::VipReplicated::default()));
+                let mut vips = None;
+                let mut shell = None;
+                if let Some(vc) = cfg.vip.as_ref().filter(|v| !v.addresses.is_empty()) {
+                    let (pool, timing) = (vc.pool()?, vc.timing());
+                    let refused = match crate::vips::open_shell(&pool, &timing).await {
+                        Ok(s) => {
+                            shell = Some(s);
+                            None
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "this member will not own VIPs; it keeps serving traffic");
+                            Some(e)
+                        }
+                    };
+                    vips = Some(Arc::new(crate::vips::Vips::new(
+                        rc.id,
+                        pool,
+                        timing,
+                        vc.preference,
+                        refused,
+                        vips_rx,
+                    )));
+                }
                 let cluster = Arc::new(ClusterState {
                     raft: raft.clone(),
                     source: Default::default(),
-                    committed,
+                    committed: committed.clone(),
                     leave_on_shutdown: rc.leave_on_shutdown,
+                    vips: vips.clone(),
                 });
                 tasks.push(tokio::spawn(crate::cluster::apply_loop(
                     events,
                     state.clone(),
                     committed_tx,
+                    vips_tx,
                     cluster.clone(),
                 )));
                 let _ = state.cluster.set(cluster.clone());
+                if let Some(v) = vips {
+                    tasks.extend(crate::vips::spawn(v, shell, raft.clone(), state.clone(), committed));
+                }
                 if rc.join.is_empty() {
                     raft.bootstrap().await?;
                 } else if !raft.is_member() {
@@ -368,6 +397,9 @@ impl Node {
     }
 
     pub async fn shutdown_within(self, grace: Duration) -> usize {
+        if let Some(v) = self.state.cluster().and_then(|c| c.vips.as_ref()) {
+            v.hand_over().await;
+        }
         if let Some(c) = self.state.cluster()
             && c.leave_on_shutdown
         {

@@ -14,7 +14,6 @@ use std::time::Instant;
 use std::time::SystemTime;
 
 use raftgate_proxy::RoutingTable;
-use raftgate_proxy::model::Entry;
 use raftgate_raft::Change;
 use raftgate_raft::RaftNode;
 use raftgate_raft::StateEvent;
@@ -24,14 +23,19 @@ use tokio::sync::watch;
 
 use crate::app::NodeState;
 use crate::config::RaftConfig;
+use crate::replicated::Replicated;
+use crate::replicated::is_vip_key;
+use crate::vips::VipReplicated;
 
 /// The member of the Raft group this node is, and what its source did.
 #[derive(Debug)]
 pub struct ClusterState {
-    pub raft: RaftNode<Entry>,
+    pub raft: RaftNode<Replicated>,
     pub source: SourceRecord,
     pub(crate) committed: watch::Receiver<Arc<RoutingTable>>,
     pub(crate) leave_on_shutdown: bool,
+    /// The floating IPs, when `vip` is configured.
+    pub vips: Option<Arc<crate::vips::Vips>>,
 }
 
 /// When this node's source ran: it runs only while this node leads with a valid lease.
@@ -113,41 +117,59 @@ pub(crate) fn settings(
     Ok(s)
 }
 
-/// Folds applied changes into the routing table and swaps it into the data plane. Every member
-/// runs this; the first event is the state on disk, so a restarted member serves at once.
+/// Folds applied changes into the routing table and swaps it into the data plane, and the VIP
+/// keys into the VIP state. Every member runs this; the first event is the state on disk, so a
+/// restarted member serves at once. A batch of VIP keys only leaves the data plane alone.
 pub(crate) async fn apply_loop(
-    mut events: UnboundedReceiver<StateEvent<Entry>>,
+    mut events: UnboundedReceiver<StateEvent<Replicated>>,
     state: Arc<NodeState>,
     committed: watch::Sender<Arc<RoutingTable>>,
+    vips: watch::Sender<Arc<VipReplicated>>,
     record: Arc<ClusterState>,
 ) {
     let mut table = RoutingTable::default();
+    let mut vip = VipReplicated::default();
     while let Some(first) = events.recv().await {
         let started = Instant::now();
         let mut pending = vec![first];
         while let Ok(more) = events.try_recv() {
             pending.push(more);
         }
+        let (mut routing_changed, mut vip_changed) = (false, false);
         for ev in pending {
             match ev {
                 StateEvent::Reset { version, entries } => {
                     table = RoutingTable::default();
-                    for (key, entry) in entries {
-                        if let Err(e) = table.set_entry(&key, Some(entry)) {
-                            tracing::error!(error = %e, "replicated entry ignored");
-                        }
+                    // A reset (start, installed snapshot) is no move: keep the counts as they were.
+                    let changes = std::mem::take(&mut vip.changes);
+                    vip = VipReplicated::default();
+                    for (key, value) in entries {
+                        fold(&mut table, &mut vip, &key, Some(value));
                     }
+                    vip.changes = changes;
                     table.version = version;
+                    routing_changed = true;
+                    vip_changed = true;
                 }
                 StateEvent::Changed { version, changes } => {
+                    // An empty batch is the first version of an empty group: it is routing.
+                    let routing = changes.is_empty() || changes.iter().any(|c| !is_vip_key(&c.key));
                     for c in changes {
-                        if let Err(e) = table.set_entry(&c.key, c.value) {
-                            tracing::error!(error = %e, "replicated entry ignored");
-                        }
+                        vip_changed |= is_vip_key(&c.key);
+                        fold(&mut table, &mut vip, &c.key, c.value);
                     }
-                    table.version = version;
+                    if routing {
+                        table.version = version;
+                        routing_changed = true;
+                    }
                 }
             }
+        }
+        if vip_changed {
+            vips.send_replace(Arc::new(vip.clone()));
+        }
+        if !routing_changed {
+            continue;
         }
         let version = table.version;
         let shared = Arc::new(table.clone());
@@ -174,11 +196,30 @@ pub(crate) async fn apply_loop(
     }
 }
 
+/// One replicated key into the routing table or the VIP state.
+fn fold(table: &mut RoutingTable, vip: &mut VipReplicated, key: &str, value: Option<Replicated>) {
+    if is_vip_key(key) {
+        vip.apply(key, value);
+        return;
+    }
+    let entry = match value {
+        None => None,
+        Some(Replicated::Route(e)) => Some(e),
+        Some(Replicated::Vip(_)) => {
+            tracing::error!(key, "a VIP value under a routing key ignored");
+            return;
+        }
+    };
+    if let Err(e) = table.set_entry(key, entry) {
+        tracing::error!(error = %e, "replicated entry ignored");
+    }
+}
+
 /// Where the leader's source sends what it compiled.
 #[derive(Clone, Debug)]
 pub(crate) struct RaftSink {
     pub(crate) record: Arc<ClusterState>,
-    pub(crate) raft: RaftNode<Entry>,
+    pub(crate) raft: RaftNode<Replicated>,
     pub(crate) committed: watch::Receiver<Arc<RoutingTable>>,
     pub(crate) leading: watch::Receiver<bool>,
 }
@@ -206,7 +247,13 @@ impl RaftSink {
             return Err(SinkError::NotLeader);
         }
         let count = changes.len();
-        let batch: Vec<Change<Entry>> = changes.into_iter().map(|(key, value)| Change { key, value }).collect();
+        let batch: Vec<Change<Replicated>> = changes
+            .into_iter()
+            .map(|(key, value)| Change {
+                key,
+                value: value.map(Replicated::Route),
+            })
+            .collect();
         let bytes = serde_json::to_vec(&raftgate_raft::Batch::new(batch.clone())).map_or(0, |b| b.len());
         self.record
             .source

@@ -59,6 +59,8 @@ pub struct Config {
     pub controller_configmap: Option<String>,
     /// The Raft group. Unset: this node runs alone, its source feeding its own data plane.
     pub raft: Option<RaftConfig>,
+    /// Floating IPs the group hands to healthy members (needs `raft`). Unset: none.
+    pub vip: Option<VipConfig>,
     /// Logging.
     pub log: LogConfig,
     /// Worker threads; 0 (default) means one per CPU this process may run on. With one, the
@@ -378,10 +380,11 @@ pub struct RaftConfig {
     pub tls: Option<RaftTls>,
     /// Plain-text peer traffic without authentication. Only for tests; logged loudly. Default false.
     pub insecure: bool,
-    /// Leader heartbeat. Default `100ms`.
+    /// Leader heartbeat. Default `50ms`.
     #[serde(deserialize_with = "duration")]
     pub heartbeat: Duration,
-    /// Minimum election timeout (the maximum is twice it). Default `500ms`.
+    /// Minimum election timeout (the maximum is twice it). Default `150ms`: a dead leader is
+    /// replaced in 450–600 ms, which keeps VIP failover under a second (docs/config.md).
     #[serde(deserialize_with = "duration")]
     pub election_timeout: Duration,
     /// Take a snapshot every this many entries. Default 1000.
@@ -403,12 +406,92 @@ impl Default for RaftConfig {
             learner: false,
             tls: None,
             insecure: false,
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: Duration::from_millis(150),
             snapshot_every: 1000,
             logs_to_keep: 100,
             leave_on_shutdown: false,
         }
+    }
+}
+
+/// Floating IPs: the pool, this member's preference, and the lease timing (docs/config.md).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VipConfig {
+    /// The pool: `{addr, prefix, interface}`; without `interface`, the one whose subnet holds `addr`.
+    pub addresses: Vec<raftgate_vip::VipSpec>,
+    /// `prefer`, `neutral` (default) or `avoid` VIPs on this member.
+    pub preference: raftgate_vip::Preference,
+    /// How long a member holds VIPs after its last granted renewal. Default `400ms`.
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
+    /// How often a member renews. Default `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// A holder stops this much before its lease ends. Default `50ms`.
+    #[serde(deserialize_with = "duration")]
+    pub release_guard: Duration,
+    /// Assumed worst clock rate error, in parts per million. Default 10000 (1 %).
+    pub drift_ppm: u32,
+    /// A returning member gets VIPs back from healthy members only after this long. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub preempt_delay: Duration,
+    /// After a handover the old owner keeps serving, silently, for this long. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
+    /// Gratuitous ARP / unsolicited NA sent on taking a VIP. Default 3.
+    pub announce_repeat: u32,
+    /// Spacing of that burst. Default `100ms`.
+    #[serde(deserialize_with = "duration")]
+    pub announce_interval: Duration,
+    /// Periodic re-announcement while holding. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub reannounce: Duration,
+    /// A member serving a routing config older than what was committed this long ago gets no VIP. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub max_config_lag: Duration,
+}
+
+impl Default for VipConfig {
+    fn default() -> Self {
+        let t = raftgate_vip::Timing::default();
+        Self {
+            addresses: Vec::new(),
+            preference: raftgate_vip::Preference::Neutral,
+            lease: t.lease,
+            refresh: t.refresh,
+            release_guard: t.release_guard,
+            drift_ppm: t.drift_ppm,
+            preempt_delay: t.preempt_delay,
+            grace: t.grace,
+            announce_repeat: t.announce_repeat,
+            announce_interval: t.announce_interval,
+            reannounce: t.reannounce,
+            max_config_lag: t.max_config_lag,
+        }
+    }
+}
+
+impl VipConfig {
+    pub fn timing(&self) -> raftgate_vip::Timing {
+        raftgate_vip::Timing {
+            lease: self.lease,
+            drift_ppm: self.drift_ppm,
+            release_guard: self.release_guard,
+            refresh: self.refresh,
+            preempt_delay: self.preempt_delay,
+            grace: self.grace,
+            announce_repeat: self.announce_repeat,
+            announce_interval: self.announce_interval,
+            reannounce: self.reannounce,
+            max_config_lag: self.max_config_lag,
+        }
+    }
+
+    /// The validated pool.
+    pub fn pool(&self) -> Result<raftgate_vip::Pool, ConfigError> {
+        raftgate_vip::Pool::new(self.addresses.clone()).map_err(|e| ConfigError::Invalid(format!("vip.addresses: {e}")))
     }
 }
 
@@ -548,6 +631,15 @@ impl Config {
             }
             if r.snapshot_every == 0 {
                 return bad("raft.snapshot_every must be at least 1");
+            }
+        }
+        if let Some(v) = &self.vip {
+            if self.raft.is_none() {
+                return bad("vip needs raft: the group decides who owns each VIP (a one-member group is enough)");
+            }
+            v.pool()?;
+            if let Err(e) = v.timing().validate() {
+                return bad(&format!("vip: {e}"));
             }
         }
         let addrs = [self.listen.http, self.listen.https, Some(self.admin.listen)];

@@ -144,6 +144,63 @@ pub fn status_table(cluster: &Value) -> Result<String, CtlError> {
     Ok(out)
 }
 
+/// `raftgate ctl vips`: one row per VIP (owner or handover, reason of the last move, how this
+/// node holds it, since when it last announced it), then this node's lease.
+pub fn vips_table(view: &Value) -> Result<String, CtlError> {
+    let vips = view
+        .get("vips")
+        .and_then(Value::as_array)
+        .ok_or_else(|| CtlError::Answer("no vips in the answer".into()))?;
+    let ms = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "-".to_string(), |n| format!("{:.1}s ago", n as f64 / 1000.0))
+    };
+    let mut rows = vec![["VIP", "OWNER", "REASON", "MOVED", "HELD HERE", "ANNOUNCED"].map(String::from)];
+    for v in vips {
+        let st = &v["state"];
+        let owner = match st["state"].as_str() {
+            Some("owned") => opt(&st["owner"]),
+            Some("releasing") => format!("{} -> {}", opt(&st["from"]), opt(&st["to"])),
+            Some(other) => other.to_string(),
+            None => "?".into(),
+        };
+        rows.push([
+            opt(&v["vip"]),
+            owner,
+            opt(&v["reason"]),
+            ms(&v["moved_ms_ago"]),
+            v["held"].as_str().unwrap_or("-").to_string(),
+            ms(&v["announced_ms_ago"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    let node = opt(&view["node"]);
+    let role = if view["leader"].as_bool() == Some(true) {
+        " (leader: plans and grants)"
+    } else {
+        ""
+    };
+    let lease = view["lease_remaining_ms"]
+        .as_u64()
+        .map_or_else(|| "no usable lease".to_string(), |n| format!("lease {n} ms left"));
+    let _ = writeln!(
+        out,
+        "node {node}{role}: {lease}, table revision {}",
+        opt(&view["revision"])
+    );
+    if let Some(r) = view["refused"].as_str() {
+        let _ = writeln!(out, "this node cannot own VIPs: {r}");
+    }
+    Ok(out)
+}
+
 /// `raftgate cert`: a cluster CA (unless `ca.key` exists in `out`) and one certificate per node.
 /// `nodes` are `name[=host,host…]`. Returns the files written.
 pub fn make_certs(out: &Path, cluster: &str, nodes: &[String]) -> Result<Vec<std::path::PathBuf>, CtlError> {

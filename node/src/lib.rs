@@ -8,7 +8,9 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod objects;
+pub mod replicated;
 pub mod source;
+pub mod vips;
 
 pub use app::Node;
 pub use config::Config;

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
     },
+    /// Remove every address of the config's VIP pool from this host (systemd `ExecStopPost`, after a crash).
+    ReleaseVips {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Talk to a running node through its admin API.
     Ctl {
         /// The node's admin address.
@@ -76,6 +81,16 @@ enum Ctl {
     /// Add or remove members.
     #[command(subcommand)]
     Members(Members),
+    /// Each VIP: owner (or handover), reason for its last move, how this node holds it, when it last announced.
+    Vips {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hand member ID's VIPs to others (make-before-break) and give it none until `undrain`.
+    Drain { id: u64 },
+    /// Let member ID hold VIPs again (it gets VIPs back only by rebalancing, after the preemption delay).
+    Undrain { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,6 +165,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ctl { admin, command } => ctl_runtime()?.block_on(ctl(admin, command)),
+        Command::ReleaseVips { config } => {
+            let cfg = Config::load(&config)?;
+            let Some(vip) = cfg.vip.as_ref() else {
+                say("no vip section: nothing to release");
+                return Ok(());
+            };
+            let removed = raftgate_vip::shell::remove_all(&vip.pool()?)?;
+            say(&format!("removed {removed} VIP address(es)"));
+            Ok(())
+        }
         Command::Leave { admin } => ctl_runtime()?.block_on(async move {
             let status = raftgate::ctl::request(admin, http::Method::GET, "/api/v1/status", None).await?;
             let id = status["raft"]["member"]["id"]
@@ -203,6 +228,22 @@ async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<()> {
             let body = serde_json::json!({"id": id, "addr": addr, "admin": admin_addr, "learner": learner});
             request(admin, http::Method::POST, "/api/v1/members", Some(body)).await?;
             say(&format!("member {id} added"));
+        }
+        Ctl::Vips { json } => {
+            let view = request(admin, http::Method::GET, "/api/v1/vips", None).await?;
+            if json {
+                say(&serde_json::to_string_pretty(&view)?);
+            } else {
+                say(raftgate::ctl::vips_table(&view)?.trim_end());
+            }
+        }
+        Ctl::Drain { id } => {
+            request(admin, http::Method::POST, &format!("/api/v1/vips/drain/{id}"), None).await?;
+            say(&format!("member {id} drained: its VIPs move to other members"));
+        }
+        Ctl::Undrain { id } => {
+            request(admin, http::Method::DELETE, &format!("/api/v1/vips/drain/{id}"), None).await?;
+            say(&format!("member {id} may hold VIPs again"));
         }
         Ctl::Members(Members::Remove { id, force }) => {
             let q = if force { "?force=true" } else { "" };

@@ -176,7 +176,7 @@ impl<V: Value> RaftNode<V> {
             leading: watch::channel(false).0,
             contact: watch::channel(false).0,
             shutdown,
-            lease: settings.election_timeout_min / 2,
+            lease: settings.election_timeout_max / 2,
             leader_handler: std::sync::Mutex::new(None),
         });
         server::spawn(inner.clone(), listener, settings.tls.clone(), shutdown_rx.clone())?;
@@ -202,7 +202,8 @@ impl<V: Value> RaftNode<V> {
     }
 
     /// True while this member is the leader and a quorum acknowledged it within the lease
-    /// (half the minimum election timeout), so no other member can have been elected meanwhile.
+    /// (half the maximum election timeout), so no other member can have been elected meanwhile:
+    /// openraft voters refuse every candidate for `election_timeout_max` after a heartbeat.
     pub fn leadership(&self) -> watch::Receiver<bool> {
         self.inner.leading.subscribe()
     }
@@ -348,6 +349,17 @@ impl<V: Value> RaftNode<V> {
     /// Propose a batch through the leader, wherever it is.
     pub async fn write(&self, changes: Vec<Change<V>>) -> Result<Applied, Error> {
         let body = network::encode(&Batch::new(changes)).map_err(|s| Error::Raft(s.message().to_string()))?;
+        let reply = self
+            .inner
+            .handle_app(network::WRITE, body, false)
+            .await
+            .map_err(status_error)?;
+        network::decode(&reply).map_err(|s| Error::Raft(s.message().to_string()))
+    }
+
+    /// A conditional batch ([`RaftNode::propose_if`]) through the leader, wherever it is.
+    pub async fn write_if(&self, expect: Vec<Change<V>>, changes: Vec<Change<V>>) -> Result<Applied, Error> {
+        let body = network::encode(&Batch { changes, expect }).map_err(|s| Error::Raft(s.message().to_string()))?;
         let reply = self
             .inner
             .handle_app(network::WRITE, body, false)

@@ -4,7 +4,7 @@
 //!
 //! | setting | default | role |
 //! | --- | --- | --- |
-//! | `lease` | 400 ms | a member may hold VIPs for this long after the send time of its last granted renewal |
+//! | `lease` | 300 ms | a member may hold VIPs for this long after the send time of its last granted renewal |
 //! | `drift_ppm` | 10 000 (1 %) | the most any node's monotonic clock runs fast or slow against real time |
 //! | `release_guard` | 50 ms | a holder stops this long before its lease ends: the shell's budget to take the address down |
 //! | `refresh` | 100 ms | how often a member asks the leader to renew (three in a row may be lost before the lease lapses) |
@@ -14,16 +14,16 @@
 //! | `reannounce` | 10 s | a refresh announcement while holding |
 //! | `max_config_lag` | 10 s | a member whose routing config is older than what was committed this long ago is stale |
 //!
-//! The leader reassigns a silent owner's VIP after [`Timing::fence_wait_ms`] = ⌈400 × 1.01 / 0.99⌉ + 1
-//! = 410 ms from its last grant to that owner. Worst-case failover when an owner (not the leader)
-//! dies is therefore 410 ms + one commit (a quorum round trip and an fsync, ~5–30 ms on a LAN) +
-//! apply and netlink (~ms) ≈ 0.45 s; the leader's planning timer is set to the exact instant by
+//! The leader reassigns a silent owner's VIP after [`Timing::fence_wait_ms`] = ⌈300 × 1.01 / 0.99⌉ + 1
+//! = 308 ms from its last grant to that owner. Worst-case failover when an owner (not the leader)
+//! dies is therefore 308 ms + one commit (a quorum round trip and an fsync, ~5–30 ms on a LAN) +
+//! apply and netlink (~ms) ≈ 0.35 s; the leader's planning timer is set to the exact instant by
 //! [`crate::assign::Plan::wake_at`], so there is no polling delay on top. When the *leader* dies,
 //! every VIP is dark until a new leader is elected (a member keeps VIPs only while a quorum-confirmed
 //! leader renews it) and the new leader waits `fence_wait` from its election for the dead leader's
-//! VIPs: failover is election time + 0.45 s. With the raft crate's defaults (openraft followers
-//! refuse votes for `election_timeout_max` = 1 s after the last heartbeat, then wait an election
-//! timeout) that is ~2–2.5 s; a sub-second leader failover needs `election_timeout_max` ≈ 300 ms.
+//! VIPs: failover is election time + 0.35 s. openraft followers start an election
+//! `election_timeout_max` + a random election timeout after the last heartbeat; with raftgate's
+//! defaults (heartbeat 50 ms, election timeout 150–300 ms) that is 450–600 ms, so ~0.8–0.95 s in all.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -218,7 +218,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            lease: Duration::from_millis(400),
+            lease: Duration::from_millis(300),
             drift_ppm: 10_000,
             release_guard: Duration::from_millis(50),
             refresh: Duration::from_millis(100),
@@ -395,8 +395,8 @@ mod tests {
     fn default_timing_and_fence() {
         let t = Timing::default();
         t.validate().unwrap();
-        // ceil(400 * 1.01 / 0.99) = ceil(408.08) = 409, + 1 for truncation.
-        assert_eq!(t.fence_wait_ms(), 410);
+        // ceil(300 * 1.01 / 0.99) = ceil(306.06) = 307, + 1 for truncation.
+        assert_eq!(t.fence_wait_ms(), 308);
         assert_eq!(t.hold_ms(), 350);
         let zero_drift = Timing {
             drift_ppm: 0,

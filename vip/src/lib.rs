@@ -22,7 +22,8 @@
 //! (`drift_ppm`; 1 % by default, against ~50 ppm crystals and NTP's 500 ppm slew limit); (A2) only
 //! a leading leader grants, and a new leader begins ([`assign::Leadership::since`]) only after
 //! every earlier leader's last grant — openraft followers refuse votes for `election_timeout_max`
-//! after a heartbeat, far longer than the raft crate's leader lease of `election_timeout_min / 2`,
+//! after a heartbeat, longer than the raft crate's leader lease of `election_timeout_max / 2` plus the
+//! half heartbeat its leadership flag may lag,
 //! so leaderships do not overlap; (A3) Raft commits one sequence of tables; (A4) the shell puts each
 //! decision into effect within `release_guard` of the instant it is due (it sets a timer for
 //! [`hold::Decision::wake_at`]) and reports an applied revision only after the holdings for it

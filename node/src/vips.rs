@@ -1,0 +1,720 @@
+//! Floating IPs on a member: renewals to the leader, the leader's grants and plans, and the shell that carries out each decision.
+//!
+//! ```text
+//!  every member                                              the leader, while it leads
+//!  reporter ── Report (raft LeaderCall RPC, every refresh) ──► grant(): LeaderBook::grant ─► Grant
+//!     │ lease anchored at the send time                           │ wakes
+//!     ▼                                                           ▼
+//!  member loop: hold::decide(applied table, lease, now) ─► Shell  planner: LeaderBook::plan
+//!     ▲                                                           │ propose_if(vip/table = next,
+//!     └── apply_loop ◄── Raft log ◄───────────────────────────────┘   expect vip/table = planned-from)
+//! ```
+//!
+//! The decisions are the pure core's ([`raftgate_vip::hold::decide`], [`raftgate_vip::LeaderBook`]);
+//! this module only moves messages, keeps the clock (one `Instant` origin per process) and sets
+//! timers for each decision's `wake_at`. A table proposal names the table it was planned from, so
+//! one planned from a superseded table is refused by every member alike (raft conditional batch).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+
+use raftgate_proxy::RoutingTable;
+use raftgate_raft::Change;
+use raftgate_raft::RaftNode;
+use raftgate_vip::Action;
+use raftgate_vip::Grant;
+use raftgate_vip::Holdings;
+use raftgate_vip::LeaderBook;
+use raftgate_vip::Leadership;
+use raftgate_vip::Lease;
+use raftgate_vip::MemberConfig;
+use raftgate_vip::Millis;
+use raftgate_vip::Mode;
+use raftgate_vip::NodeId;
+use raftgate_vip::NodeView;
+use raftgate_vip::Pool;
+use raftgate_vip::Preference;
+use raftgate_vip::Reason;
+use raftgate_vip::Report;
+use raftgate_vip::Table;
+use raftgate_vip::Timing;
+use raftgate_vip::VersionHistory;
+use raftgate_vip::shell::Shell;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+use crate::app::NodeState;
+use crate::replicated::MemberRecord;
+use crate::replicated::Replicated;
+use crate::replicated::VIP_TABLE_KEY;
+use crate::replicated::VipValue;
+use crate::replicated::vip_member_key;
+
+/// The VIP part of the applied Raft state, as `apply_loop` folds it.
+#[derive(Clone, Debug, Default)]
+pub struct VipReplicated {
+    pub table: Table,
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    /// Ownership changes applied on this member since it started, by reason.
+    pub changes: BTreeMap<Reason, u64>,
+}
+
+impl VipReplicated {
+    /// Folds one applied change of a `vip/...` key.
+    pub(crate) fn apply(&mut self, key: &str, value: Option<Replicated>) {
+        match (key, value) {
+            (VIP_TABLE_KEY, Some(Replicated::Vip(VipValue::Table(t)))) => {
+                for (vip, slot) in &t.slots {
+                    if self.table.slots.get(vip).map(|s| s.state) != Some(slot.state) {
+                        *self.changes.entry(slot.reason).or_default() += 1;
+                    }
+                }
+                self.table = t;
+            }
+            (VIP_TABLE_KEY, None) => self.table = Table::default(),
+            (k, value) => {
+                let Some(id) = crate::replicated::vip_member_id(k) else {
+                    tracing::error!(key = k, "unknown VIP key ignored");
+                    return;
+                };
+                match value {
+                    Some(Replicated::Vip(VipValue::Member(m))) => drop(self.members.insert(id, m)),
+                    None => drop(self.members.remove(&id)),
+                    Some(_) => tracing::error!(key = k, "VIP member key with another value ignored"),
+                }
+            }
+        }
+    }
+}
+
+/// What this member holds and knows, for status and reports.
+#[derive(Debug, Default)]
+struct Local {
+    held: Holdings,
+    lease: Option<Lease>,
+    /// The table revision whose holdings are in effect here.
+    in_effect: u64,
+    /// The shell failed; report not ready until then, so the leader moves the VIPs away.
+    failed_until: Option<Millis>,
+    last_error: Option<String>,
+}
+
+/// The leader's book for its current leadership, and its routing version history.
+#[derive(Debug)]
+struct LeaderState {
+    book: LeaderBook,
+    history: VersionHistory,
+}
+
+/// This member's VIP machinery, shared by its tasks and the admin API.
+#[derive(Debug)]
+pub struct Vips {
+    pub pool: Pool,
+    pub timing: Timing,
+    preference: Preference,
+    id: NodeId,
+    origin: Instant,
+    replicated: watch::Receiver<Arc<VipReplicated>>,
+    /// Why this member cannot own VIPs (missing capabilities), if so.
+    refused: Option<String>,
+    local: Mutex<Local>,
+    leader: Mutex<Option<LeaderState>>,
+    planner: Notify,
+    stopping: AtomicBool,
+    announcements: AtomicU64,
+    shell_errors: AtomicU64,
+}
+
+/// `GET /api/v1/vips` and `raftgate ctl vips`.
+#[derive(Debug, Serialize)]
+pub struct VipView {
+    pub node: NodeId,
+    /// This member leads and plans.
+    pub leader: bool,
+    pub refused: Option<String>,
+    pub last_error: Option<String>,
+    pub lease_remaining_ms: Option<u64>,
+    pub revision: u64,
+    pub in_effect_revision: u64,
+    pub vips: Vec<raftgate_vip::VipStatus>,
+    pub members: BTreeMap<NodeId, MemberRecord>,
+    pub changes: BTreeMap<Reason, u64>,
+}
+
+impl Vips {
+    pub(crate) fn new(
+        id: NodeId,
+        pool: Pool,
+        timing: Timing,
+        preference: Preference,
+        refused: Option<String>,
+        replicated: watch::Receiver<Arc<VipReplicated>>,
+    ) -> Self {
+        Self {
+            pool,
+            timing,
+            preference,
+            id,
+            origin: Instant::now(),
+            replicated,
+            refused,
+            local: Mutex::default(),
+            leader: Mutex::new(None),
+            planner: Notify::new(),
+            stopping: AtomicBool::new(false),
+            announcements: AtomicU64::new(0),
+            shell_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.millis_at(Instant::now())
+    }
+
+    fn millis_at(&self, t: Instant) -> Millis {
+        Millis::from_elapsed(t.saturating_duration_since(self.origin))
+    }
+
+    fn instant_of(&self, m: Millis) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin + Duration::from_millis(m.0))
+    }
+
+    /// The status view.
+    pub fn view(&self) -> VipView {
+        let now = self.now();
+        let rep = self.replicated.borrow().clone();
+        let leadership = self
+            .leader
+            .lock()
+            .ok()
+            .and_then(|l| l.as_ref().map(|s| s.book.leadership()));
+        let (held, lease, in_effect, last_error) = match self.local.lock() {
+            Ok(l) => (l.held.clone(), l.lease, l.in_effect, l.last_error.clone()),
+            Err(_) => Default::default(),
+        };
+        let lease_remaining_ms = lease
+            .filter(|l| l.usable(in_effect, &self.timing, now))
+            .map(|l| l.hold_until(&self.timing).since(now));
+        VipView {
+            node: self.id,
+            leader: leadership.is_some(),
+            refused: self.refused.clone(),
+            last_error,
+            lease_remaining_ms,
+            revision: rep.table.revision,
+            in_effect_revision: in_effect,
+            vips: raftgate_vip::status(&rep.table, leadership.as_ref(), Some(&held), now),
+            members: rep.members.clone(),
+            changes: rep.changes.clone(),
+        }
+    }
+
+    /// Prometheus lines.
+    pub fn render_metrics(&self, out: &mut String) {
+        let now = self.now();
+        let (held, lease) = match self.local.lock() {
+            Ok(l) => (l.held.clone(), l.lease),
+            Err(_) => Default::default(),
+        };
+        let active = held.values().filter(|h| h.mode == Mode::Active).count();
+        let quiet = held.len() - active;
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vips_held VIPs this member holds, by mode (active: announced and answering ARP/NDP).\n# TYPE raftgate_vips_held gauge\nraftgate_vips_held{{mode=\"active\"}} {active}\nraftgate_vips_held{{mode=\"quiet\"}} {quiet}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_announcements_total Gratuitous ARPs / unsolicited neighbour advertisements sent.\n# TYPE raftgate_vip_announcements_total counter\nraftgate_vip_announcements_total {}",
+            self.announcements.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_shell_errors_total Netlink or ARP operations that failed.\n# TYPE raftgate_vip_shell_errors_total counter\nraftgate_vip_shell_errors_total {}",
+            self.shell_errors.load(Ordering::Relaxed)
+        );
+        let age = lease.map_or(-1.0, |l| now.since(l.anchor) as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_lease_age_seconds Time since the send time of this member's last granted renewal (-1: never).\n# TYPE raftgate_vip_lease_age_seconds gauge\nraftgate_vip_lease_age_seconds {age}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_refused 1 when this member cannot own VIPs (missing capabilities).\n# TYPE raftgate_vip_refused gauge\nraftgate_vip_refused {}",
+            u8::from(self.refused.is_some())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_ownership_changes_total VIP moves applied on this member, by reason.\n# TYPE raftgate_vip_ownership_changes_total counter"
+        );
+        for (reason, n) in &self.replicated.borrow().changes {
+            let _ = writeln!(out, "raftgate_vip_ownership_changes_total{{reason=\"{reason}\"}} {n}");
+        }
+    }
+
+    /// The leader's answer to a member's report: a grant while this leadership's book exists.
+    fn grant(&self, body: &[u8]) -> Result<bytes::Bytes, String> {
+        let report: Report = serde_json::from_slice(body).map_err(|e| format!("bad VIP report: {e}"))?;
+        let now = self.now();
+        let grant = {
+            let mut leader = self
+                .leader
+                .lock()
+                .map_err(|_| "VIP leader state poisoned".to_string())?;
+            let Some(st) = leader.as_mut() else {
+                return Err("this leader is not granting VIP leases yet".into());
+            };
+            let floor = st.history.floor(self.timing.max_config_lag, now);
+            st.book.grant(&report, floor, now)
+        };
+        self.planner.notify_one();
+        serde_json::to_vec(&grant)
+            .map(bytes::Bytes::from)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether this member can serve and hold VIPs now.
+    fn ready(&self, state: &NodeState, now: Millis) -> bool {
+        let failed = self
+            .local
+            .lock()
+            .ok()
+            .and_then(|l| l.failed_until)
+            .is_some_and(|t| now < t);
+        self.refused.is_none() && state.is_ready() && !failed
+    }
+}
+
+/// Keeps the pool's addresses off this host when dropped: at shutdown, and if the member task
+/// panics (unwinding drops it). A crashed process leaves them to the kernel lifetime and to the
+/// next start's cleanup.
+#[derive(Debug)]
+struct OwnedShell {
+    shell: Shell,
+}
+
+impl Drop for OwnedShell {
+    fn drop(&mut self) {
+        match raftgate_vip::shell::remove_all(self.shell.pool()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "VIP addresses removed"),
+            Err(e) => tracing::error!(error = %e, "could not remove VIP addresses"),
+        }
+    }
+}
+
+/// Opens the shell and removes what an earlier process left, or says why this member cannot own VIPs.
+pub(crate) async fn open_shell(pool: &Pool, timing: &Timing) -> Result<Shell, String> {
+    let mut shell = Shell::new(pool.clone(), timing.clone()).map_err(|e| e.to_string())?;
+    match shell.release_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            removed = n,
+            "removed VIP addresses an earlier process left on this host"
+        ),
+        Err(e) => return Err(format!("removing stale VIP addresses: {e}")),
+    }
+    Ok(shell)
+}
+
+/// Starts the member loop, the reporter, the leader's planner and the settings writer.
+pub(crate) fn spawn(
+    vips: Arc<Vips>,
+    shell: Option<Shell>,
+    raft: RaftNode<Replicated>,
+    state: Arc<NodeState>,
+    committed: watch::Receiver<Arc<RoutingTable>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let handler_vips = vips.clone();
+    raft.set_leader_handler(Arc::new(move |body: bytes::Bytes| {
+        let vips = handler_vips.clone();
+        Box::pin(async move { vips.grant(&body) })
+    }));
+    let (grants_tx, grants_rx) = mpsc::unbounded_channel();
+    let report_now = Arc::new(Notify::new());
+    vec![
+        tokio::spawn(member_loop(
+            vips.clone(),
+            shell.map(|shell| OwnedShell { shell }),
+            state.clone(),
+            grants_rx,
+            report_now.clone(),
+        )),
+        tokio::spawn(reporter(vips.clone(), raft.clone(), state, grants_tx, report_now)),
+        tokio::spawn(planner(vips.clone(), raft.clone(), committed)),
+        tokio::spawn(settings_writer(vips, raft)),
+    ]
+}
+
+/// Decides and carries out what to hold, at every renewal, applied table and `wake_at`.
+async fn member_loop(
+    vips: Arc<Vips>,
+    mut shell: Option<OwnedShell>,
+    state: Arc<NodeState>,
+    mut grants: mpsc::UnboundedReceiver<(Millis, Grant)>,
+    report_now: Arc<Notify>,
+) {
+    let mut replicated = vips.replicated.clone();
+    let mut reported_revision = None;
+    loop {
+        let now = vips.now();
+        let rep = replicated.borrow_and_update().clone();
+        let ready = vips.ready(&state, now);
+        let decision = {
+            let Ok(local) = vips.local.lock() else { return };
+            let view = NodeView {
+                id: vips.id,
+                table: &rep.table,
+                pool: &vips.pool,
+                lease: local.lease,
+                ready,
+                held: &local.held,
+            };
+            raftgate_vip::decide(&view, &vips.timing, now)
+        };
+        for vip in &decision.unknown {
+            tracing::warn!(%vip, "the VIP table gives this member a VIP its vip.addresses does not list; not holding it");
+        }
+        let outcome = match shell.as_mut() {
+            Some(s) => s.shell.apply(&decision).await,
+            None => Ok(()),
+        };
+        let failed = match outcome {
+            Ok(()) => {
+                let sent = decision
+                    .actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Activate { .. } | Action::Announce { .. }))
+                    .count();
+                vips.announcements.fetch_add(sent as u64, Ordering::Relaxed);
+                for a in &decision.actions {
+                    match a {
+                        Action::Activate { vip, .. } => tracing::info!(%vip, "VIP taken: address added and announced"),
+                        Action::Quiesce { vip } => {
+                            tracing::info!(%vip, "VIP handed over: serving it silently for the grace period")
+                        }
+                        Action::Release { vip } => tracing::info!(%vip, "VIP released"),
+                        Action::Announce { .. } => {}
+                    }
+                }
+                None
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = &failed {
+            vips.shell_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "VIP shell failed; releasing every VIP and reporting not ready for a second");
+            if let Some(s) = shell.as_mut()
+                && let Err(e) = s.shell.release_all().await
+            {
+                tracing::error!(error = %e, "could not remove VIP addresses");
+            }
+        }
+        if let Ok(mut local) = vips.local.lock() {
+            match failed {
+                None => {
+                    local.held = decision.held.clone();
+                    local.in_effect = rep.table.revision;
+                }
+                Some(e) => {
+                    local.held.clear();
+                    local.failed_until = Some(now.plus(1000));
+                    local.last_error = Some(e);
+                }
+            }
+        }
+        if reported_revision != Some(rep.table.revision) {
+            reported_revision = Some(rep.table.revision);
+            report_now.notify_one();
+        }
+        let wake = decision
+            .wake_at
+            .map_or_else(|| vips.instant_of(now.plus(1000)), |w| vips.instant_of(w));
+        tokio::select! {
+            g = grants.recv() => match g {
+                Some((sent_at, grant)) => {
+                    if let Ok(mut local) = vips.local.lock() {
+                        local.lease = Some(Lease::renew(local.lease, sent_at, grant));
+                    }
+                }
+                None => return,
+            },
+            r = replicated.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep_until(wake) => {}
+            // Readiness has no event of its own.
+            _ = tokio::time::sleep(vips.timing.refresh), if !ready => {}
+        }
+    }
+}
+
+/// Sends a renewal report every `refresh`, and at once when the member loop asks (a new table in
+/// effect). Each report runs on its own, so a slow answer never delays the next one.
+async fn reporter(
+    vips: Arc<Vips>,
+    raft: RaftNode<Replicated>,
+    state: Arc<NodeState>,
+    grants: mpsc::UnboundedSender<(Millis, Grant)>,
+    report_now: Arc<Notify>,
+) {
+    let mut tick = tokio::time::interval(vips.timing.refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ttl = vips.timing.lease;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = report_now.notified() => {}
+        }
+        let now = vips.now();
+        // The leader's own lease is anchored at its last quorum acknowledgement: it must stop
+        // holding once it has gone a lease without a quorum, like everybody else.
+        let sent_at = match raft.quorum_ack() {
+            Some(ack) => vips.millis_at(ack).min(now),
+            None => now,
+        };
+        let applied_revision = vips.local.lock().map(|l| l.in_effect).unwrap_or(0);
+        let report = Report {
+            member: vips.id,
+            applied_revision,
+            ready: vips.ready(&state, now),
+            config_version: state.dataplane.version(),
+        };
+        let Ok(body) = serde_json::to_vec(&report) else {
+            continue;
+        };
+        let (raft, grants) = (raft.clone(), grants.clone());
+        tokio::spawn(async move {
+            match raft.ask_leader(bytes::Bytes::from(body), ttl).await {
+                Ok(answer) => match serde_json::from_slice::<Grant>(&answer) {
+                    Ok(grant) => drop(grants.send((sent_at, grant))),
+                    Err(e) => tracing::warn!(error = %e, "unreadable VIP lease grant"),
+                },
+                Err(e) => tracing::debug!(error = %e, "VIP lease renewal not granted"),
+            }
+        });
+    }
+}
+
+/// The member settings the leader plans with: every Raft member, with its replicated record.
+fn member_configs(raft: &RaftNode<Replicated>, records: &BTreeMap<NodeId, MemberRecord>) -> Vec<MemberConfig> {
+    raft.members()
+        .into_iter()
+        .map(|(id, _)| {
+            let r = records.get(&id).copied().unwrap_or_default();
+            MemberConfig {
+                id,
+                preference: r.preference,
+                draining: r.draining(),
+            }
+        })
+        .collect()
+}
+
+/// While this member leads: one [`LeaderBook`] per leadership, planning at every report,
+/// applied table and `wake_at`, and proposing the tables it plans.
+async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: watch::Receiver<Arc<RoutingTable>>) {
+    let mut leading = raft.leadership();
+    let mut replicated = vips.replicated.clone();
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        // Everything committed before this term is applied here before the book starts.
+        if let Err(e) = raft.raft().ensure_linearizable().await {
+            tracing::warn!(error = %e, "leader could not confirm its state; not granting VIP leases yet");
+            tokio::time::sleep(vips.timing.refresh).await;
+            continue;
+        }
+        if !*leading.borrow() {
+            continue;
+        }
+        let now = vips.now();
+        let (term, _) = raft.term_and_leader();
+        let leadership = Leadership {
+            leader: vips.id,
+            term,
+            since: now,
+        };
+        let applied = replicated.borrow().table.revision;
+        let mut history = VersionHistory::new();
+        history.record(committed.borrow().version, now);
+        if let Ok(mut l) = vips.leader.lock() {
+            *l = Some(LeaderState {
+                book: LeaderBook::new(leadership, vips.timing.clone(), applied),
+                history,
+            });
+        }
+        tracing::info!(term, "leading: granting VIP leases and planning");
+        while *leading.borrow() {
+            let now = vips.now();
+            let rep = replicated.borrow_and_update().clone();
+            let version = committed.borrow_and_update().version;
+            let configs = member_configs(&raft, &rep.members);
+            let plan = match vips.leader.lock() {
+                Ok(mut l) => match l.as_mut() {
+                    Some(st) => {
+                        st.history.record(version, now);
+                        st.book.plan(&rep.table, &vips.pool, &configs, now)
+                    }
+                    None => break,
+                },
+                Err(_) => break,
+            };
+            if let Some(next) = plan.table {
+                for m in &plan.moves {
+                    tracing::info!(vip = %m.vip, from = ?m.from, to = ?m.to, reason = %m.reason, revision = next.revision, "VIP move planned");
+                }
+                let expect = Change {
+                    key: VIP_TABLE_KEY.to_string(),
+                    value: (rep.table.revision > 0).then(|| Replicated::Vip(VipValue::Table(rep.table.clone()))),
+                };
+                let change = Change {
+                    key: VIP_TABLE_KEY.to_string(),
+                    value: Some(Replicated::Vip(VipValue::Table(next))),
+                };
+                match raft.propose_if(vec![expect], vec![change]).await {
+                    Ok(a) if a.rejected => tracing::debug!("VIP table proposal was planned from a superseded table"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "VIP table proposal failed"),
+                }
+                continue;
+            }
+            let wake = plan
+                .wake_at
+                .map_or_else(|| vips.instant_of(now.plus(1000)), |w| vips.instant_of(w));
+            tokio::select! {
+                _ = vips.planner.notified() => {}
+                r = replicated.changed() => if r.is_err() { return },
+                r = committed.changed() => if r.is_err() { return },
+                r = leading.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+        if let Ok(mut l) = vips.leader.lock() {
+            *l = None;
+        }
+        tracing::info!("not leading: VIP grants and planning stopped");
+    }
+}
+
+/// Keeps this member's replicated record in line with its config (preference) and its state
+/// (stopping), leaving the operator's `drained` flag as it is.
+async fn settings_writer(vips: Arc<Vips>, raft: RaftNode<Replicated>) {
+    let mut replicated = vips.replicated.clone();
+    loop {
+        let current = replicated.borrow_and_update().members.get(&vips.id).copied();
+        let stopping = vips.stopping.load(Ordering::Acquire);
+        let base = current.unwrap_or_default();
+        let want = MemberRecord {
+            preference: vips.preference,
+            drained: base.drained,
+            stopping,
+        };
+        if raft.is_member() && current != Some(want) {
+            match update_record(&raft, vips.id, current, want).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Changed meanwhile: wait until it is applied here, then compare again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => tracing::debug!(error = %e, "could not write this member's VIP settings yet"),
+            }
+        }
+        tokio::select! {
+            r = replicated.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Replaces member `id`'s record if it still is `current`. `Ok(false)`: it changed meanwhile.
+async fn update_record(
+    raft: &RaftNode<Replicated>,
+    id: NodeId,
+    current: Option<MemberRecord>,
+    want: MemberRecord,
+) -> Result<bool, raftgate_raft::Error> {
+    let key = vip_member_key(id);
+    let expect = Change {
+        key: key.clone(),
+        value: current.map(|m| Replicated::Vip(VipValue::Member(m))),
+    };
+    let change = Change {
+        key,
+        value: Some(Replicated::Vip(VipValue::Member(want))),
+    };
+    let applied = raft.write_if(vec![expect], vec![change]).await?;
+    Ok(!applied.rejected)
+}
+
+/// Why a drain could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("{0} is not a member of the group")]
+    NotMember(NodeId),
+    #[error("the member's VIP settings kept changing; try again")]
+    Contended,
+    #[error(transparent)]
+    Raft(#[from] raftgate_raft::Error),
+}
+
+/// `raftgate ctl drain|undrain ID`: sets the operator's drain flag of member `id`.
+pub async fn set_drained(
+    raft: &RaftNode<Replicated>,
+    replicated: &watch::Receiver<Arc<VipReplicated>>,
+    id: NodeId,
+    drained: bool,
+) -> Result<MemberRecord, DrainError> {
+    if !raft.members().iter().any(|(m, _)| *m == id) {
+        return Err(DrainError::NotMember(id));
+    }
+    for _ in 0..5 {
+        let current = replicated.borrow().members.get(&id).copied();
+        let want = MemberRecord {
+            drained,
+            ..current.unwrap_or_default()
+        };
+        if current == Some(want) || update_record(raft, id, current, want).await? {
+            return Ok(want);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(DrainError::Contended)
+}
+
+impl Vips {
+    /// The replicated VIP state, as applied here.
+    pub fn replicated(&self) -> &watch::Receiver<Arc<VipReplicated>> {
+        &self.replicated
+    }
+
+    /// On SIGTERM: hand this member's VIPs over (make-before-break) and wait until it holds
+    /// none, quiet ones included (the grace period), within `grace + 5 s`.
+    pub(crate) async fn hand_over(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let held = |v: &Vips| v.local.lock().map(|l| l.held.len()).unwrap_or(0);
+        if held(self) == 0 {
+            return;
+        }
+        tracing::info!("stopping: handing VIPs over before closing");
+        let deadline = Instant::now() + self.timing.grace + Duration::from_secs(5);
+        let mut replicated = self.replicated.clone();
+        while held(self) > 0 && Instant::now() < deadline {
+            tokio::select! {
+                _ = replicated.changed() => {}
+                _ = tokio::time::sleep(self.timing.refresh) => {}
+            }
+        }
+        if held(self) > 0 {
+            tracing::warn!("VIPs still held at the end of the handover; removing them now");
+        }
+    }
+}
