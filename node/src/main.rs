@@ -55,6 +55,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Internal: the VIP guard a node starts for itself (reads its pipe on stdin).
+    #[command(hide = true)]
+    GuardVips {
+        /// The pool, as JSON.
+        #[arg(long)]
+        pool: String,
+    },
     /// Talk to a running node through its admin API.
     Ctl {
         /// The node's admin address.
@@ -165,6 +172,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ctl { admin, command } => ctl_runtime()?.block_on(ctl(admin, command)),
+        Command::GuardVips { pool } => {
+            init_logging(&Config::default());
+            let specs: Vec<raftgate_vip::VipSpec> = serde_json::from_str(&pool).context("--pool")?;
+            let pool = raftgate_vip::Pool::new(specs)?;
+            raftgate_vip::shell::guard::run(&pool, std::io::stdin())?;
+            Ok(())
+        }
         Command::ReleaseVips { config } => {
             let cfg = Config::load(&config)?;
             let Some(vip) = cfg.vip.as_ref() else {

@@ -297,8 +297,65 @@ impl Vips {
 /// panics (unwinding drops it). A crashed process leaves them to the kernel lifetime and to the
 /// next start's cleanup.
 #[derive(Debug)]
-struct OwnedShell {
+pub(crate) struct OwnedShell {
     shell: Shell,
+    guard: Guard,
+}
+
+/// The node's end of its VIP guard process ([`raftgate_vip::shell::guard`]): the same binary,
+/// run as `raftgate guard-vips`, reading on a pipe how long this process's holds may last.
+#[derive(Debug)]
+struct Guard {
+    pool: Pool,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Guard {
+    fn spawn(pool: &Pool) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program to start the VIP guard: {e}"))?;
+        let specs = serde_json::to_string(pool.specs()).map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args(["guard-vips", "--pool", &specs])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the VIP guard process: {e}"))?;
+        let stdin = child.stdin.take();
+        Ok(Self {
+            pool: pool.clone(),
+            child,
+            stdin,
+        })
+    }
+
+    /// Tells the guard how long the holds in effect may last; restarts it once if it is gone.
+    fn tell(&mut self, remaining: Option<Duration>) -> Result<(), String> {
+        use std::io::Write as _;
+        let line = match remaining {
+            Some(d) => raftgate_vip::shell::guard::GuardMessage::Hold(d),
+            None => raftgate_vip::shell::guard::GuardMessage::Nothing,
+        }
+        .line();
+        let write = |g: &mut Guard| match g.stdin.as_mut() {
+            Some(s) => s.write_all(line.as_bytes()).map_err(|e| e.to_string()),
+            None => Err("no pipe".to_string()),
+        };
+        if write(self).is_ok() {
+            return Ok(());
+        }
+        tracing::warn!("the VIP guard process is gone; starting a new one");
+        let _ = self.child.try_wait();
+        *self = Guard::spawn(&self.pool)?;
+        write(self).map_err(|e| format!("VIP guard: {e}"))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Closing the pipe makes the guard remove the pool's addresses and exit.
+        drop(self.stdin.take());
+        let _ = self.child.try_wait();
+    }
 }
 
 impl Drop for OwnedShell {
@@ -311,8 +368,9 @@ impl Drop for OwnedShell {
     }
 }
 
-/// Opens the shell and removes what an earlier process left, or says why this member cannot own VIPs.
-pub(crate) async fn open_shell(pool: &Pool, timing: &Timing) -> Result<Shell, String> {
+/// Opens the shell, removes what an earlier process left and starts the guard process, or says
+/// why this member cannot own VIPs.
+pub(crate) async fn open_shell(pool: &Pool, timing: &Timing) -> Result<OwnedShell, String> {
     let mut shell = Shell::new(pool.clone(), timing.clone()).map_err(|e| e.to_string())?;
     match shell.release_all().await {
         Ok(0) => {}
@@ -322,13 +380,14 @@ pub(crate) async fn open_shell(pool: &Pool, timing: &Timing) -> Result<Shell, St
         ),
         Err(e) => return Err(format!("removing stale VIP addresses: {e}")),
     }
-    Ok(shell)
+    let guard = Guard::spawn(pool)?;
+    Ok(OwnedShell { shell, guard })
 }
 
 /// Starts the member loop, the reporter, the leader's planner and the settings writer.
 pub(crate) fn spawn(
     vips: Arc<Vips>,
-    shell: Option<Shell>,
+    shell: Option<OwnedShell>,
     raft: RaftNode<Replicated>,
     state: Arc<NodeState>,
     committed: watch::Receiver<Arc<RoutingTable>>,
@@ -343,7 +402,7 @@ pub(crate) fn spawn(
     vec![
         tokio::spawn(member_loop(
             vips.clone(),
-            shell.map(|shell| OwnedShell { shell }),
+            shell,
             state.clone(),
             grants_rx,
             report_now.clone(),
@@ -383,8 +442,12 @@ async fn member_loop(
         for vip in &decision.unknown {
             tracing::warn!(%vip, "the VIP table gives this member a VIP its vip.addresses does not list; not holding it");
         }
+        // The guard learns the new bound first: it never removes an address this decision holds.
         let outcome = match shell.as_mut() {
-            Some(s) => s.shell.apply(&decision).await,
+            Some(s) => match s.guard.tell(decision.lease_remaining) {
+                Ok(()) => s.shell.apply(&decision).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            },
             None => Ok(()),
         };
         let failed = match outcome {
@@ -407,7 +470,7 @@ async fn member_loop(
                 }
                 None
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e),
         };
         if let Some(e) = &failed {
             vips.shell_errors.fetch_add(1, Ordering::Relaxed);

@@ -235,7 +235,12 @@ mod tests {
             term: 3,
             since: Millis(1000),
         };
-        LeaderBook::new(l, Timing::default(), 7)
+        // The numbers below are for a 400 ms lease.
+        let timing = Timing {
+            lease: Duration::from_millis(400),
+            ..Timing::default()
+        };
+        LeaderBook::new(l, timing, 7)
     }
 
     fn report(member: NodeId, ready: bool) -> Report {

@@ -75,8 +75,9 @@ mod tests {
         let l2 = Lease::renew(Some(l), Millis(200), g(2));
         assert_eq!(l2.anchor, Millis(200));
         let t = Timing::default();
-        assert!(l2.usable(2, &t, Millis(549)));
-        assert!(!l2.usable(2, &t, Millis(550)));
+        // 300 ms lease, 50 ms release guard: usable until 200 + 250.
+        assert!(l2.usable(2, &t, Millis(449)));
+        assert!(!l2.usable(2, &t, Millis(450)));
         assert!(!l2.usable(1, &t, Millis(300)));
     }
 }

@@ -83,7 +83,12 @@ fn run(t: &Table, p: &Pool, lease: Option<Lease>, ready: bool, held: &Holdings, 
         ready,
         held,
     };
-    decide(&view, &Timing::default(), Millis(now))
+    // The expected instants below are for a 400 ms lease (the default is 300 ms).
+    let timing = Timing {
+        lease: Duration::from_millis(400),
+        ..Timing::default()
+    };
+    decide(&view, &timing, Millis(now))
 }
 
 #[test]

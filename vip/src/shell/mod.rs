@@ -20,6 +20,7 @@
 //! effective set first and says which one is missing.
 
 pub mod announce;
+pub mod guard;
 pub mod netlink;
 
 use std::collections::BTreeMap;
