@@ -332,9 +332,19 @@ impl Node {
                 let source_state = state.clone();
                 let source_drain = drain_rx.clone();
                 let members = cluster.raft.clone();
+                // Ingress status: the configured addresses, else the VIP pool (what clients
+                // reach, as MetalLB users expect), else every member's advertised host.
+                let vip_addresses: Vec<String> = cfg
+                    .vip
+                    .iter()
+                    .flat_map(|v| v.addresses.iter().map(|a| a.addr.to_string()))
+                    .collect();
                 let addresses: crate::source::kubernetes::Addresses = Arc::new(move || {
                     if !status_addresses.is_empty() {
                         return status_addresses.clone();
+                    }
+                    if !vip_addresses.is_empty() {
+                        return vip_addresses.clone();
                     }
                     members
                         .members()
