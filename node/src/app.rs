@@ -407,8 +407,10 @@ impl Node {
     }
 
     pub async fn shutdown_within(self, grace: Duration) -> usize {
-        if let Some(v) = self.state.cluster().and_then(|c| c.vips.as_ref()) {
-            v.hand_over().await;
+        if let Some(c) = self.state.cluster()
+            && let Some(v) = &c.vips
+        {
+            v.hand_over(&c.raft).await;
         }
         if let Some(c) = self.state.cluster()
             && c.leave_on_shutdown

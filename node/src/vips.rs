@@ -33,7 +33,7 @@ use raftgate_vip::Grant;
 use raftgate_vip::Holdings;
 use raftgate_vip::LeaderBook;
 use raftgate_vip::Leadership;
-use raftgate_vip::Lease;
+use raftgate_vip::Leases;
 use raftgate_vip::MemberConfig;
 use raftgate_vip::Millis;
 use raftgate_vip::Mode;
@@ -100,7 +100,7 @@ impl VipReplicated {
 #[derive(Debug, Default)]
 struct Local {
     held: Holdings,
-    lease: Option<Lease>,
+    leases: Leases,
     /// The table revision whose holdings are in effect here.
     in_effect: u64,
     /// The shell failed; report not ready until then, so the leader moves the VIPs away.
@@ -198,12 +198,15 @@ impl Vips {
             .ok()
             .and_then(|l| l.as_ref().map(|s| s.book.leadership()));
         let (held, lease, in_effect, last_error) = match self.local.lock() {
-            Ok(l) => (l.held.clone(), l.lease, l.in_effect, l.last_error.clone()),
+            Ok(l) => (
+                l.held.clone(),
+                l.leases.usable(l.in_effect, &self.timing, now),
+                l.in_effect,
+                l.last_error.clone(),
+            ),
             Err(_) => Default::default(),
         };
-        let lease_remaining_ms = lease
-            .filter(|l| l.usable(in_effect, &self.timing, now))
-            .map(|l| l.hold_until(&self.timing).since(now));
+        let lease_remaining_ms = lease.map(|l| l.hold_until(&self.timing).since(now));
         VipView {
             node: self.id,
             leader: leadership.is_some(),
@@ -222,7 +225,7 @@ impl Vips {
     pub fn render_metrics(&self, out: &mut String) {
         let now = self.now();
         let (held, lease) = match self.local.lock() {
-            Ok(l) => (l.held.clone(), l.lease),
+            Ok(l) => (l.held.clone(), l.leases.latest()),
             Err(_) => Default::default(),
         };
         let active = held.values().filter(|h| h.mode == Mode::Active).count();
@@ -427,17 +430,19 @@ async fn member_loop(
         let now = vips.now();
         let rep = replicated.borrow_and_update().clone();
         let ready = vips.ready(&state, now);
-        let decision = {
-            let Ok(local) = vips.local.lock() else { return };
+        let (decision, lease_usable) = {
+            let Ok(mut local) = vips.local.lock() else { return };
+            local.leases.expire(&vips.timing, now);
+            let lease = local.leases.usable(rep.table.revision, &vips.timing, now);
             let view = NodeView {
                 id: vips.id,
                 table: &rep.table,
                 pool: &vips.pool,
-                lease: local.lease,
+                lease,
                 ready,
                 held: &local.held,
             };
-            raftgate_vip::decide(&view, &vips.timing, now)
+            (raftgate_vip::decide(&view, &vips.timing, now), lease.is_some())
         };
         for vip in &decision.unknown {
             tracing::warn!(%vip, "the VIP table gives this member a VIP its vip.addresses does not list; not holding it");
@@ -464,7 +469,9 @@ async fn member_loop(
                         Action::Quiesce { vip } => {
                             tracing::info!(%vip, "VIP handed over: serving it silently for the grace period")
                         }
-                        Action::Release { vip } => tracing::info!(%vip, "VIP released"),
+                        Action::Release { vip } => {
+                            tracing::info!(%vip, ready, lease_usable, table_revision = rep.table.revision, "VIP released")
+                        }
                         Action::Announce { .. } => {}
                     }
                 }
@@ -505,7 +512,7 @@ async fn member_loop(
             g = grants.recv() => match g {
                 Some((sent_at, grant)) => {
                     if let Ok(mut local) = vips.local.lock() {
-                        local.lease = Some(Lease::renew(local.lease, sent_at, grant));
+                        local.leases.renew(sent_at, grant);
                     }
                 }
                 None => return,
@@ -761,13 +768,30 @@ impl Vips {
 
     /// On SIGTERM: hand this member's VIPs over (make-before-break) and wait until it holds
     /// none, quiet ones included (the grace period), within `grace + 5 s`.
-    pub(crate) async fn hand_over(&self) {
+    pub(crate) async fn hand_over(&self, raft: &RaftNode<Replicated>) {
         self.stopping.store(true, Ordering::Release);
         let held = |v: &Vips| v.local.lock().map(|l| l.held.len()).unwrap_or(0);
         if held(self) == 0 {
             return;
         }
         tracing::info!("stopping: handing VIPs over before closing");
+        // Say so now rather than at the settings writer's next turn.
+        for _ in 0..5 {
+            let current = self.replicated.borrow().members.get(&self.id).copied();
+            let want = MemberRecord {
+                preference: self.preference,
+                stopping: true,
+                ..current.unwrap_or_default()
+            };
+            match update_record(raft, self.id, current, want).await {
+                Ok(true) => break,
+                Ok(false) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not announce the handover; the VIPs go when this member stops renewing");
+                    break;
+                }
+            }
+        }
         let deadline = Instant::now() + self.timing.grace + Duration::from_secs(5);
         let mut replicated = self.replicated.clone();
         while held(self) > 0 && Instant::now() < deadline {

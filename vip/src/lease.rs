@@ -55,9 +55,91 @@ impl Lease {
     }
 }
 
+/// The leases a member keeps: the newest grant, and older ones that stay useful while its table
+/// catches up with a newer grant's revision. Without them, a grant made right after the leader
+/// planned a table would leave the member without a usable lease until that table is applied
+/// here, and it would drop every VIP at once instead of handing them over.
+///
+/// Using an older grant until it ends is what the safety argument already allows for: the
+/// leader fences from its *last* grant to the member, and an older grant only ends earlier.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leases {
+    /// Ascending anchors, ascending revisions (a lease no newer one dominates).
+    kept: Vec<Lease>,
+}
+
+impl Leases {
+    /// Records a grant for the report sent at `sent_at`. A lease that another one anchored no
+    /// earlier with no higher revision dominates is dropped.
+    pub fn renew(&mut self, sent_at: Millis, grant: Grant) {
+        let new = Lease {
+            anchor: sent_at,
+            revision: grant.revision,
+        };
+        if self
+            .kept
+            .iter()
+            .any(|l| l.anchor >= new.anchor && l.revision <= new.revision)
+        {
+            return;
+        }
+        self.kept
+            .retain(|l| !(new.anchor >= l.anchor && new.revision <= l.revision));
+        self.kept.push(new);
+        self.kept.sort_by_key(|l| l.anchor);
+    }
+
+    /// The newest lease usable with the table at `applied_revision`, if any.
+    pub fn usable(&self, applied_revision: u64, timing: &Timing, now: Millis) -> Option<Lease> {
+        self.kept
+            .iter()
+            .rev()
+            .find(|l| l.usable(applied_revision, timing, now))
+            .copied()
+    }
+
+    /// Every lease kept, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Lease> {
+        self.kept.iter()
+    }
+
+    /// The newest lease, usable or not.
+    pub fn latest(&self) -> Option<Lease> {
+        self.kept.last().copied()
+    }
+
+    /// Forgets leases that have ended.
+    pub fn expire(&mut self, timing: &Timing, now: Millis) {
+        self.kept.retain(|l| now < l.hold_until(timing));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_grant_serves_until_the_table_catches_up() {
+        let t = Timing::default();
+        let mut ls = Leases::default();
+        ls.renew(Millis(100), Grant { revision: 1 });
+        // The leader planned revision 2; the next grant names it before it is applied here.
+        ls.renew(Millis(200), Grant { revision: 2 });
+        assert_eq!(ls.usable(1, &t, Millis(210)).map(|l| l.anchor), Some(Millis(100)));
+        assert_eq!(ls.usable(2, &t, Millis(210)).map(|l| l.anchor), Some(Millis(200)));
+        // The older one ends on its own schedule (100 + 300 - 50).
+        assert_eq!(ls.usable(1, &t, Millis(350)), None);
+        // A newer grant asking no more makes both pointless.
+        ls.renew(Millis(300), Grant { revision: 1 });
+        assert_eq!(ls.kept.len(), 1);
+        assert_eq!(ls.usable(1, &t, Millis(340)).map(|l| l.anchor), Some(Millis(300)));
+        // Late answers to old reports change nothing.
+        ls.renew(Millis(150), Grant { revision: 2 });
+        assert_eq!(ls.kept.len(), 1);
+        ls.expire(&t, Millis(460));
+        assert_eq!(ls.latest().map(|l| l.anchor), Some(Millis(300)));
+        assert_eq!(ls.kept.len(), 1, "{ls:?}");
+    }
 
     #[test]
     fn renew_keeps_the_latest_anchor() {

@@ -111,6 +111,7 @@ pub use leader::Report;
 pub use leader::VersionHistory;
 pub use lease::Grant;
 pub use lease::Lease;
+pub use lease::Leases;
 pub use status::VipStatus;
 pub use status::status;
 pub use table::NodeId;

@@ -30,7 +30,7 @@ use raftgate_vip::Grant;
 use raftgate_vip::Holdings;
 use raftgate_vip::LeaderBook;
 use raftgate_vip::Leadership;
-use raftgate_vip::Lease;
+use raftgate_vip::Leases;
 use raftgate_vip::MemberConfig;
 use raftgate_vip::Millis;
 use raftgate_vip::Mode;
@@ -164,7 +164,7 @@ struct Node {
     log_index: usize,
     table: Table,
     apply_lag_us: u64,
-    lease: Option<Lease>,
+    leases: Leases,
     held: Holdings,
     /// Released or quiesced, still in effect until the real time given (the shell's reaction).
     lingering: BTreeMap<IpAddr, u64>,
@@ -274,7 +274,7 @@ impl Sim {
                 log_index: 0,
                 table: Table::default(),
                 apply_lag_us: rng.below(20_000),
-                lease: None,
+                leases: Leases::default(),
                 held: Holdings::new(),
                 lingering: BTreeMap::new(),
                 effective_revision: 0,
@@ -347,7 +347,7 @@ impl Sim {
                 node.alive = false;
                 node.held.clear();
                 node.lingering.clear();
-                node.lease = None;
+                node.leases = Leases::default();
                 node.wake_at = None;
                 node.incarnation += 1;
                 if self.leader.as_ref().is_some_and(|l| l.node == i) {
@@ -595,7 +595,7 @@ impl Sim {
                         continue;
                     }
                     let grant = if zero { Grant { revision: 0 } } else { grant };
-                    node.lease = Some(Lease::renew(node.lease, sent_at, grant));
+                    node.leases.renew(sent_at, grant);
                     node.dirty = true;
                 }
             }
@@ -604,11 +604,12 @@ impl Sim {
 
     fn decide(&mut self, i: usize, local: Millis) {
         let node = &self.nodes[i];
+        let lease = node.leases.usable(node.table.revision, &self.knobs.member_timing, local);
         let view = NodeView {
             id: node.id,
             table: &node.table,
             pool: &self.pool,
-            lease: node.lease,
+            lease,
             ready: node.ready,
             held: &node.held,
         };
@@ -631,7 +632,7 @@ impl Sim {
             self.nodes[i].lingering.insert(v, now_us + linger);
         }
         if !d.actions.is_empty() {
-            let (id, rev, lease) = (self.nodes[i].id, self.nodes[i].table.revision, self.nodes[i].lease);
+            let (id, rev) = (self.nodes[i].id, self.nodes[i].table.revision);
             let actions = d.actions.clone();
             self.log_event(|| format!("DECIDE node {id} at {local} r{rev} lease {lease:?}: {actions:?}"));
         }
@@ -694,7 +695,7 @@ impl Sim {
                 let grant = l.book.grant(&report, 0, local);
                 l.dirty = true;
                 let node = &mut self.nodes[i];
-                node.lease = Some(Lease::renew(node.lease, local, grant));
+                node.leases.renew(local, grant);
                 self.decide(i, local);
             }
             Some(l) if !isolated => {
@@ -785,7 +786,7 @@ impl Sim {
             let local = self.clock(i);
             let now_us = self.now_us;
             if n.alive && n.lingering.values().any(|&until| until > now_us) {
-                let covered = n.lease.is_some_and(|l| local.since(l.anchor) < lease_ms);
+                let covered = n.leases.iter().any(|l| local.since(l.anchor) < lease_ms);
                 if !covered {
                     let msg = format!(
                         "t={}ms: node {} still has a released address after its lease",
@@ -798,7 +799,7 @@ impl Sim {
             if !n.alive || n.held.is_empty() {
                 continue;
             }
-            let ok = n.lease.is_some_and(|l| {
+            let ok = n.leases.iter().any(|l| {
                 local.since(l.anchor) < lease_ms && local >= l.anchor && n.table.revision >= l.revision
             });
             if !ok {
@@ -807,7 +808,7 @@ impl Sim {
                     self.now_us / 1000,
                     n.id,
                     n.held.keys().collect::<Vec<_>>(),
-                    n.lease,
+                    n.leases,
                     n.table.revision
                 );
                 self.violations.push(msg);
