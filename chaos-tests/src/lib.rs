@@ -1,3 +1,4 @@
 //! Harness for raftgate's fault tests: an in-process test Kubernetes API server with fault injection.
 
 pub mod apiserver;
+pub mod netns;

@@ -1,0 +1,1019 @@
+//! Root-only network topologies for multi-node tests: hosts in network namespaces on one bridged L2 segment.
+//!
+//! A [`Topology`] is a "switch" namespace holding a Linux bridge, and one namespace per host — N nodes,
+//! a client and a backend — each joined to the bridge by a veth pair whose host end is `eth0`.
+//! Addresses: IPv4 `10.99.0.0/24` and IPv6 `fd99::/64` (`nodad`), nodes `.1`..`.N` (`fd99::1`…),
+//! the client `.201` (`fd99::201`), the backend `.202` (`fd99::202`); `lo` is up everywhere. There is
+//! no router: every host is on the one segment.
+//!
+//! Programs run inside a namespace with `ip netns exec` (which execs the program in place, so the
+//! child's pid is the program's and signals reach it). The topology owns them: dropping it — also when
+//! a test panics — kills every child first, then deletes the namespaces (and with them the bridge and
+//! the veth pairs). Namespace and interface names carry the process id and a per-process counter, so
+//! tests running at once, or in several processes, never share one.
+//!
+//! [`ProbeLog`] reads the live output of `raftgate-test-probe` (one line per attempt).
+
+use std::ffi::OsStr;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::io::BufReader;
+use std::net::IpAddr;
+use std::net::Ipv4Addr;
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::ChildStdout;
+use std::process::Command;
+use std::process::ExitStatus;
+use std::process::Output;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::MutexGuard;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// What a test prints, and all it does, when it cannot create namespaces.
+pub const SKIP_LINE: &str = "skipped: needs root (CAP_NET_ADMIN, CAP_NET_RAW) to create network namespaces";
+
+/// The host number of the client (`10.99.0.201`, `fd99::201`).
+pub const CLIENT_HOST: u16 = 201;
+/// The host number of the backend (`10.99.0.202`, `fd99::202`).
+pub const BACKEND_HOST: u16 = 202;
+/// The most nodes a topology may have (host numbers stay below the client's).
+pub const MAX_NODES: usize = 99;
+/// The IPv4 prefix length of the segment.
+pub const V4_PREFIX: u8 = 24;
+/// The IPv6 prefix length of the segment.
+pub const V6_PREFIX: u8 = 64;
+/// The name of every host's interface on the segment.
+pub const HOST_IF: &str = "eth0";
+
+/// Linux's limit on interface names, in bytes (`IFNAMSIZ` minus the NUL).
+const IFNAME_MAX: usize = 15;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Why a topology could not be built or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// A command could not be started at all (e.g. `ip` is not installed).
+    #[error("could not run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command ran and failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+    /// A command's output was not what was expected.
+    #[error("`{command}`: {message}")]
+    Output { command: String, message: String },
+    /// A generated interface name does not fit in 15 bytes.
+    #[error("interface name {0:?} is longer than 15 bytes")]
+    NameTooLong(String),
+    /// A file (a log, the work directory) could not be made or opened.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node index out of range, an unknown child, or a request that does not fit the child's state.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// True when this process can build topologies: effective uid 0 with `CAP_NET_ADMIN`, `CAP_NET_RAW`
+/// and `CAP_SYS_ADMIN` (which `ip netns` needs for its mounts).
+pub fn can_create_namespaces() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid_root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .is_some_and(|euid| euid == "0");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const NEEDED: u64 = (1 << 12) | (1 << 13) | (1 << 21); // NET_ADMIN, NET_RAW, SYS_ADMIN
+    euid_root && caps & NEEDED == NEEDED
+}
+
+/// One host on the segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// Node `i`, 1-based.
+    Node(usize),
+    /// The client.
+    Client,
+    /// The backend.
+    Backend,
+}
+
+impl Host {
+    /// Its host number: the last octet of its IPv4 address and the last group of its IPv6 one.
+    pub fn number(self) -> u16 {
+        match self {
+            Host::Node(i) => u16::try_from(i).unwrap_or(u16::MAX),
+            Host::Client => CLIENT_HOST,
+            Host::Backend => BACKEND_HOST,
+        }
+    }
+
+    /// Its IPv4 address, `10.99.0.N`.
+    pub fn ipv4(self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, 0, u8::try_from(self.number()).unwrap_or(u8::MAX))
+    }
+
+    /// Its IPv6 address, `fd99::N` with N written as in the IPv4 one (`fd99::201` for the client).
+    pub fn ipv6(self) -> Ipv6Addr {
+        // The decimal host number read as hexadecimal, so both addresses show the same digits.
+        let group = u16::from_str_radix(&self.number().to_string(), 16).unwrap_or(u16::MAX);
+        Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, group)
+    }
+
+    /// The short role used in names: `n3`, `c`, `b`.
+    fn role(self) -> String {
+        match self {
+            Host::Node(i) => format!("n{i}"),
+            Host::Client => "c".into(),
+            Host::Backend => "b".into(),
+        }
+    }
+}
+
+/// The names of one topology's namespaces and interfaces, unique per process id and counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pid: u32,
+    seq: u32,
+}
+
+impl Names {
+    /// The names for this process's next topology.
+    pub fn next() -> Names {
+        Names::new(std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The names for topology `seq` of process `pid`.
+    pub fn new(pid: u32, seq: u32) -> Names {
+        Names { pid, seq }
+    }
+
+    /// A namespace name, e.g. `rgt-4711-0-n1` (`sw` is the switch).
+    pub fn namespace(&self, role: &str) -> String {
+        format!("rgt-{}-{}-{role}", self.pid, self.seq)
+    }
+
+    /// An interface name, e.g. `rg1267-0n1` (pid and counter in hex), refused if over 15 bytes.
+    pub fn interface(&self, role: &str) -> Result<String, NetnsError> {
+        let name = format!("rg{:x}-{:x}{role}", self.pid, self.seq);
+        if name.len() > IFNAME_MAX {
+            return Err(NetnsError::NameTooLong(name));
+        }
+        Ok(name)
+    }
+}
+
+/// A program started in a namespace by [`Topology::spawn`]; the topology owns the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChildHandle {
+    index: usize,
+    pid: u32,
+}
+
+impl ChildHandle {
+    /// The process id (of the program itself: `ip netns exec` execs it in place).
+    pub fn pid(self) -> u32 {
+        self.pid
+    }
+}
+
+/// A neighbour table entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    /// The link-layer address, lower case; none while `INCOMPLETE` or `FAILED`.
+    pub mac: Option<String>,
+    /// The states, e.g. `["REACHABLE"]`, `["STALE"]`.
+    pub state: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Spawned {
+    label: String,
+    ns: String,
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    piped: bool,
+    child: Child,
+    exit: Option<ExitStatus>,
+}
+
+/// A bridged segment of network namespaces; see the module docs. Deleted on drop.
+#[derive(Debug)]
+pub struct Topology {
+    names: Names,
+    nodes: usize,
+    /// Namespaces created so far, deleted on drop in reverse order.
+    created: Vec<String>,
+    dir: tempfile::TempDir,
+    children: Mutex<Vec<Spawned>>,
+}
+
+impl Topology {
+    /// Builds a topology with `nodes` nodes, a client and a backend. Without the privileges
+    /// ([`can_create_namespaces`]), prints [`SKIP_LINE`] and returns `None`.
+    pub fn new(nodes: usize) -> Result<Option<Topology>, NetnsError> {
+        if !can_create_namespaces() {
+            #[allow(clippy::print_stdout)] // the test harness shows a test's stdout
+            {
+                println!("{SKIP_LINE}");
+            }
+            return Ok(None);
+        }
+        if nodes == 0 || nodes > MAX_NODES {
+            return Err(NetnsError::Invalid(format!("{nodes} nodes: must be 1..={MAX_NODES}")));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("raftgate-netns-")
+            .tempdir()
+            .map_err(|source| NetnsError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let mut topo = Topology {
+            names: Names::next(),
+            nodes,
+            created: Vec::new(),
+            dir,
+            children: Mutex::new(Vec::new()),
+        };
+        // On error `topo` is dropped here, which removes whatever was created.
+        topo.build()?;
+        Ok(Some(topo))
+    }
+
+    fn build(&mut self) -> Result<(), NetnsError> {
+        let switch = self.switch_ns();
+        let bridge = self.names.interface("br")?;
+        self.add_namespace(&switch)?;
+        ip(["-n", &switch, "link", "set", "lo", "up"])?;
+        // No multicast snooping: without an MLD querier it could starve IPv6 neighbour discovery.
+        ip([
+            "-n",
+            &switch,
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(["-n", &switch, "link", "set", &bridge, "up"])?;
+        let hosts: Vec<Host> = (1..=self.nodes)
+            .map(Host::Node)
+            .chain([Host::Client, Host::Backend])
+            .collect();
+        for host in hosts {
+            let ns = self.ns(host);
+            let port = self.switch_port(host)?;
+            let temp = self.names.interface(&format!("{}h", host.role()))?;
+            self.add_namespace(&ns)?;
+            ip(["-n", &ns, "link", "set", "lo", "up"])?;
+            ip([
+                "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", &temp, "netns", &ns,
+            ])?;
+            ip(["-n", &switch, "link", "set", &port, "master", &bridge, "up"])?;
+            ip(["-n", &ns, "link", "set", &temp, "name", HOST_IF])?;
+            let v4 = format!("{}/{V4_PREFIX}", host.ipv4());
+            let v6 = format!("{}/{V6_PREFIX}", host.ipv6());
+            ip(["-n", &ns, "addr", "add", &v4, "dev", HOST_IF])?;
+            ip(["-n", &ns, "addr", "add", &v6, "dev", HOST_IF, "nodad"])?;
+            ip(["-n", &ns, "link", "set", HOST_IF, "up"])?;
+        }
+        Ok(())
+    }
+
+    fn add_namespace(&mut self, ns: &str) -> Result<(), NetnsError> {
+        // A namespace of this name can only be left over from a dead process that had our pid.
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+        ip(["netns", "add", ns])?;
+        self.created.push(ns.to_string());
+        Ok(())
+    }
+
+    /// How many nodes there are; they are numbered `1..=nodes()`.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// This topology's names.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// A work directory (configs, logs, data) removed with the topology.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The switch namespace (the bridge and the hosts' peer interfaces live there).
+    pub fn switch_ns(&self) -> String {
+        self.names.namespace("sw")
+    }
+
+    /// The namespace of `host`.
+    pub fn ns(&self, host: Host) -> String {
+        self.names.namespace(&host.role())
+    }
+
+    /// The namespace of node `i` (1-based).
+    pub fn node_ns(&self, i: usize) -> String {
+        self.ns(Host::Node(i))
+    }
+
+    /// The client's namespace.
+    pub fn client_ns(&self) -> String {
+        self.ns(Host::Client)
+    }
+
+    /// The backend's namespace.
+    pub fn backend_ns(&self) -> String {
+        self.ns(Host::Backend)
+    }
+
+    /// Node `i`'s IPv4 address.
+    pub fn node_ip(&self, i: usize) -> Ipv4Addr {
+        Host::Node(i).ipv4()
+    }
+
+    /// Node `i`'s IPv6 address.
+    pub fn node_ip6(&self, i: usize) -> Ipv6Addr {
+        Host::Node(i).ipv6()
+    }
+
+    /// The bridge port (in the switch namespace) that `host` hangs off.
+    pub fn switch_port(&self, host: Host) -> Result<String, NetnsError> {
+        if let Host::Node(i) = host
+            && (i == 0 || i > self.nodes)
+        {
+            return Err(NetnsError::Invalid(format!(
+                "no node {i} (nodes are 1..={})",
+                self.nodes
+            )));
+        }
+        self.names.interface(&host.role())
+    }
+
+    /// The MAC address of `host`'s `eth0`.
+    pub fn mac(&self, host: Host) -> Result<String, NetnsError> {
+        let ns = self.ns(host);
+        let args = ["-n", ns.as_str(), "-j", "link", "show", HOST_IF];
+        let links = ip_json(args)?;
+        links
+            .get(0)
+            .and_then(|l| l.get("address"))
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .ok_or_else(|| NetnsError::Output {
+                command: command_line("ip", &args),
+                message: format!("no address in {links}"),
+            })
+    }
+
+    /// The MAC address of node `i`'s `eth0`.
+    pub fn node_mac(&self, i: usize) -> Result<String, NetnsError> {
+        self.mac(Host::Node(i))
+    }
+
+    /// Cuts node `i` off the segment: its bridge port goes down (its `eth0` loses carrier).
+    pub fn cut_link(&self, i: usize) -> Result<(), NetnsError> {
+        self.set_link(Host::Node(i), false)
+    }
+
+    /// Undoes [`Topology::cut_link`].
+    pub fn heal_link(&self, i: usize) -> Result<(), NetnsError> {
+        self.set_link(Host::Node(i), true)
+    }
+
+    /// Sets `host`'s bridge port up or down.
+    pub fn set_link(&self, host: Host, up: bool) -> Result<(), NetnsError> {
+        let (switch, port) = (self.switch_ns(), self.switch_port(host)?);
+        ip(["-n", &switch, "link", "set", &port, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    /// The neighbour entry for `addr` in `ns`, if there is one.
+    pub fn neigh(&self, ns: &str, addr: IpAddr) -> Result<Option<Neighbor>, NetnsError> {
+        let addr = addr.to_string();
+        let entries = ip_json(["-n", ns, "-j", "neigh", "show", &addr])?;
+        let Some(e) = entries.as_array().and_then(|a| a.first()) else {
+            return Ok(None);
+        };
+        Ok(Some(Neighbor {
+            mac: e.get("lladdr").and_then(Value::as_str).map(str::to_ascii_lowercase),
+            state: e
+                .get("state")
+                .and_then(Value::as_array)
+                .map(|s| s.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .unwrap_or_default(),
+        }))
+    }
+
+    /// Empties `ns`'s IPv4 and IPv6 neighbour tables.
+    pub fn flush_neigh(&self, ns: &str) -> Result<(), NetnsError> {
+        ip(["-n", ns, "-4", "neigh", "flush", "dev", HOST_IF])?;
+        ip(["-n", ns, "-6", "neigh", "flush", "dev", HOST_IF])?;
+        Ok(())
+    }
+
+    /// Every address in `ns`, with its interface: `("eth0", 10.99.0.1)`, `("lo", ::1)`…
+    pub fn addrs(&self, ns: &str) -> Result<Vec<(String, IpAddr)>, NetnsError> {
+        let args = ["-n", ns, "-j", "addr", "show"];
+        let links = ip_json(args)?;
+        let mut out = Vec::new();
+        for link in links.as_array().into_iter().flatten() {
+            let Some(ifname) = link.get("ifname").and_then(Value::as_str) else {
+                continue;
+            };
+            for a in link.get("addr_info").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(local) = a.get("local").and_then(Value::as_str) {
+                    let ip = local.parse().map_err(|e| NetnsError::Output {
+                        command: command_line("ip", &args),
+                        message: format!("address {local:?}: {e}"),
+                    })?;
+                    out.push((ifname.to_string(), ip));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `ns` has `addr` on interface `ifname`.
+    pub fn has_addr(&self, ns: &str, ifname: &str, addr: IpAddr) -> Result<bool, NetnsError> {
+        Ok(self.addrs(ns)?.iter().any(|(i, a)| i == ifname && *a == addr))
+    }
+
+    /// The nodes (1-based) among `nodes` whose `eth0` has `addr`.
+    pub fn nodes_with_addr(&self, nodes: &[usize], addr: IpAddr) -> Result<Vec<usize>, NetnsError> {
+        let mut out = Vec::new();
+        for &i in nodes {
+            if self.has_addr(&self.node_ns(i), HOST_IF, addr)? {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `program args` in `ns` to completion and returns what it printed (whatever its status).
+    pub fn run_in<I, S>(&self, ns: &str, program: impl AsRef<OsStr>, args: I) -> Result<Output, NetnsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(program.as_ref()).args(args);
+        let line = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
+            .output()
+            .map_err(|source| NetnsError::Spawn { command: line, source })
+    }
+
+    /// Starts `program args` in `ns` with `env` added, stdout and stderr appended to `log`. The
+    /// topology kills it on drop.
+    pub fn spawn<I, S>(
+        &self,
+        ns: &str,
+        program: impl AsRef<OsStr>,
+        args: I,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<ChildHandle, NetnsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (handle, _) = self.start(ns, program.as_ref().to_os_string(), args, env, log.to_path_buf(), false)?;
+        Ok(handle)
+    }
+
+    /// Like [`Topology::spawn`], with stdout piped to the caller instead (stderr still goes to `log`).
+    pub fn spawn_piped<I, S>(
+        &self,
+        ns: &str,
+        program: impl AsRef<OsStr>,
+        args: I,
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<(ChildHandle, ChildStdout), NetnsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (handle, stdout) = self.start(ns, program.as_ref().to_os_string(), args, env, log.to_path_buf(), true)?;
+        let stdout = stdout.ok_or_else(|| NetnsError::Invalid("the child's stdout was not piped".into()))?;
+        Ok((handle, stdout))
+    }
+
+    /// Starts `raftgate-test-probe` (at `program`) in `ns` with `args`, stderr to `log`, and reads its attempts.
+    pub fn spawn_probe<I, S>(
+        &self,
+        ns: &str,
+        program: impl AsRef<OsStr>,
+        args: I,
+        log: &Path,
+    ) -> Result<(ChildHandle, ProbeLog), NetnsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let started = Instant::now();
+        let (handle, stdout) = self.spawn_piped(ns, program, args, &[], log)?;
+        Ok((handle, ProbeLog::read(stdout, started)))
+    }
+
+    /// Starts `handle`'s command again (it must have exited, e.g. by [`Topology::kill9`]), appending
+    /// to the same log. Not for children with piped stdout.
+    pub fn respawn(&self, handle: ChildHandle) -> Result<ChildHandle, NetnsError> {
+        let (ns, program, args, env, log) = {
+            let mut children = self.children();
+            let s = entry(&mut children, handle)?;
+            if s.piped {
+                return Err(NetnsError::Invalid(format!(
+                    "{} has piped stdout: spawn it anew",
+                    s.label
+                )));
+            }
+            if s.exit.is_none() && s.child.try_wait().ok().flatten().is_none() {
+                return Err(NetnsError::Invalid(format!(
+                    "{} (pid {}) still runs",
+                    s.label, handle.pid
+                )));
+            }
+            (
+                s.ns.clone(),
+                s.program.clone(),
+                s.args.clone(),
+                s.env.clone(),
+                s.log.clone(),
+            )
+        };
+        let (handle, _) = self.start(&ns, program, args, env, log, false)?;
+        Ok(handle)
+    }
+
+    fn start(
+        &self,
+        ns: &str,
+        program: OsString,
+        args: Vec<OsString>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+        piped: bool,
+    ) -> Result<(ChildHandle, Option<ChildStdout>), NetnsError> {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|source| NetnsError::Io {
+                    path: log.clone(),
+                    source,
+                })
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(&program).args(&args);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        let line = format!("{cmd:?}");
+        cmd.stdin(Stdio::null()).stderr(open()?);
+        if piped {
+            cmd.stdout(Stdio::piped());
+        } else {
+            cmd.stdout(open()?);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| NetnsError::Spawn { command: line, source })?;
+        let stdout = child.stdout.take();
+        let name = Path::new(&program)
+            .file_name()
+            .map_or_else(|| program.to_string_lossy(), |n| n.to_string_lossy())
+            .into_owned();
+        let mut children = self.children();
+        let handle = ChildHandle {
+            index: children.len(),
+            pid: child.id(),
+        };
+        children.push(Spawned {
+            label: format!("{name} in {ns} (pid {})", handle.pid),
+            ns: ns.to_string(),
+            program,
+            args,
+            env,
+            log,
+            piped,
+            child,
+            exit: None,
+        });
+        Ok((handle, stdout))
+    }
+
+    fn children(&self) -> MutexGuard<'_, Vec<Spawned>> {
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Kills `handle` with SIGKILL and reaps it.
+    pub fn kill9(&self, handle: ChildHandle) -> Result<ExitStatus, NetnsError> {
+        let mut children = self.children();
+        let s = entry(&mut children, handle)?;
+        if let Some(status) = s.exit {
+            return Ok(status);
+        }
+        // An error here means it already exited; `wait` reaps it either way.
+        let _ = s.child.kill();
+        let status = s.child.wait().map_err(|source| NetnsError::Io {
+            path: PathBuf::from(format!("/proc/{}", handle.pid)),
+            source,
+        })?;
+        s.exit = Some(status);
+        Ok(status)
+    }
+
+    /// Stops `handle` with SIGSTOP (it keeps its sockets and addresses but does nothing).
+    pub fn sigstop(&self, handle: ChildHandle) -> Result<(), NetnsError> {
+        self.signal(handle, "STOP")
+    }
+
+    /// Resumes a stopped `handle` with SIGCONT.
+    pub fn sigcont(&self, handle: ChildHandle) -> Result<(), NetnsError> {
+        self.signal(handle, "CONT")
+    }
+
+    fn signal(&self, handle: ChildHandle, signal: &str) -> Result<(), NetnsError> {
+        if !self.is_running(handle)? {
+            return Err(NetnsError::Invalid(format!("pid {} has exited", handle.pid)));
+        }
+        let pid = handle.pid.to_string();
+        run_checked("kill", ["-s", signal, pid.as_str()])?;
+        Ok(())
+    }
+
+    /// Whether `handle` still runs (reaping it if it has exited).
+    pub fn is_running(&self, handle: ChildHandle) -> Result<bool, NetnsError> {
+        Ok(self.exit_status(handle)?.is_none())
+    }
+
+    /// How `handle` ended, or `None` while it runs.
+    pub fn exit_status(&self, handle: ChildHandle) -> Result<Option<ExitStatus>, NetnsError> {
+        let mut children = self.children();
+        let s = entry(&mut children, handle)?;
+        if s.exit.is_none() {
+            s.exit = s.child.try_wait().map_err(|source| NetnsError::Io {
+                path: PathBuf::from(format!("/proc/{}", handle.pid)),
+                source,
+            })?;
+        }
+        Ok(s.exit)
+    }
+
+    /// The last `lines` lines of `handle`'s log.
+    pub fn log_tail(&self, handle: ChildHandle, lines: usize) -> Result<String, NetnsError> {
+        let path = entry(&mut self.children(), handle)?.log.clone();
+        let text = std::fs::read_to_string(&path).map_err(|source| NetnsError::Io { path, source })?;
+        Ok(tail(&text, lines))
+    }
+
+    /// The last `lines` lines of the log of every child whose program's file name is `program`
+    /// (every child if `None`), each under a header naming it and saying whether it still runs.
+    pub fn logs(&self, program: Option<&str>, lines: usize) -> String {
+        let mut out = String::new();
+        let mut children = self.children();
+        let mut seen = std::collections::HashSet::new();
+        for s in children.iter_mut() {
+            let name = Path::new(&s.program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            if program.is_some_and(|p| name.as_deref() != Some(p)) {
+                continue;
+            }
+            if s.exit.is_none() {
+                s.exit = s.child.try_wait().ok().flatten();
+            }
+            let state = s.exit.map_or_else(|| "running".to_string(), |st| st.to_string());
+            let _ = writeln!(out, "===== {} [{state}], log {}", s.label, s.log.display());
+            // A respawned child shares its log with its predecessors: show it once.
+            if seen.insert(s.log.clone()) {
+                let text = std::fs::read_to_string(&s.log).unwrap_or_else(|e| format!("(unreadable: {e})\n"));
+                out.push_str(&tail(&text, lines));
+                if !out.ends_with('\n') {
+                    out.push('\n');
+                }
+            } else {
+                let _ = writeln!(out, "(same log as above)");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let children = self
+            .children
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for s in children.iter_mut().filter(|s| s.exit.is_none()) {
+            // SIGKILL also ends stopped processes.
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        for ns in self.created.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn entry(children: &mut [Spawned], handle: ChildHandle) -> Result<&mut Spawned, NetnsError> {
+    children
+        .get_mut(handle.index)
+        .filter(|s| s.child.id() == handle.pid)
+        .ok_or_else(|| NetnsError::Invalid(format!("no child {handle:?} in this topology")))
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let skipped = all.len().saturating_sub(lines);
+    let mut out = String::new();
+    if skipped > 0 {
+        let _ = writeln!(out, "({skipped} earlier lines not shown)");
+    }
+    for l in &all[skipped..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+fn command_line<S: AsRef<OsStr>>(program: &str, args: &[S]) -> String {
+    let mut line = program.to_string();
+    for a in args {
+        line.push(' ');
+        line.push_str(&a.as_ref().to_string_lossy());
+    }
+    line
+}
+
+/// Runs `program args` (in this namespace), failing unless it exits 0; returns its stdout.
+pub fn run_checked<I, S>(program: &str, args: I) -> Result<String, NetnsError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let command = command_line(program, &args);
+    let out = Command::new(program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Failed {
+            command,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip args`, failing unless it exits 0; returns its stdout.
+pub fn ip<I, S>(args: I) -> Result<String, NetnsError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_checked("ip", args)
+}
+
+/// Runs `ip args` (which should include `-j`) and parses its JSON output; empty output is `[]`.
+pub fn ip_json<I, S>(args: I) -> Result<Value, NetnsError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
+    let text = ip(&args)?;
+    if text.trim().is_empty() {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_str(&text).map_err(|e| NetnsError::Output {
+        command: command_line("ip", &args),
+        message: format!("not JSON ({e}): {text}"),
+    })
+}
+
+/// One attempt reported by `raftgate-test-probe`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeAttempt {
+    /// When the attempt started, in ms since the probe started.
+    pub at_ms: u64,
+    /// When this process read the line (the attempt had ended by then).
+    pub received: Instant,
+    /// `Ok((status, first body line))`, or `Err(reason)`.
+    pub result: Result<(u16, String), String>,
+}
+
+impl ProbeAttempt {
+    /// Parses `<ms> ok <status> <first body line>` or `<ms> err <reason>`.
+    pub fn parse(line: &str, received: Instant) -> Option<ProbeAttempt> {
+        let (ms, rest) = line.trim_end_matches(['\r', '\n']).split_once(' ')?;
+        let at_ms = ms.parse().ok()?;
+        let result = if let Some(rest) = rest.strip_prefix("ok ") {
+            let (status, body) = rest.split_once(' ').unwrap_or((rest, ""));
+            Ok((status.parse().ok()?, body.to_string()))
+        } else {
+            Err(rest.strip_prefix("err").map_or(rest, str::trim_start).to_string())
+        };
+        Some(ProbeAttempt {
+            at_ms,
+            received,
+            result,
+        })
+    }
+
+    /// Whether it got status 200 with `body` as the first body line.
+    pub fn is_ok_with(&self, body: &str) -> bool {
+        matches!(&self.result, Ok((200, b)) if b == body)
+    }
+}
+
+/// The attempts of a running `raftgate-test-probe`, read live from its stdout by a thread.
+#[derive(Clone, Debug)]
+pub struct ProbeLog {
+    started: Instant,
+    attempts: Arc<Mutex<Vec<ProbeAttempt>>>,
+    unparsed: Arc<Mutex<Vec<String>>>,
+}
+
+impl ProbeLog {
+    /// Starts reading `stdout` of a probe spawned after `started` (taken just before spawning it).
+    pub fn read(stdout: ChildStdout, started: Instant) -> ProbeLog {
+        let log = ProbeLog {
+            started,
+            attempts: Arc::default(),
+            unparsed: Arc::default(),
+        };
+        let (attempts, unparsed) = (log.attempts.clone(), log.unparsed.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                match ProbeAttempt::parse(&line, Instant::now()) {
+                    Some(a) => attempts
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(a),
+                    None => unparsed
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(line),
+                }
+            }
+        });
+        log
+    }
+
+    /// Just before the probe was spawned (by this process's clock; the probe's own clock starts a little later).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// `at` in the probe's ms, rounded up: an attempt with a larger `at_ms` surely started after `at`.
+    pub fn ms_of(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.started);
+        u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+
+    /// Every attempt read so far, in the order the lines came.
+    pub fn attempts(&self) -> Vec<ProbeAttempt> {
+        self.attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Lines that were not attempts (there should be none).
+    pub fn unparsed(&self) -> Vec<String> {
+        self.unparsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last `n` attempts, one per line, for failure messages.
+    pub fn tail(&self, n: usize) -> String {
+        let all = self.attempts();
+        let mut out = String::new();
+        for a in &all[all.len().saturating_sub(n)..] {
+            let _ = match &a.result {
+                Ok((status, body)) => writeln!(out, "{} ok {status} {body}", a.at_ms),
+                Err(e) => writeln!(out, "{} err {e}", a.at_ms),
+            };
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_and_differ() {
+        let mut seen = std::collections::HashSet::new();
+        // The largest pid Linux hands out (pid_max is at most 2^22) and many topologies per process.
+        for (pid, seq) in [(1, 0), (4_194_304, 0), (4_194_304, 255), (123_456, 17), (12, 3456)] {
+            let names = Names::new(pid, seq);
+            for role in ["br", "n1", "n1h", "n99", "n99h", "c", "ch", "b", "bh"] {
+                let name = names.interface(role).unwrap();
+                assert!(name.len() <= IFNAME_MAX, "{name}");
+                assert!(seen.insert(name.clone()), "{name} twice");
+            }
+            let ns: std::collections::HashSet<String> = ["sw", "n1", "n2", "c", "b"]
+                .iter()
+                .map(|r| names.namespace(r))
+                .collect();
+            assert_eq!(ns.len(), 5);
+            assert!(ns.iter().all(|n| n.contains(&pid.to_string())));
+        }
+        // Too many topologies in one process is refused rather than truncated.
+        assert!(matches!(
+            Names::new(4_194_304, 0xfffff).interface("n99h"),
+            Err(NetnsError::NameTooLong(_))
+        ));
+        // Consecutive topologies of one process differ.
+        let (a, b) = (Names::next(), Names::next());
+        assert_ne!(a.namespace("sw"), b.namespace("sw"));
+        assert_ne!(a.interface("br").unwrap(), b.interface("br").unwrap());
+    }
+
+    #[test]
+    fn host_addresses_share_their_digits() {
+        assert_eq!(Host::Node(3).ipv4(), Ipv4Addr::new(10, 99, 0, 3));
+        assert_eq!(Host::Node(3).ipv6().to_string(), "fd99::3");
+        assert_eq!(Host::Client.ipv4().to_string(), "10.99.0.201");
+        assert_eq!(Host::Client.ipv6().to_string(), "fd99::201");
+        assert_eq!(Host::Backend.ipv6().to_string(), "fd99::202");
+    }
+
+    #[test]
+    fn probe_lines_parse() {
+        let now = Instant::now();
+        let ok = ProbeAttempt::parse("120 ok 200 backend", now).unwrap();
+        assert_eq!(ok.at_ms, 120);
+        assert!(ok.is_ok_with("backend"));
+        let empty = ProbeAttempt::parse("7 ok 503 ", now).unwrap();
+        assert_eq!(empty.result, Ok((503, String::new())));
+        let err = ProbeAttempt::parse("140 err connect: Connection refused (os error 111)", now).unwrap();
+        assert_eq!(err.result, Err("connect: Connection refused (os error 111)".into()));
+        assert!(!err.is_ok_with("backend"));
+        assert_eq!(ProbeAttempt::parse("listening", now), None);
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "(1 earlier lines not shown)\nb\nc\n");
+        assert_eq!(tail("a\n", 5), "a\n");
+    }
+}
