@@ -604,7 +604,9 @@ impl Sim {
 
     fn decide(&mut self, i: usize, local: Millis) {
         let node = &self.nodes[i];
-        let lease = node.leases.usable(node.table.revision, &self.knobs.member_timing, local);
+        let lease = node
+            .leases
+            .usable(node.table.revision, &self.knobs.member_timing, local);
         let view = NodeView {
             id: node.id,
             table: &node.table,
@@ -799,9 +801,10 @@ impl Sim {
             if !n.alive || n.held.is_empty() {
                 continue;
             }
-            let ok = n.leases.iter().any(|l| {
-                local.since(l.anchor) < lease_ms && local >= l.anchor && n.table.revision >= l.revision
-            });
+            let ok = n
+                .leases
+                .iter()
+                .any(|l| local.since(l.anchor) < lease_ms && local >= l.anchor && n.table.revision >= l.revision);
             if !ok {
                 let msg = format!(
                     "t={}ms: node {} holds {:?} at {local} without a valid lease {:?} (table r{})",
