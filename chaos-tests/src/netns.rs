@@ -663,6 +663,24 @@ impl Topology {
         Ok(status)
     }
 
+    /// Sends SIGTERM to `handle` and waits up to `timeout` for it to exit (a graceful stop).
+    pub fn terminate(&self, handle: ChildHandle, timeout: std::time::Duration) -> Result<ExitStatus, NetnsError> {
+        self.signal(handle, "TERM")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status(handle)? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                return Err(NetnsError::Invalid(format!(
+                    "pid {} did not exit within {timeout:?} of SIGTERM",
+                    handle.pid
+                )));
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Stops `handle` with SIGSTOP (it keeps its sockets and addresses but does nothing).
     pub fn sigstop(&self, handle: ChildHandle) -> Result<(), NetnsError> {
         self.signal(handle, "STOP")

@@ -225,6 +225,16 @@ vip:
         (1..=NODES).filter(|&i| self.nodes[i - 1].is_some()).collect()
     }
 
+    /// SIGTERM (a graceful stop: VIPs and leadership handed over first), then the same command again.
+    fn restart(&mut self, i: usize) {
+        let handle = self.nodes[i - 1].take().expect("the node runs");
+        if let Err(e) = self.topo.terminate(handle, Duration::from_secs(20)) {
+            self.fail(&format!("n{i} did not stop on SIGTERM: {e}"));
+        }
+        let again = self.topo.respawn(handle).unwrap();
+        self.nodes[i - 1] = Some(again);
+    }
+
     fn kill9(&mut self, i: usize) {
         let handle = self.nodes[i - 1].take().expect("the node runs");
         self.topo.kill9(handle).unwrap();
@@ -924,6 +934,75 @@ fn drain_fails_no_request() {
         ));
     }
     assert_eq!(c.holders(&all, vip), [new_owner]);
+}
+
+/// A rolling restart (SIGTERM, start again) of every member, the VIP owner and the Raft leader
+/// included, fails no request: the owner hands its VIP over first and the leader its leadership,
+/// so no lease ever lapses. Resets at a neighbour switch are allowed as in
+/// [`drain_fails_no_request`], [`RESETS_AT_SWITCH`] per restart; any other failure fails the test.
+#[test]
+fn rolling_restart_fails_no_request() {
+    let _serial = serial();
+    let setup = Setup {
+        vips: vec![(VIP4, 24)],
+        grace: Some("1s"),
+        listen: "0.0.0.0",
+    };
+    let Some(mut c) = Cluster::start(&setup) else {
+        return;
+    };
+    let vip = ip(VIP4);
+    c.start_probe(&format!("http://{VIP4}:8080/"));
+    c.wait_ready(vip);
+    let started = Instant::now();
+    for i in 1..=NODES {
+        let all: Vec<usize> = (1..=NODES).collect();
+        let (owner, leader) = c.wait_until("an owner and a leader", 10, |c| c.owner_of(vip, &all));
+        let t = Instant::now();
+        c.restart(i);
+        println!(
+            "n{i} restarted ({}{}) in {} ms",
+            if i == owner { "the VIP owner" } else { "not the owner" },
+            if i == leader { ", the leader" } else { "" },
+            t.elapsed().as_millis()
+        );
+        c.wait_ready(vip);
+    }
+    // Probe a little longer, then look at every attempt since the first restart.
+    let probe = c.probe().clone();
+    let end_ms = probe.ms_of(Instant::now() + Duration::from_millis(500));
+    c.wait_until("the probe's attempts up to the end of the window", 10, |_| {
+        probe.attempts().iter().any(|a| a.at_ms > end_ms + 250).then_some(())
+    });
+    let start_ms = probe.ms_of(started);
+    let window: Vec<ProbeAttempt> = probe
+        .attempts()
+        .into_iter()
+        .filter(|a| (start_ms..=end_ms).contains(&a.at_ms))
+        .collect();
+    let (reset, failed): (Vec<&ProbeAttempt>, Vec<&ProbeAttempt>) = window
+        .iter()
+        .filter(|a| !a.is_ok_with(BODY))
+        .partition(|a| matches!(&a.result, Err(e) if e.contains("reset by peer")));
+    println!(
+        "{} probe attempts across the rolling restart, {} failed, {} reset at a neighbour switch",
+        window.len(),
+        failed.len(),
+        reset.len()
+    );
+    if !failed.is_empty() || reset.len() > RESETS_AT_SWITCH * NODES {
+        let list = |l: &[&ProbeAttempt]| {
+            l.iter()
+                .map(|a| format!("{} {:?}", a.at_ms, a.result))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        c.fail(&format!(
+            "probe attempts failed across the rolling restart: failed: [{}]; reset: [{}]",
+            list(&failed),
+            list(&reset)
+        ));
+    }
 }
 
 /// The IPv6 VIP alone: SIGKILL of its owner, the probe resumes and the client's neighbour cache

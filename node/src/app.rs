@@ -407,10 +407,17 @@ impl Node {
     }
 
     pub async fn shutdown_within(self, grace: Duration) -> usize {
-        if let Some(c) = self.state.cluster()
-            && let Some(v) = &c.vips
-        {
-            v.hand_over(&c.raft).await;
+        if let Some(c) = self.state.cluster() {
+            if let Some(v) = &c.vips {
+                v.hand_over(&c.raft).await;
+                v.stop_granting();
+            }
+            // A leader that leaves hands its leadership over first, so the group (and every VIP,
+            // which lives on a leader's renewals) does not wait out an election timeout.
+            match c.raft.hand_off_leadership(Duration::from_secs(2)).await {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "leaving without handing the leadership over"),
+            }
         }
         if let Some(c) = self.state.cluster()
             && c.leave_on_shutdown

@@ -130,6 +130,9 @@ pub struct Vips {
     leader: Mutex<Option<LeaderState>>,
     planner: Notify,
     stopping: AtomicBool,
+    /// Set before this leader hands its leadership over: it grants nothing from then on, so
+    /// the next leader begins after its last grant.
+    granting_stopped: AtomicBool,
     announcements: AtomicU64,
     shell_errors: AtomicU64,
 }
@@ -171,6 +174,7 @@ impl Vips {
             leader: Mutex::new(None),
             planner: Notify::new(),
             stopping: AtomicBool::new(false),
+            granting_stopped: AtomicBool::new(false),
             announcements: AtomicU64::new(0),
             shell_errors: AtomicU64::new(0),
         }
@@ -265,6 +269,9 @@ impl Vips {
 
     /// The leader's answer to a member's report: a grant while this leadership's book exists.
     fn grant(&self, body: &[u8]) -> Result<bytes::Bytes, String> {
+        if self.granting_stopped.load(Ordering::Acquire) {
+            return Err("this leader is handing its leadership over".into());
+        }
         let report: Report = serde_json::from_slice(body).map_err(|e| format!("bad VIP report: {e}"))?;
         let now = self.now();
         let grant = {
@@ -764,6 +771,11 @@ impl Vips {
     /// The replicated VIP state, as applied here.
     pub fn replicated(&self) -> &watch::Receiver<Arc<VipReplicated>> {
         &self.replicated
+    }
+
+    /// Stops granting renewals for good (this leader is about to hand its leadership over).
+    pub(crate) fn stop_granting(&self) {
+        self.granting_stopped.store(true, Ordering::Release);
     }
 
     /// On SIGTERM: hand this member's VIPs over (make-before-break) and wait until it holds

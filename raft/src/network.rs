@@ -35,6 +35,7 @@ pub(crate) const REMOVE: &str = "/raftgate.raft.v1.Raft/Remove";
 pub(crate) const WRITE: &str = "/raftgate.raft.v1.Raft/Write";
 pub const HEALTH: &str = "/raftgate.raft.v1.Raft/Health";
 pub(crate) const LEADER_CALL: &str = "/raftgate.raft.v1.Raft/LeaderCall";
+pub(crate) const CAMPAIGN: &str = "/raftgate.raft.v1.Raft/Campaign";
 
 /// Set on a call a follower forwards to the leader.
 pub(crate) const FORWARDED: &str = "x-raftgate-forwarded";

@@ -257,6 +257,72 @@ impl<V: Value> RaftNode<V> {
             .map_err(status_error)
     }
 
+    /// Before a leader stops: asks the most caught-up other voter to stand for election at once
+    /// and waits, within `timeout`, until another member leads. openraft 0.9 has no leadership
+    /// transfer, but a leader's own vote is not refreshed by its heartbeats, so once it has led
+    /// for `election_timeout_max` it grants a newer term's vote; the other voters still refuse
+    /// (their lease from this leader is fresh), and this vote is the one the candidate needs in a
+    /// group of three. The group so skips the leaderless election timeout. Returns the new
+    /// leader, or `None` when this member is not the leader or there is no other voter.
+    pub async fn hand_off_leadership(&self, timeout: Duration) -> Result<Option<NodeId>, Error> {
+        let m = self.inner.raft.metrics().borrow().clone();
+        if m.current_leader != Some(self.inner.id) {
+            return Ok(None);
+        }
+        let membership = m.membership_config.membership().clone();
+        let matched = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map(|l| l.index)
+        };
+        let Some(target) = membership
+            .voter_ids()
+            .filter(|id| *id != self.inner.id)
+            .max_by_key(|id| matched(id))
+        else {
+            return Ok(None);
+        };
+        let Some(addr) = membership.get_node(&target).map(|n| n.addr.clone()) else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + timeout;
+        let mut metrics = self.inner.raft.metrics();
+        while Instant::now() < deadline {
+            tracing::info!(to = target, "handing leadership over before stopping");
+            if let Err(e) = self
+                .inner
+                .channels
+                .call(
+                    &addr,
+                    network::CAMPAIGN,
+                    bytes::Bytes::new(),
+                    Duration::from_millis(500),
+                )
+                .await
+            {
+                return Err(Error::Peer {
+                    addr,
+                    message: format!("leadership hand-off: {}", e.message()),
+                });
+            }
+            let round = (Instant::now() + Duration::from_millis(300)).min(deadline);
+            let moved = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(round),
+                metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != self.inner.id)),
+            )
+            .await;
+            if let Ok(Ok(m)) = moved {
+                let leader = m.current_leader;
+                tracing::info!(new_leader = ?leader, "leadership handed over");
+                return Ok(leader);
+            }
+        }
+        Err(Error::Raft(format!(
+            "member {target} did not take over the leadership in {timeout:?}"
+        )))
+    }
+
     /// Start a new group with this member as its only voter, unless the storage already
     /// belongs to a group. Returns whether it initialized.
     pub async fn bootstrap(&self) -> Result<bool, Error> {

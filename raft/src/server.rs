@@ -85,6 +85,7 @@ impl<V: Value> Service<http::Request<tonic::body::Body>> for RaftService<V> {
             network::WRITE => Some(network::WRITE),
             network::HEALTH => Some(network::HEALTH),
             network::LEADER_CALL => Some(network::LEADER_CALL),
+            network::CAMPAIGN => Some(network::CAMPAIGN),
             network::SNAPSHOT => {
                 return Box::pin(async move {
                     let mut grpc = Grpc::new(BytesCodec)
@@ -147,6 +148,16 @@ impl<V: Value> Service<Request<Bytes>> for UnaryMethod<V> {
                 }
                 network::HEALTH => network::encode(&inner.status())?,
                 network::LEADER_CALL => inner.leader_call(body).await?,
+                network::CAMPAIGN => {
+                    tracing::info!("the leader is leaving and asks this member to stand for election");
+                    inner
+                        .raft
+                        .trigger()
+                        .elect()
+                        .await
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    bytes::Bytes::new()
+                }
                 _ => inner.handle_app(path, body, forwarded).await?,
             };
             Ok(Response::new(reply))

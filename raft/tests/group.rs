@@ -202,6 +202,26 @@ async fn three_members_replicate_over_mutual_tls() {
     );
     assert!(nodes[0].0.quorum_ack().is_some());
     assert!(nodes[1].0.quorum_ack().is_none());
+
+    // A leaving leader hands its leadership to a caught-up voter without an election timeout.
+    // (It must have led for election_timeout_max, 600 ms here, for its vote to be free.)
+    assert_eq!(
+        nodes[1].0.hand_off_leadership(ttl).await.unwrap(),
+        None,
+        "not the leader"
+    );
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let started = std::time::Instant::now();
+    let new_leader = nodes[0].0.hand_off_leadership(ttl).await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert_ne!(new_leader, 1);
+    let n = &nodes[usize::try_from(new_leader).unwrap() - 1].0;
+    wait_for("the new leader's role", Duration::from_secs(2), || {
+        n.status().role == "leader"
+    })
+    .await;
+    // Far less than the 600 ms + 300..600 ms an election after a silent leader needs.
+    assert!(took < Duration::from_millis(500), "hand-off took {took:?}");
     for (n, _, _) in &nodes {
         n.shutdown().await;
     }
