@@ -561,7 +561,10 @@ async fn reporter(
             member: vips.id,
             applied_revision,
             ready: vips.ready(&state, now),
-            config_version: state.dataplane.version(),
+            // The Raft state version this member applied. (Not the data plane's table version: a
+            // table rebuilt from a snapshot carries the state version, one applied batch by
+            // batch the version of its last routing change, so those are not comparable.)
+            config_version: raft.version(),
         };
         let Ok(body) = serde_json::to_vec(&report) else {
             continue;
@@ -621,7 +624,7 @@ async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: wat
         };
         let applied = replicated.borrow().table.revision;
         let mut history = VersionHistory::new();
-        history.record(committed.borrow().version, now);
+        history.record(raft.version(), now);
         if let Ok(mut l) = vips.leader.lock() {
             *l = Some(LeaderState {
                 book: LeaderBook::new(leadership, vips.timing.clone(), applied),
@@ -632,7 +635,8 @@ async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: wat
         while *leading.borrow() {
             let now = vips.now();
             let rep = replicated.borrow_and_update().clone();
-            let version = committed.borrow_and_update().version;
+            committed.borrow_and_update();
+            let version = raft.version();
             let configs = member_configs(&raft, &rep.members);
             let plan = match vips.leader.lock() {
                 Ok(mut l) => match l.as_mut() {
