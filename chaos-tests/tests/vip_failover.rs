@@ -472,6 +472,21 @@ vip:
         let old_mac = self.topo.node_mac(owner).unwrap();
         let kill_at = Instant::now();
         self.kill9(owner);
+        // The killed node's guard takes the address off at once (the kernel lifetime alone would
+        // leave it answering ARP for a second or two).
+        let owner_ns = self.topo.node_ns(owner);
+        self.wait_for(
+            "the killed node's guard to remove the VIP from every interface",
+            Duration::from_millis(500),
+            |c| {
+                let addrs = c.topo.addrs(&owner_ns).ok()?;
+                (!addrs.iter().any(|(_, a)| *a == vip)).then_some(())
+            },
+        );
+        println!(
+            "the killed node's guard removed the VIP {} ms after the kill",
+            kill_at.elapsed().as_millis()
+        );
         let kill_ms = self.probe().ms_of(kill_at);
         let outage = self.outage(kill_at, kill_ms, "the kill");
         println!(

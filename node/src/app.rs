@@ -415,8 +415,19 @@ impl Node {
             // A leader that leaves hands its leadership over first, so the group (and every VIP,
             // which lives on a leader's renewals) does not wait out an election timeout.
             match c.raft.hand_off_leadership(Duration::from_secs(2)).await {
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "leaving without handing the leadership over"),
+                Ok(Some(_)) => {}
+                // Still the leader (or never was): keep granting until Raft stops, as after a failure.
+                Ok(None) => {
+                    if let Some(v) = &c.vips {
+                        v.resume_granting();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "leaving without handing the leadership over");
+                    if let Some(v) = &c.vips {
+                        v.resume_granting();
+                    }
+                }
             }
         }
         if let Some(c) = self.state.cluster()

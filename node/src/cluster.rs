@@ -135,7 +135,8 @@ pub(crate) async fn apply_loop(
         while let Ok(more) = events.try_recv() {
             pending.push(more);
         }
-        let (mut routing_changed, mut vip_changed) = (false, false);
+        let mut routing_changed = false;
+        let last_version = pending.last().map_or(vip.version, StateEvent::version);
         for ev in pending {
             match ev {
                 StateEvent::Reset { version, entries } => {
@@ -149,13 +150,11 @@ pub(crate) async fn apply_loop(
                     vip.changes = changes;
                     table.version = version;
                     routing_changed = true;
-                    vip_changed = true;
                 }
                 StateEvent::Changed { version, changes } => {
                     // An empty batch is the first version of an empty group: it is routing.
                     let routing = changes.is_empty() || changes.iter().any(|c| !is_vip_key(&c.key));
                     for c in changes {
-                        vip_changed |= is_vip_key(&c.key);
                         fold(&mut table, &mut vip, &c.key, c.value);
                     }
                     if routing {
@@ -165,9 +164,10 @@ pub(crate) async fn apply_loop(
                 }
             }
         }
-        if vip_changed {
-            vips.send_replace(Arc::new(vip.clone()));
-        }
+        // Always, with the state version: the leader's planner waits for it (a new leadership
+        // must not start from a VIP table older than the Raft state it confirmed).
+        vip.version = last_version;
+        vips.send_replace(Arc::new(vip.clone()));
         if !routing_changed {
             continue;
         }

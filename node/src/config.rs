@@ -423,7 +423,7 @@ pub struct VipConfig {
     pub addresses: Vec<raftgate_vip::VipSpec>,
     /// `prefer`, `neutral` (default) or `avoid` VIPs on this member.
     pub preference: raftgate_vip::Preference,
-    /// How long a member holds VIPs after its last granted renewal. Default `400ms`.
+    /// How long a member holds VIPs after its last granted renewal. Default `300ms`; the same on every member.
     #[serde(deserialize_with = "duration")]
     pub lease: Duration,
     /// How often a member renews. Default `100ms`.

@@ -66,6 +66,8 @@ pub struct VipReplicated {
     pub members: BTreeMap<NodeId, MemberRecord>,
     /// Ownership changes applied on this member since it started, by reason.
     pub changes: BTreeMap<Reason, u64>,
+    /// The Raft state version this was folded up to.
+    pub version: u64,
 }
 
 impl VipReplicated {
@@ -96,6 +98,31 @@ impl VipReplicated {
     }
 }
 
+/// A renewal request: the member's report, and the lease timing it holds under. The leader
+/// fences with its own timing, so it grants only members that hold under the same.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Renewal {
+    report: Report,
+    timing: TimingDigest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+struct TimingDigest {
+    lease_ms: u64,
+    release_guard_ms: u64,
+    drift_ppm: u32,
+}
+
+impl TimingDigest {
+    fn of(t: &Timing) -> Self {
+        Self {
+            lease_ms: u64::try_from(t.lease.as_millis()).unwrap_or(u64::MAX),
+            release_guard_ms: u64::try_from(t.release_guard.as_millis()).unwrap_or(u64::MAX),
+            drift_ppm: t.drift_ppm,
+        }
+    }
+}
+
 /// What this member holds and knows, for status and reports.
 #[derive(Debug, Default)]
 struct Local {
@@ -106,6 +133,8 @@ struct Local {
     /// The shell failed; report not ready until then, so the leader moves the VIPs away.
     failed_until: Option<Millis>,
     last_error: Option<String>,
+    /// Why the last renewal was not granted, if it was not.
+    renewal_error: Option<String>,
 }
 
 /// The leader's book for its current leadership, and its routing version history.
@@ -133,6 +162,8 @@ pub struct Vips {
     /// Set before this leader hands its leadership over: it grants nothing from then on, so
     /// the next leader begins after its last grant.
     granting_stopped: AtomicBool,
+    /// The member loop runs: without it nothing would carry decisions out, so report not ready.
+    member_alive: AtomicBool,
     announcements: AtomicU64,
     shell_errors: AtomicU64,
 }
@@ -145,6 +176,8 @@ pub struct VipView {
     pub leader: bool,
     pub refused: Option<String>,
     pub last_error: Option<String>,
+    /// Why the last renewal was not granted (no leader, timing mismatch…), if it was not.
+    pub renewal_error: Option<String>,
     pub lease_remaining_ms: Option<u64>,
     pub revision: u64,
     pub in_effect_revision: u64,
@@ -175,6 +208,7 @@ impl Vips {
             planner: Notify::new(),
             stopping: AtomicBool::new(false),
             granting_stopped: AtomicBool::new(false),
+            member_alive: AtomicBool::new(true),
             announcements: AtomicU64::new(0),
             shell_errors: AtomicU64::new(0),
         }
@@ -201,12 +235,13 @@ impl Vips {
             .lock()
             .ok()
             .and_then(|l| l.as_ref().map(|s| s.book.leadership()));
-        let (held, lease, in_effect, last_error) = match self.local.lock() {
+        let (held, lease, in_effect, last_error, renewal_error) = match self.local.lock() {
             Ok(l) => (
                 l.held.clone(),
                 l.leases.usable(l.in_effect, &self.timing, now),
                 l.in_effect,
                 l.last_error.clone(),
+                l.renewal_error.clone(),
             ),
             Err(_) => Default::default(),
         };
@@ -216,6 +251,7 @@ impl Vips {
             leader: leadership.is_some(),
             refused: self.refused.clone(),
             last_error,
+            renewal_error,
             lease_remaining_ms,
             revision: rep.table.revision,
             in_effect_revision: in_effect,
@@ -268,11 +304,19 @@ impl Vips {
     }
 
     /// The leader's answer to a member's report: a grant while this leadership's book exists.
-    fn grant(&self, body: &[u8]) -> Result<bytes::Bytes, String> {
+    fn grant(&self, body: &[u8], term: u64) -> Result<bytes::Bytes, String> {
         if self.granting_stopped.load(Ordering::Acquire) {
             return Err("this leader is handing its leadership over".into());
         }
-        let report: Report = serde_json::from_slice(body).map_err(|e| format!("bad VIP report: {e}"))?;
+        let renewal: Renewal = serde_json::from_slice(body).map_err(|e| format!("bad VIP report: {e}"))?;
+        let mine = TimingDigest::of(&self.timing);
+        if renewal.timing != mine {
+            return Err(format!(
+                "VIP timing differs from the leader's ({:?} here, {mine:?} on the leader): every member needs the same vip lease, release_guard and drift_ppm",
+                renewal.timing
+            ));
+        }
+        let report = renewal.report;
         let now = self.now();
         let grant = {
             let mut leader = self
@@ -282,6 +326,9 @@ impl Vips {
             let Some(st) = leader.as_mut() else {
                 return Err("this leader is not granting VIP leases yet".into());
             };
+            if st.book.leadership().term != term {
+                return Err("this leader's VIP book is of an earlier term".into());
+            }
             let floor = st.history.floor(self.timing.max_config_lag, now);
             st.book.grant(&report, floor, now)
         };
@@ -299,7 +346,7 @@ impl Vips {
             .ok()
             .and_then(|l| l.failed_until)
             .is_some_and(|t| now < t);
-        self.refused.is_none() && state.is_ready() && !failed
+        self.refused.is_none() && state.is_ready() && !failed && self.member_alive.load(Ordering::Acquire)
     }
 }
 
@@ -338,12 +385,18 @@ impl Guard {
         })
     }
 
-    /// Tells the guard how long the holds in effect may last; restarts it once if it is gone.
-    fn tell(&mut self, remaining: Option<Duration>) -> Result<(), String> {
+    /// Tells the guard until when the holds in effect may last (`remaining` from `decided_at`);
+    /// restarts it once if it is gone.
+    fn tell(&mut self, decided_at: Instant, remaining: Option<Duration>) -> Result<(), String> {
+        use raftgate_vip::shell::guard::GuardMessage;
         use std::io::Write as _;
         let line = match remaining {
-            Some(d) => raftgate_vip::shell::guard::GuardMessage::Hold(d),
-            None => raftgate_vip::shell::guard::GuardMessage::Nothing,
+            Some(d) => {
+                let since = Instant::now().saturating_duration_since(decided_at).as_nanos();
+                let until = raftgate_vip::shell::guard::monotonic_ns().saturating_sub(since) + d.as_nanos();
+                GuardMessage::HoldUntil(until)
+            }
+            None => GuardMessage::Nothing,
         }
         .line();
         let write = |g: &mut Guard| match g.stdin.as_mut() {
@@ -402,10 +455,11 @@ pub(crate) fn spawn(
     state: Arc<NodeState>,
     committed: watch::Receiver<Arc<RoutingTable>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let handler_vips = vips.clone();
+    let (handler_vips, handler_raft) = (vips.clone(), raft.clone());
     raft.set_leader_handler(Arc::new(move |body: bytes::Bytes| {
         let vips = handler_vips.clone();
-        Box::pin(async move { vips.grant(&body) })
+        let (term, _) = handler_raft.term_and_leader();
+        Box::pin(async move { vips.grant(&body, term) })
     }));
     let (grants_tx, grants_rx) = mpsc::unbounded_channel();
     let report_now = Arc::new(Notify::new());
@@ -431,10 +485,19 @@ async fn member_loop(
     mut grants: mpsc::UnboundedReceiver<(Millis, Grant)>,
     report_now: Arc<Notify>,
 ) {
+    struct Alive<'a>(&'a Vips);
+    impl Drop for Alive<'_> {
+        fn drop(&mut self) {
+            self.0.member_alive.store(false, Ordering::Release);
+            tracing::error!("the VIP member loop ended; this member reports itself not ready");
+        }
+    }
+    let _alive = Alive(&vips);
     let mut replicated = vips.replicated.clone();
     let mut reported_revision = None;
     loop {
-        let now = vips.now();
+        let decided_at = Instant::now();
+        let now = vips.millis_at(decided_at);
         let rep = replicated.borrow_and_update().clone();
         let ready = vips.ready(&state, now);
         let (decision, lease_usable) = {
@@ -456,8 +519,14 @@ async fn member_loop(
         }
         // The guard learns the new bound first: it never removes an address this decision holds.
         let outcome = match shell.as_mut() {
-            Some(s) => match s.guard.tell(decision.lease_remaining) {
-                Ok(()) => s.shell.apply(&decision).await.map_err(|e| e.to_string()),
+            Some(s) => match s.guard.tell(decided_at, decision.lease_remaining) {
+                Ok(()) => {
+                    let deadline = decision.lease_remaining.map(|r| decided_at + r);
+                    s.shell
+                        .apply_within(&decision, deadline)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
                 Err(e) => Err(e),
             },
             None => Ok(()),
@@ -566,17 +635,32 @@ async fn reporter(
             // batch the version of its last routing change, so those are not comparable.)
             config_version: raft.version(),
         };
-        let Ok(body) = serde_json::to_vec(&report) else {
+        let renewal = Renewal {
+            report,
+            timing: TimingDigest::of(&vips.timing),
+        };
+        let Ok(body) = serde_json::to_vec(&renewal) else {
             continue;
         };
-        let (raft, grants) = (raft.clone(), grants.clone());
+        let (raft, grants, vips) = (raft.clone(), grants.clone(), vips.clone());
         tokio::spawn(async move {
-            match raft.ask_leader(bytes::Bytes::from(body), ttl).await {
+            let refused = match raft.ask_leader(bytes::Bytes::from(body), ttl).await {
                 Ok(answer) => match serde_json::from_slice::<Grant>(&answer) {
-                    Ok(grant) => drop(grants.send((sent_at, grant))),
-                    Err(e) => tracing::warn!(error = %e, "unreadable VIP lease grant"),
+                    Ok(grant) => {
+                        let _ = grants.send((sent_at, grant));
+                        None
+                    }
+                    Err(e) => Some(format!("unreadable VIP lease grant: {e}")),
                 },
-                Err(e) => tracing::debug!(error = %e, "VIP lease renewal not granted"),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Ok(mut local) = vips.local.lock() {
+                if let Some(e) = &refused
+                    && local.renewal_error.as_ref() != Some(e)
+                {
+                    tracing::warn!(error = %e, "VIP lease renewal not granted");
+                }
+                local.renewal_error = refused;
             }
         });
     }
@@ -615,6 +699,27 @@ async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: wat
         if !*leading.borrow() {
             continue;
         }
+        // ensure_linearizable waited for the state machine; the VIP table must have been folded
+        // that far too, or the book would start from (and grant) a revision already superseded.
+        let applied = raft.version();
+        let caught_up = tokio::time::timeout(Duration::from_secs(5), async {
+            replicated.wait_for(|r| r.version >= applied).await.map(|_| ())
+        })
+        .await;
+        match caught_up {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(
+                    applied,
+                    "the VIP state lags the Raft state; not granting VIP leases yet"
+                );
+                continue;
+            }
+        }
+        if !*leading.borrow() {
+            continue;
+        }
         let now = vips.now();
         let (term, _) = raft.term_and_leader();
         let leadership = Leadership {
@@ -632,7 +737,9 @@ async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: wat
             });
         }
         tracing::info!(term, "leading: granting VIP leases and planning");
-        while *leading.borrow() {
+        // Whatever ends this leadership's loop, a return included, drops its book.
+        let _book = BookGuard(&vips);
+        while *leading.borrow() && raft.term_and_leader() == (term, Some(vips.id)) {
             let now = vips.now();
             let rep = replicated.borrow_and_update().clone();
             committed.borrow_and_update();
@@ -678,10 +785,19 @@ async fn planner(vips: Arc<Vips>, raft: RaftNode<Replicated>, mut committed: wat
                 _ = tokio::time::sleep_until(wake) => {}
             }
         }
-        if let Ok(mut l) = vips.leader.lock() {
+        drop(_book);
+        tracing::info!("not leading: VIP grants and planning stopped");
+    }
+}
+
+/// Drops the leader's book when a leadership's planning ends, however it ends.
+struct BookGuard<'a>(&'a Vips);
+
+impl Drop for BookGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.leader.lock() {
             *l = None;
         }
-        tracing::info!("not leading: VIP grants and planning stopped");
     }
 }
 
@@ -777,9 +893,15 @@ impl Vips {
         &self.replicated
     }
 
-    /// Stops granting renewals for good (this leader is about to hand its leadership over).
+    /// Stops granting renewals (this leader is about to hand its leadership over): the next
+    /// leader must begin after this one's last grant.
     pub(crate) fn stop_granting(&self) {
         self.granting_stopped.store(true, Ordering::Release);
+    }
+
+    /// The hand-off did not happen: this member may still lead, and grants as before.
+    pub(crate) fn resume_granting(&self) {
+        self.granting_stopped.store(false, Ordering::Release);
     }
 
     /// On SIGTERM: hand this member's VIPs over (make-before-break) and wait until it holds

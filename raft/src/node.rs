@@ -125,6 +125,11 @@ pub(crate) struct Inner<V: Value> {
     shutdown: watch::Sender<bool>,
     lease: Duration,
     leader_handler: std::sync::Mutex<Option<LeaderHandler>>,
+    /// While leader: the latest heartbeat a quorum acknowledged, as `watch_leadership` saw it.
+    quorum_acked: std::sync::Mutex<Option<Instant>>,
+    /// While leader: its term and when this member saw itself become leader in it.
+    leader_since: std::sync::Mutex<Option<(u64, Instant)>>,
+    election_timeout_max: Duration,
 }
 
 impl<V: Value> RaftNode<V> {
@@ -178,6 +183,9 @@ impl<V: Value> RaftNode<V> {
             shutdown,
             lease: settings.election_timeout_max / 2,
             leader_handler: std::sync::Mutex::new(None),
+            quorum_acked: std::sync::Mutex::new(None),
+            leader_since: std::sync::Mutex::new(None),
+            election_timeout_max: settings.election_timeout_max,
         });
         server::spawn(inner.clone(), listener, settings.tls.clone(), shutdown_rx.clone())?;
         tokio::spawn(watch_leadership(inner.clone(), settings.heartbeat, shutdown_rx));
@@ -214,19 +222,14 @@ impl<V: Value> RaftNode<V> {
     }
 
     /// The instant of the latest heartbeat a quorum acknowledged, while this member is the
-    /// leader (now, for a sole voter). `None` when it is not the leader.
+    /// leader (now, for a sole voter), as the leadership watch last derived it from freshly
+    /// published metrics. `None` when it is not the leader.
     pub fn quorum_ack(&self) -> Option<Instant> {
         let m = self.inner.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader || m.current_leader != Some(self.inner.id) {
             return None;
         }
-        let now = Instant::now();
-        let mut voters = m.membership_config.membership().voter_ids();
-        if voters.next() == Some(self.inner.id) && voters.next().is_none() {
-            return Some(now);
-        }
-        let ms = m.millis_since_quorum_ack?;
-        now.checked_sub(Duration::from_millis(ms))
+        self.inner.quorum_acked.lock().ok().and_then(|a| *a)
     }
 
     /// The current term and leader, as this member knows them.
@@ -262,14 +265,27 @@ impl<V: Value> RaftNode<V> {
     /// transfer, but a leader's own vote is not refreshed by its heartbeats, so once it has led
     /// for `election_timeout_max` it grants a newer term's vote; the other voters still refuse
     /// (their lease from this leader is fresh), and this vote is the one the candidate needs in a
-    /// group of three. The group so skips the leaderless election timeout. Returns the new
-    /// leader, or `None` when this member is not the leader or there is no other voter.
+    /// group of two or three. The group so skips the leaderless election timeout. With more
+    /// voters the others' refusals would only depose this leader, so it does nothing and the
+    /// group elects as after a failure. Returns the new leader, or `None` when this member is
+    /// not the leader, there is no other voter, or there are more than three. After a hand-off
+    /// this member never stands for election again (it is leaving).
     pub async fn hand_off_leadership(&self, timeout: Duration) -> Result<Option<NodeId>, Error> {
         let m = self.inner.raft.metrics().borrow().clone();
         if m.current_leader != Some(self.inner.id) {
             return Ok(None);
         }
         let membership = m.membership_config.membership().clone();
+        if membership.voter_ids().count() > 3 {
+            tracing::info!("more than three voters: leaving without a leadership hand-off");
+            return Ok(None);
+        }
+        // This leader's own vote is free only once it has led for election_timeout_max.
+        let since = self.inner.leader_since.lock().ok().and_then(|s| *s).map(|(_, at)| at);
+        if let Some(at) = since {
+            let free = at + self.inner.election_timeout_max + Duration::from_millis(20);
+            tokio::time::sleep_until(tokio::time::Instant::from_std(free)).await;
+        }
         let matched = |id: &NodeId| {
             m.replication
                 .as_ref()
@@ -314,6 +330,8 @@ impl<V: Value> RaftNode<V> {
             .await;
             if let Ok(Ok(m)) = moved {
                 let leader = m.current_leader;
+                drop(m);
+                self.inner.raft.runtime_config().elect(false);
                 tracing::info!(new_leader = ?leader, "leadership handed over");
                 return Ok(leader);
             }
@@ -563,7 +581,13 @@ impl<V: Value> Inner<V> {
 
     /// A member's call to the leader's application handler: answered only while leading.
     pub(crate) async fn leader_call(&self, body: bytes::Bytes) -> Result<bytes::Bytes, tonic::Status> {
-        if !*self.leading.borrow() {
+        // The lease flag, and openraft's own state right now: a leader that granted a newer
+        // term's vote is a follower from that instant, before the flag's next update.
+        let still_leader = {
+            let m = self.raft.metrics().borrow().clone();
+            m.state == ServerState::Leader && m.current_leader == Some(self.id)
+        };
+        if !*self.leading.borrow() || !still_leader {
             return Err(tonic::Status::unavailable("not leading"));
         }
         let handler = self.leader_handler.lock().ok().and_then(|h| h.clone());
@@ -744,6 +768,10 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
     let mut last_leader = None;
     let mut last_snapshot = None;
     let contact_window = inner.lease * 6;
+    // Whether the metrics were published since the last look. `millis_since_quorum_ack` is an
+    // age as of its publication: re-deriving the ack instant from a value openraft has not
+    // republished (its core stalled on a slow disk, say) would keep a stale leader "leading".
+    let mut fresh = true;
     loop {
         let now = Instant::now();
         let m = metrics.borrow_and_update().clone();
@@ -753,12 +781,23 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
             voters.next() == Some(inner.id) && voters.next().is_none()
         };
         if is_leader {
-            if let Some(ms) = m.millis_since_quorum_ack {
+            if fresh && let Some(ms) = m.millis_since_quorum_ack {
                 let at = now.checked_sub(Duration::from_millis(ms)).unwrap_or(now);
                 last_ack = Some(last_ack.map_or(at, |prev: Instant| prev.max(at)));
             }
+            if let Ok(mut since) = inner.leader_since.lock()
+                && since.is_none_or(|(term, _)| term != m.current_term)
+            {
+                *since = Some((m.current_term, now));
+            }
         } else {
             last_ack = None;
+            if let Ok(mut since) = inner.leader_since.lock() {
+                *since = None;
+            }
+        }
+        if let Ok(mut a) = inner.quorum_acked.lock() {
+            *a = if sole_voter && is_leader { Some(now) } else { last_ack };
         }
         let lease_ok = sole_voter || last_ack.is_some_and(|t| now.duration_since(t) < inner.lease);
         let leading = is_leader && lease_ok;
@@ -787,10 +826,10 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
             }
             last_snapshot = m.snapshot;
         }
-        tokio::select! {
-            r = metrics.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(tick / 2) => {}
+        fresh = tokio::select! {
+            r = metrics.changed() => if r.is_err() { return } else { true },
+            _ = tokio::time::sleep(tick / 2) => false,
             _ = shutdown.changed() => return,
-        }
+        };
     }
 }

@@ -220,8 +220,9 @@ async fn three_members_replicate_over_mutual_tls() {
         n.status().role == "leader"
     })
     .await;
-    // Far less than the 600 ms + 300..600 ms an election after a silent leader needs.
-    assert!(took < Duration::from_millis(500), "hand-off took {took:?}");
+    // Less than the 600 ms + 300..600 ms an election after a silent leader needs (the hand-off
+    // itself takes a few ms; the rest is room for a busy machine).
+    assert!(took < Duration::from_millis(850), "hand-off took {took:?}");
     for (n, _, _) in &nodes {
         n.shutdown().await;
     }

@@ -21,10 +21,14 @@
 //! Assumptions: (A1) every node's monotonic clock runs at a rate within ±ρ of real time
 //! (`drift_ppm`; 1 % by default, against ~50 ppm crystals and NTP's 500 ppm slew limit); (A2) only
 //! a leading leader grants, and a new leader begins ([`assign::Leadership::since`]) only after
-//! every earlier leader's last grant — openraft followers refuse votes for `election_timeout_max`
-//! after a heartbeat, longer than the raft crate's leader lease of `election_timeout_max / 2` plus the
-//! half heartbeat its leadership flag may lag,
-//! so leaderships do not overlap; (A3) Raft commits one sequence of tables; (A4) the shell puts each
+//! every earlier leader's last grant. A leader grants only while a quorum acknowledged it within
+//! the raft crate's leader lease (`election_timeout_max / 2`, derived only from freshly
+//! published metrics) and while openraft itself still calls it leader. A new leader needs a
+//! quorum of votes: the followers among them refuse votes for `election_timeout_max` after a
+//! heartbeat, longer than that lease; the old leader's own vote (free once it has led that long,
+//! which the leadership hand-off on shutdown uses) makes it a follower at once, before the new
+//! leader has even collected its votes, and a leader handing over stops granting first. So
+//! leaderships do not overlap; (A3) Raft commits one sequence of tables; (A4) the shell puts each
 //! decision into effect within `release_guard` of the instant it is due (it sets a timer for
 //! [`hold::Decision::wake_at`]) and reports an applied revision only after the holdings for it
 //! are in effect.

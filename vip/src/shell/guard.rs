@@ -1,7 +1,7 @@
 //! The guard: a separate process that removes every pool address the moment the node process dies or stops renewing.
 //!
-//! The node tells its guard, through a pipe, how long its holds may last without a renewal
-//! (`hold <ms>`) each time it puts a decision into effect, or `none` when it holds nothing. The
+//! The node tells its guard, through a pipe, until when (CLOCK_MONOTONIC) its holds may last
+//! without a renewal (`hold-until <ns>`) each time it puts a decision into effect, or `none` when it holds nothing. The
 //! guard removes every pool address (interfaces and `lo`) when that time passes without a newer
 //! message, or at once when the pipe closes. So a node process killed with SIGKILL, stopped with
 //! SIGSTOP or stalled stops answering for its VIPs within its own lease, before any other member
@@ -14,17 +14,23 @@ use std::io::Read;
 use std::sync::mpsc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
-use std::time::Instant;
 
 use crate::config::Pool;
 use crate::shell::ShellError;
 use crate::shell::remove_all;
 
+/// The monotonic clock (CLOCK_MONOTONIC), which the node and its guard share, in nanoseconds.
+pub fn monotonic_ns() -> u128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u128::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u128::try_from(t.tv_nsec).unwrap_or(0)
+}
+
 /// One message from the node to its guard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuardMessage {
-    /// The node's holds may last this long from now without a renewal.
-    Hold(Duration),
+    /// The node's holds end at this CLOCK_MONOTONIC instant (nanoseconds) without a renewal.
+    /// Absolute, so neither the pipe nor the guard's scheduling delays it.
+    HoldUntil(u128),
     /// The node holds nothing.
     Nothing,
 }
@@ -33,7 +39,7 @@ impl GuardMessage {
     /// The line written to the guard's stdin.
     pub fn line(&self) -> String {
         match self {
-            GuardMessage::Hold(d) => format!("hold {}\n", d.as_millis()),
+            GuardMessage::HoldUntil(ns) => format!("hold-until {ns}\n"),
             GuardMessage::Nothing => "none\n".to_string(),
         }
     }
@@ -44,29 +50,48 @@ impl GuardMessage {
         if line == "none" {
             return Some(GuardMessage::Nothing);
         }
-        let ms: u64 = line.strip_prefix("hold ")?.trim().parse().ok()?;
-        Some(GuardMessage::Hold(Duration::from_millis(ms)))
+        let ns: u128 = line.strip_prefix("hold-until ")?.trim().parse().ok()?;
+        Some(GuardMessage::HoldUntil(ns))
     }
 }
 
 /// What the guard does after a message, a timeout or the end of its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Wait for the next message until this deadline (`None`: no deadline).
-    Wait(Option<Instant>),
+    /// Wait for the next message until this CLOCK_MONOTONIC instant (`None`: no deadline).
+    Wait(Option<u128>),
     /// Remove every pool address, then wait without a deadline.
     Remove,
     /// Remove every pool address and exit.
     RemoveAndExit,
 }
 
-/// The guard's decision; pure, with `now` passed in.
-pub fn step(event: Result<GuardMessage, RecvTimeoutError>, now: Instant) -> Step {
+/// The guard's decision; pure. A deadline already past removes at once.
+pub fn step(event: Result<GuardMessage, RecvTimeoutError>, now_ns: u128) -> Step {
     match event {
-        Ok(GuardMessage::Hold(d)) => Step::Wait(Some(now + d)),
+        Ok(GuardMessage::HoldUntil(ns)) if ns <= now_ns => Step::Remove,
+        Ok(GuardMessage::HoldUntil(ns)) => Step::Wait(Some(ns)),
         Ok(GuardMessage::Nothing) => Step::Wait(None),
         Err(RecvTimeoutError::Timeout) => Step::Remove,
         Err(RecvTimeoutError::Disconnected) => Step::RemoveAndExit,
+    }
+}
+
+/// Removes every pool address, retrying until it succeeds (`attempts` times at most, when given).
+fn remove_retrying(pool: &Pool, attempts: Option<u32>) -> Result<usize, ShellError> {
+    let mut tried = 0u32;
+    loop {
+        match remove_all(pool) {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                tried += 1;
+                if attempts.is_some_and(|a| tried >= a) {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, "VIP guard: removing the VIP addresses failed; retrying");
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+        }
     }
 }
 
@@ -86,16 +111,19 @@ pub fn run(pool: &Pool, input: impl Read + Send + 'static) -> Result<(), ShellEr
             }
         }
     });
-    let mut deadline: Option<Instant> = None;
+    let mut deadline: Option<u128> = None;
     loop {
         let event = match deadline {
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+            Some(d) => {
+                let left = d.saturating_sub(monotonic_ns());
+                rx.recv_timeout(Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX)))
+            }
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
-        match step(event, Instant::now()) {
+        match step(event, monotonic_ns()) {
             Step::Wait(d) => deadline = d,
             Step::Remove => {
-                let n = remove_all(pool)?;
+                let n = remove_retrying(pool, None)?;
                 tracing::warn!(
                     removed = n,
                     "VIP guard: the node stopped renewing; its VIP addresses are removed"
@@ -103,7 +131,7 @@ pub fn run(pool: &Pool, input: impl Read + Send + 'static) -> Result<(), ShellEr
                 deadline = None;
             }
             Step::RemoveAndExit => {
-                let n = remove_all(pool)?;
+                let n = remove_retrying(pool, Some(100))?;
                 if n > 0 {
                     tracing::warn!(
                         removed = n,
@@ -122,18 +150,24 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_steps() {
-        for m in [GuardMessage::Hold(Duration::from_millis(237)), GuardMessage::Nothing] {
+        for m in [GuardMessage::HoldUntil(123_456_789_012), GuardMessage::Nothing] {
             assert_eq!(GuardMessage::parse(&m.line()), Some(m));
         }
-        assert_eq!(GuardMessage::parse("hold x"), None);
+        assert_eq!(GuardMessage::parse("hold-until x"), None);
         assert_eq!(GuardMessage::parse("drop"), None);
-        let now = Instant::now();
+        let now = monotonic_ns();
         assert_eq!(
-            step(Ok(GuardMessage::Hold(Duration::from_millis(5))), now),
-            Step::Wait(Some(now + Duration::from_millis(5)))
+            step(Ok(GuardMessage::HoldUntil(now + 5)), now),
+            Step::Wait(Some(now + 5))
+        );
+        assert_eq!(
+            step(Ok(GuardMessage::HoldUntil(now)), now),
+            Step::Remove,
+            "already past"
         );
         assert_eq!(step(Ok(GuardMessage::Nothing), now), Step::Wait(None));
         assert_eq!(step(Err(RecvTimeoutError::Timeout), now), Step::Remove);
         assert_eq!(step(Err(RecvTimeoutError::Disconnected), now), Step::RemoveAndExit);
+        assert!(monotonic_ns() >= now);
     }
 }

@@ -85,6 +85,9 @@ pub enum ShellError {
         #[source]
         source: io::Error,
     },
+    /// The decision's lease ran out before it was carried out (the process stalled).
+    #[error("the lease ran out before the decision was carried out (this process was stalled)")]
+    Expired,
     #[error("VIP {vip} is not in the pool")]
     UnknownVip { vip: IpAddr },
     #[error(transparent)]
@@ -168,6 +171,21 @@ impl Shell {
 
     /// Performs the decision's actions in order, then renews the lifetime of every address it holds.
     pub async fn apply(&mut self, decision: &Decision) -> Result<(), ShellError> {
+        self.apply_within(decision, None).await
+    }
+
+    /// As [`Shell::apply`], but adds and announces nothing once `deadline` has passed (the
+    /// decision's lease ran out while this process was stalled): it fails with
+    /// [`ShellError::Expired`] instead, and the caller releases everything.
+    pub async fn apply_within(
+        &mut self,
+        decision: &Decision,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), ShellError> {
+        let check = || match deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(ShellError::Expired),
+            _ => Ok(()),
+        };
         self.lft_secs = decision.valid_lft_secs;
         let mut touched = BTreeSet::new();
         for action in &decision.actions {
@@ -177,6 +195,7 @@ impl Shell {
                     self.held.remove(&vip);
                 }
                 Action::Quiesce { vip } => {
+                    check()?;
                     let iface = self.interface_of(vip)?;
                     self.prepare(&iface)?;
                     let lo = self.index_of(LOOPBACK)?;
@@ -190,6 +209,7 @@ impl Shell {
                     let iface = self.interface_of(vip)?;
                     self.prepare(&iface)?;
                     let (index, prefix) = (self.index_of(&iface)?, self.prefix_of(vip)?);
+                    check()?;
                     self.nl.replace(index, vip, prefix, self.lft_secs)?;
                     if from_quiet || self.held.get(&vip) == Some(&Mode::Quiet) {
                         let lo = self.index_of(LOOPBACK)?;
@@ -197,10 +217,12 @@ impl Shell {
                     }
                     self.held.insert(vip, Mode::Active);
                     touched.insert(vip);
+                    check()?;
                     announce::send_announcement(&iface, vip)?;
                 }
                 Action::Announce { vip } => {
                     let iface = self.interface_of(vip)?;
+                    check()?;
                     announce::send_announcement(&iface, vip)?;
                 }
             }
@@ -211,6 +233,7 @@ impl Shell {
             self.held.insert(*vip, hold.mode);
         }
         self.held.retain(|vip, _| decision.held.contains_key(vip));
+        check()?;
         self.renew_except(&touched)
     }
 
