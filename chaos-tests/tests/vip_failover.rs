@@ -603,6 +603,29 @@ fn v4_setup() -> Setup {
     }
 }
 
+/// One IPv4 VIP with a 1 s grace, so a handover's quiet tail ends within the test.
+fn v4_short_grace() -> Setup {
+    Setup {
+        grace: Some("1s"),
+        ..v4_setup()
+    }
+}
+
+/// Starts a cluster with `setup`, probes `vip` over HTTP from the client, and waits until it is
+/// ready; the VIP and its owner. `None` (after the skip line) without root.
+fn probing(setup: &Setup, vip: &str) -> Option<(Cluster, IpAddr, usize)> {
+    let mut c = Cluster::start(setup)?;
+    let addr = ip(vip);
+    let url = if addr.is_ipv6() {
+        format!("http://[{vip}]:8080/")
+    } else {
+        format!("http://{vip}:8080/")
+    };
+    c.start_probe(&url);
+    let owner = c.wait_ready(addr);
+    Some((c, addr, owner))
+}
+
 /// The topology alone: every host reaches the backend over IPv4 and IPv6, MACs are read right, a cut
 /// link isolates a node until healed, and children can be killed and started again.
 #[test]
@@ -736,12 +759,9 @@ fn topology_connects() {
 #[test]
 fn owner_kill9_fails_over() {
     let _serial = serial();
-    let Some(mut c) = Cluster::start(&v4_setup()) else {
+    let Some((mut c, vip, _)) = probing(&v4_setup(), VIP4) else {
         return;
     };
-    let vip = ip(VIP4);
-    c.start_probe(&format!("http://{VIP4}:8080/"));
-    c.wait_ready(vip);
     // The first owner is always the leader (node 1 bootstraps the group and takes the VIP at once);
     // `leader_owner_kill9_fails_over` covers that case, so here the VIP is moved to a follower.
     let owner = c.place_vip(vip, false);
@@ -760,17 +780,9 @@ fn owner_kill9_fails_over() {
 #[test]
 fn leader_owner_kill9_fails_over() {
     let _serial = serial();
-    let setup = Setup {
-        vips: vec![(VIP4, 24)],
-        grace: Some("1s"),
-        listen: "0.0.0.0",
-    };
-    let Some(mut c) = Cluster::start(&setup) else {
+    let Some((mut c, vip, _)) = probing(&v4_short_grace(), VIP4) else {
         return;
     };
-    let vip = ip(VIP4);
-    c.start_probe(&format!("http://{VIP4}:8080/"));
-    c.wait_ready(vip);
     let owner = c.place_vip(vip, true);
     println!("VIP owned by the leader n{owner}; killing it");
     c.kill_owner_and_check(vip, owner, Duration::from_millis(2000));
@@ -781,12 +793,9 @@ fn leader_owner_kill9_fails_over() {
 #[test]
 fn isolated_owner_drops_vip() {
     let _serial = serial();
-    let Some(mut c) = Cluster::start(&v4_setup()) else {
+    let Some((c, vip, owner)) = probing(&v4_setup(), VIP4) else {
         return;
     };
-    let vip = ip(VIP4);
-    c.start_probe(&format!("http://{VIP4}:8080/"));
-    let owner = c.wait_ready(vip);
     let all: Vec<usize> = (1..=NODES).collect();
     let others: Vec<usize> = all.iter().copied().filter(|&i| i != owner).collect();
     let cut_at = Instant::now();
@@ -853,17 +862,9 @@ const RESETS_AT_SWITCH: usize = 2;
 #[test]
 fn drain_fails_no_request() {
     let _serial = serial();
-    let setup = Setup {
-        vips: vec![(VIP4, 24)],
-        grace: Some("1s"),
-        listen: "0.0.0.0",
-    };
-    let Some(mut c) = Cluster::start(&setup) else {
+    let Some((c, vip, owner)) = probing(&v4_short_grace(), VIP4) else {
         return;
     };
-    let vip = ip(VIP4);
-    c.start_probe(&format!("http://{VIP4}:8080/"));
-    let owner = c.wait_ready(vip);
     let ready_at = Instant::now();
     let all: Vec<usize> = (1..=NODES).collect();
     let via = all.iter().copied().find(|&i| i != owner).unwrap();
@@ -958,17 +959,9 @@ fn drain_fails_no_request() {
 #[test]
 fn rolling_restart_fails_no_request() {
     let _serial = serial();
-    let setup = Setup {
-        vips: vec![(VIP4, 24)],
-        grace: Some("1s"),
-        listen: "0.0.0.0",
-    };
-    let Some(mut c) = Cluster::start(&setup) else {
+    let Some((mut c, vip, _)) = probing(&v4_short_grace(), VIP4) else {
         return;
     };
-    let vip = ip(VIP4);
-    c.start_probe(&format!("http://{VIP4}:8080/"));
-    c.wait_ready(vip);
     let started = Instant::now();
     for i in 1..=NODES {
         let all: Vec<usize> = (1..=NODES).collect();
@@ -1031,12 +1024,9 @@ fn ipv6_vip_fails_over() {
         // `[::]` takes IPv6 connections (and IPv4 ones, as the kernel's default `bindv6only=0` has it).
         listen: "[::]",
     };
-    let Some(mut c) = Cluster::start(&setup) else {
+    let Some((mut c, vip, owner)) = probing(&setup, VIP6) else {
         return;
     };
-    let vip = ip(VIP6);
-    c.start_probe(&format!("http://[{VIP6}]:8080/"));
-    let owner = c.wait_ready(vip);
     println!("VIP {VIP6} owned by n{owner} ({})", c.topo.node_mac(owner).unwrap());
     c.kill_owner_and_check(vip, owner, Duration::from_millis(2000));
 }

@@ -89,6 +89,19 @@ fn opt(v: &Value) -> String {
     }
 }
 
+/// Rows as left-aligned columns two spaces apart, one line each.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
 /// `ctl status` as a table: one row per member, and the leader.
 pub fn status_table(cluster: &Value) -> Result<String, CtlError> {
     let members = cluster
@@ -127,14 +140,7 @@ pub fn status_table(cluster: &Value) -> Result<String, CtlError> {
             reachable,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    let mut out = columns(&rows);
     let leader = match leaders.len() {
         0 => "leader: none known".to_string(),
         1 => format!("leader: {}", leaders.iter().next().copied().unwrap_or_default()),
@@ -173,14 +179,7 @@ pub fn vips_table(view: &Value) -> Result<String, CtlError> {
             ms(&v["announced_ms_ago"]),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
+    let mut out = columns(&rows);
     let node = opt(&view["node"]);
     let role = if view["leader"].as_bool() == Some(true) {
         " (leader: plans and grants)"

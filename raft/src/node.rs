@@ -432,18 +432,16 @@ impl<V: Value> RaftNode<V> {
 
     /// Propose a batch through the leader, wherever it is.
     pub async fn write(&self, changes: Vec<Change<V>>) -> Result<Applied, Error> {
-        let body = network::encode(&Batch::new(changes)).map_err(|s| Error::Raft(s.message().to_string()))?;
-        let reply = self
-            .inner
-            .handle_app(network::WRITE, body, false)
-            .await
-            .map_err(status_error)?;
-        network::decode(&reply).map_err(|s| Error::Raft(s.message().to_string()))
+        self.write_batch(Batch::new(changes)).await
     }
 
     /// A conditional batch ([`RaftNode::propose_if`]) through the leader, wherever it is.
     pub async fn write_if(&self, expect: Vec<Change<V>>, changes: Vec<Change<V>>) -> Result<Applied, Error> {
-        let body = network::encode(&Batch { changes, expect }).map_err(|s| Error::Raft(s.message().to_string()))?;
+        self.write_batch(Batch { changes, expect }).await
+    }
+
+    async fn write_batch(&self, batch: Batch<V>) -> Result<Applied, Error> {
+        let body = network::encode(&batch).map_err(|s| Error::Raft(s.message().to_string()))?;
         let reply = self
             .inner
             .handle_app(network::WRITE, body, false)
