@@ -330,13 +330,19 @@ impl Shell {
         announce::interface(name).map(|i| i.index)
     }
 
-    /// Sets `arp_ignore=1`, `arp_announce=2` and `promote_secondaries=1` on `iface` (once).
+    /// Sets `arp_ignore=1`, `arp_announce=2` and `promote_secondaries=1` on `iface` (once), writing
+    /// only the ones that differ.
     fn prepare(&mut self, iface: &str) -> Result<(), ShellError> {
         if self.prepared.contains(iface) {
             return Ok(());
         }
         for (key, value) in [("arp_ignore", "1"), ("arp_announce", "2"), ("promote_secondaries", "1")] {
             let path = format!("/proc/sys/net/ipv4/conf/{iface}/{key}");
+            // Written only when it differs: in a container /proc/sys is read-only, and the
+            // settings can be made on the host instead (sysctl.d, docs/deploy.md).
+            if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == value) {
+                continue;
+            }
             std::fs::write(&path, value).map_err(|source| ShellError::Sysctl { path, source })?;
         }
         self.prepared.insert(iface.to_string());
