@@ -489,7 +489,10 @@ async fn member_loop(
     impl Drop for Alive<'_> {
         fn drop(&mut self) {
             self.0.member_alive.store(false, Ordering::Release);
-            tracing::error!("the VIP member loop ended; this member reports itself not ready");
+            // At shutdown the task is aborted: expected. Any other end is a failure.
+            if !self.0.stopping.load(Ordering::Acquire) {
+                tracing::error!("the VIP member loop ended; this member reports itself not ready");
+            }
         }
     }
     let _alive = Alive(&vips);
