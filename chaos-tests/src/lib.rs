@@ -1,4 +1,5 @@
 //! Harness for raftgate's fault tests: an in-process test Kubernetes API server with fault injection.
 
 pub mod apiserver;
+pub mod cli;
 pub mod netns;

@@ -1,5 +1,6 @@
 //! `raftgate-test-apiserver`: runs the test Kubernetes API server until interrupted, for scripts and benchmarks.
 
+use raftgate_chaos_tests::cli::Flags;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -30,32 +31,17 @@ fn parse_args() -> Result<Option<Args>, String> {
     let mut config = ApiServerConfig::new(default_listen);
     config.max_history = Some(100_000);
     let mut kubeconfig_out = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if flag == "-h" || flag == "--help" {
-            return Ok(None);
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: {v:?} is not a number"));
-        match flag.as_str() {
-            "--listen" => config.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
-            "--control-listen" => {
-                config.control_listen = Some(value()?.parse().map_err(|e| format!("--control-listen: {e}"))?);
-            }
-            "--kubeconfig-out" => kubeconfig_out = Some(value()?.into()),
-            "--bookmark-interval-ms" => config.bookmark_interval = Duration::from_millis(number(value()?)?),
-            "--watch-timeout-s" => config.default_watch_timeout = Duration::from_secs(number(value()?)?),
+    let mut flags = Flags::from_env();
+    while let Some(mut flag) = flags.next_flag() {
+        match flag.name.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--listen" => config.listen = flag.parsed(&mut flags)?,
+            "--control-listen" => config.control_listen = Some(flag.parsed(&mut flags)?),
+            "--kubeconfig-out" => kubeconfig_out = Some(flag.value(&mut flags)?.into()),
+            "--bookmark-interval-ms" => config.bookmark_interval = Duration::from_millis(flag.number(&mut flags)?),
+            "--watch-timeout-s" => config.default_watch_timeout = Duration::from_secs(flag.number(&mut flags)?),
             "--max-history" => {
-                let n = number(value()?)?;
+                let n = flag.number(&mut flags)?;
                 config.max_history = (n > 0).then_some(n as usize);
             }
             other => return Err(format!("unknown argument {other:?}")),

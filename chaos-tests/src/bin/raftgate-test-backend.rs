@@ -1,5 +1,6 @@
 //! `raftgate-test-backend`: an HTTP/1.1 server answering every request 200 with its name, for fault tests.
 
+use raftgate_chaos_tests::cli::Flags;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,22 +29,12 @@ struct Args {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let (mut listen, mut name) = (None, "backend".to_string());
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        match flag.as_str() {
+    let mut flags = Flags::from_env();
+    while let Some(mut flag) = flags.next_flag() {
+        match flag.name.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--listen" => listen = Some(value()?.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--name" => name = value()?,
+            "--listen" => listen = Some(flag.parsed(&mut flags)?),
+            "--name" => name = flag.value(&mut flags)?,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }

@@ -1,5 +1,6 @@
 //! `raftgate-test-probe`: one new HTTP/1.1 connection per interval, one result line per attempt, for fault tests.
 
+use raftgate_chaos_tests::cli::Flags;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -54,26 +55,15 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let (mut url, mut host, mut interval, mut timeout, mut count) = (None, None, 20, 200, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{flag} needs a value"))
-        };
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: {v:?} is not a number"));
-        match flag.as_str() {
+    let mut flags = Flags::from_env();
+    while let Some(mut flag) = flags.next_flag() {
+        match flag.name.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--url" => url = Some(value()?),
-            "--host" => host = Some(value()?),
-            "--interval-ms" => interval = number(value()?)?,
-            "--timeout-ms" => timeout = number(value()?)?,
-            "--count" => count = Some(number(value()?)?),
+            "--url" => url = Some(flag.value(&mut flags)?),
+            "--host" => host = Some(flag.value(&mut flags)?),
+            "--interval-ms" => interval = flag.number(&mut flags)?,
+            "--timeout-ms" => timeout = flag.number(&mut flags)?,
+            "--count" => count = Some(flag.number(&mut flags)?),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
