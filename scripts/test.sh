@@ -2,9 +2,15 @@
 # Runs the whole test suite. This is the README's test command, and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The suite needs the Rust toolchain, loopback networking, and for the VIP tests (root
-# only: they build network namespaces) iproute2's `ip` and util-linux's `setpriv`.
-if [ "$(id -u)" = 0 ] && ! command -v ip >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+# The suite needs the Rust toolchain, loopback networking, for the VIP tests (root only:
+# they build network namespaces) iproute2's `ip` and util-linux's `setpriv`, and for the
+# status page test Debian's headless Chromium. As root, whatever is missing is installed.
+if [ "$(id -u)" = 0 ]; then
+    missing=""
+    command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    if [ -n "$missing" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    fi
 fi
 cargo test --workspace "$@"

@@ -1,4 +1,4 @@
-//! The admin API: `/healthz`, `/readyz`, Prometheus `/metrics`, `/api/v1/status`, and in Raft mode the cluster and its members.
+//! The admin API: the status page, `/healthz`, `/readyz`, Prometheus `/metrics`, `/api/v1/status` and events, and in Raft mode the cluster and its members.
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -61,6 +61,20 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
     }
     match req.uri().path() {
+        "/" | "/status" => asset(STATUS_HTML, "text/html; charset=utf-8"),
+        "/ui/status.js" => asset(STATUS_JS, "text/javascript; charset=utf-8"),
+        "/api/v1/events" => {
+            let since = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "node_id": state.node_id, "events": state.events.since(since) }),
+            )
+        }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             if state.is_ready() {
@@ -165,6 +179,29 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// The status page and its script, built into the binary: no external assets, works offline.
+const STATUS_HTML: &str = include_str!("ui/status.html");
+const STATUS_JS: &str = include_str!("ui/status.js");
+
+/// A built-in asset, with a policy that lets the page load only itself and talk only to this admin API.
+fn asset(body: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+    r
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -84,6 +84,8 @@ pub struct NodeState {
     l4: Mutex<Option<Arc<raftgate_proxy::l4::Manager>>>,
     /// Set in Raft mode.
     cluster: std::sync::OnceLock<Arc<ClusterState>>,
+    /// Recent events, for the status page.
+    pub events: crate::events::Events,
 }
 
 impl NodeState {
@@ -212,6 +214,7 @@ impl Node {
             source_errors: Mutex::new(Vec::new()),
             l4: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
+            events: crate::events::Events::default(),
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {
@@ -316,6 +319,11 @@ impl Node {
                     cluster.clone(),
                 )));
                 let _ = state.cluster.set(cluster.clone());
+                tasks.push(tokio::spawn(crate::cluster::watch_leader(
+                    raft.clone(),
+                    state.clone(),
+                    drain_rx.clone(),
+                )));
                 if let Some(v) = vips {
                     tasks.extend(crate::vips::spawn(v, shell, raft.clone(), state.clone(), committed));
                 }
@@ -547,6 +555,18 @@ impl Publisher {
             }
         }
         self.reported = now;
+        let by_object = out
+            .problems
+            .iter()
+            .map(|p| {
+                let severity = match p.severity {
+                    Severity::Rejected => "rejected",
+                    Severity::Warning => "warning",
+                };
+                (format!("{} {}", p.kind, p.object), format!("{severity}: {}", p.reason))
+            })
+            .collect();
+        self.state.events.problems(crate::events::now_ms(), by_object);
         if let Ok(mut p) = self.state.problems.lock() {
             *p = out.problems;
         }
@@ -567,7 +587,14 @@ impl Publisher {
                 table.version = current.table.version + 1;
                 let (version, routes) = (table.version, table.route_count());
                 match dp.install(table) {
-                    Ok(()) => tracing::info!(version, routes, "routing table applied"),
+                    Ok(()) => {
+                        tracing::info!(version, routes, "routing table applied");
+                        self.state.events.push(
+                            crate::events::now_ms(),
+                            crate::events::EventKind::Config,
+                            format!("routing table version {version} applied ({routes} routes)"),
+                        );
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "routing table refused by the data plane; keeping the current one")
                     }

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::app::NodeState;
 use crate::config::RaftConfig;
+use crate::events::EventKind;
 use crate::replicated::Replicated;
 use crate::replicated::is_vip_key;
 use crate::vips::VipReplicated;
@@ -136,6 +137,7 @@ pub(crate) async fn apply_loop(
             pending.push(more);
         }
         let mut routing_changed = false;
+        let before: std::collections::BTreeMap<_, _> = vip.table.slots.iter().map(|(a, s)| (*a, s.state)).collect();
         let last_version = pending.last().map_or(vip.version, StateEvent::version);
         for ev in pending {
             match ev {
@@ -167,6 +169,17 @@ pub(crate) async fn apply_loop(
         // Always, with the state version: the leader's planner waits for it (a new leadership
         // must not start from a VIP table older than the Raft state it confirmed).
         vip.version = last_version;
+        let now = crate::events::now_ms();
+        for (addr, slot) in &vip.table.slots {
+            if before.get(addr) != Some(&slot.state) {
+                state.events.push(now, EventKind::Vip, vip_move(*addr, slot));
+            }
+        }
+        for addr in before.keys().filter(|a| !vip.table.slots.contains_key(*a)) {
+            state
+                .events
+                .push(now, EventKind::Vip, format!("VIP {addr} left the pool"));
+        }
         vips.send_replace(Arc::new(vip.clone()));
         if !routing_changed {
             continue;
@@ -180,18 +193,69 @@ pub(crate) async fn apply_loop(
             .last_apply_us
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         match installed {
-            Ok(()) => tracing::info!(
-                version,
-                routes = table.route_count(),
-                apply_us = started.elapsed().as_micros() as u64,
-                "replicated routing table applied"
-            ),
+            Ok(()) => {
+                tracing::info!(
+                    version,
+                    routes = table.route_count(),
+                    apply_us = started.elapsed().as_micros() as u64,
+                    "replicated routing table applied"
+                );
+                if version > 0 {
+                    state.events.push(
+                        crate::events::now_ms(),
+                        EventKind::Config,
+                        format!(
+                            "routing table version {version} applied ({} routes)",
+                            table.route_count()
+                        ),
+                    );
+                }
+            }
             Err(e) => {
                 tracing::error!(version, error = %e, "replicated routing table refused by the data plane; keeping the current one")
             }
         }
         if version > 0 {
             state.mark_ready();
+        }
+    }
+}
+
+/// An event line for a VIP that changed state: where it is now, and why.
+fn vip_move(addr: std::net::IpAddr, slot: &raftgate_vip::Slot) -> String {
+    use raftgate_vip::SlotState;
+    let reason = slot.reason;
+    match slot.state {
+        SlotState::Owned { owner } => format!("VIP {addr} owned by member {owner} ({reason})"),
+        SlotState::Releasing { from, to: Some(to) } => {
+            format!("VIP {addr} handed over from member {from} to member {to} ({reason})")
+        }
+        SlotState::Releasing { from, to: None } => format!("VIP {addr} released by member {from} ({reason})"),
+        SlotState::Unassigned => format!("VIP {addr} has no owner ({reason})"),
+    }
+}
+
+/// Records each change of leader (or of term without one) this member observes, until the
+/// node drains.
+pub(crate) async fn watch_leader(raft: RaftNode<Replicated>, state: Arc<NodeState>, mut drain: watch::Receiver<bool>) {
+    let mut metrics = raft.raft().metrics();
+    let mut last: Option<(u64, Option<u64>)> = None;
+    loop {
+        let now = {
+            let m = metrics.borrow_and_update();
+            (m.current_term, m.current_leader)
+        };
+        if last.is_some_and(|l| l.1 != now.1) || (last.is_none() && now.1.is_some()) {
+            let message = match now.1 {
+                Some(id) => format!("member {id} leads (term {})", now.0),
+                None => format!("no leader (term {})", now.0),
+            };
+            state.events.push(crate::events::now_ms(), EventKind::Leader, message);
+        }
+        last = Some(now);
+        tokio::select! {
+            r = metrics.changed() => if r.is_err() { return },
+            _ = raftgate_proxy::server::draining(&mut drain) => return,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod browser;
 mod common;
 
 use std::net::SocketAddr;
@@ -542,4 +543,113 @@ async fn a_group_fed_by_the_kubernetes_api() {
         leaders,
         "the follower that never led never talked to the API server"
     );
+}
+
+/// The status page on a member's admin port, in headless Chromium: it shows the three members
+/// with their roles and config versions, the leader, a rejected object and recent events, and
+/// follows a member's death without a reload. With `RAFTGATE_STATUS_SCREENSHOT=<file.png>` it
+/// also saves a screenshot (docs/status-page.png comes from this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_group_and_follows_a_member_dying() {
+    let Some(chromium) = browser::find() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium in CI: scripts/test.sh installs Debian's chromium package when run as root"
+        );
+        eprintln!(
+            "SKIPPED the_status_page_shows_the_group_and_follows_a_member_dying: no chromium (apt-get install chromium)"
+        );
+        return;
+    };
+    let _one = ONE_GROUP.lock().await;
+    let echo = Echo::start("page-a").await;
+    let mut g = Group::new(3, "");
+    g.write("site.yaml", &site("shop.example.com", &echo));
+    g.write(
+        "broken.yaml",
+        &ingress("default", "broken", "Not_A_Host", &[("/", "Prefix", "web")], ""),
+    );
+    for i in 0..3 {
+        g.start(i);
+    }
+    let all = [0, 1, 2];
+    let version = g.wait_served(&all, "shop.example.com", "page-a").await;
+    g.wait("a leader running the source", Duration::from_secs(10), || async {
+        g.leader(&all).await.is_some()
+    })
+    .await;
+    let leader = g.leader(&all).await.unwrap();
+    let victim = (leader + 1) % 3;
+    let (leader_id, victim_id) = (g.members[leader].id, g.members[victim].id);
+
+    let mut page = browser::Browser::start(&chromium, 1400, 1000);
+    page.navigate(&format!("http://{}/", g.members[leader].admin));
+    let rows = "document.querySelectorAll('#members tbody tr')";
+    page.wait_for(
+        "three reachable members",
+        &format!("{rows}.length === 3 && [...{rows}].every(r => r.dataset.reachable === 'yes')"),
+        Duration::from_secs(20),
+    )
+    .await;
+    page.wait_for(
+        "the leader's row marked leader, the others followers",
+        &format!(
+            "[...{rows}].map(r => r.dataset.id + '=' + r.dataset.role).sort().join(',') === '{}'",
+            {
+                let mut want: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|m| format!("{}={}", m.id, if m.id == leader_id { "leader" } else { "follower" }))
+                    .collect();
+                want.sort();
+                want.join(",")
+            }
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('leader').textContent"),
+        Value::String(leader_id.to_string())
+    );
+    assert_eq!(
+        page.eval("document.getElementById('version').textContent"),
+        Value::String(version.to_string())
+    );
+    page.wait_for(
+        "the rejected Ingress listed",
+        "document.getElementById('problems').innerText.includes('Ingress default/broken')",
+        Duration::from_secs(10),
+    )
+    .await;
+    page.wait_for(
+        "a leader event",
+        &format!("document.getElementById('events').innerText.includes('member {leader_id} leads')"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let updated = page.eval("Number(document.body.dataset.updated)").as_f64().unwrap();
+
+    g.kill(victim);
+    page.wait_for(
+        "the dead member shown unreachable",
+        &format!(
+            "(() => {{ const r = document.querySelector('#members tr[data-id=\"{victim_id}\"]'); return !!r && r.dataset.reachable === 'no'; }})()"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
+    let later = page.eval("Number(document.body.dataset.updated)").as_f64().unwrap();
+    assert!(later > updated, "the page updated in place ({updated} → {later})");
+    assert_eq!(
+        page.eval(&format!(
+            "[...{rows}].filter(r => r.dataset.reachable === 'yes').length"
+        )),
+        json!(2)
+    );
+    if let Some(path) = std::env::var_os("RAFTGATE_STATUS_SCREENSHOT") {
+        let png = page.screenshot();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(path, png).unwrap();
+    }
 }
