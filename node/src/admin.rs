@@ -39,6 +39,9 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 async move {
+                    if let Some(refusal) = cross_site(&req) {
+                        return Ok::<_, Infallible>(refusal);
+                    }
                     let path = req.uri().path();
                     if path == "/api/v1/cluster" || path.starts_with("/api/v1/members") {
                         return Ok::<_, Infallible>(members(&state, req).await);
@@ -179,6 +182,46 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+/// A request that changes something (add or remove a member, drain) must say it sends JSON,
+/// and must not come from another site's page: a browser that can reach the admin port could
+/// otherwise be made to send a plain form POST. A browser can send `Content-Type:
+/// application/json` across sites only after a CORS preflight, which this API never answers.
+fn cross_site<B>(req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let headers = req.headers();
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !json {
+        return Some(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "changes need Content-Type: application/json (raftgate ctl sends it)",
+        ));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let same = host.is_some_and(|h| {
+            origin
+                .strip_prefix("http://")
+                .is_some_and(|o| o.eq_ignore_ascii_case(h))
+        });
+        if !same {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                format!("cross-site request from {origin} refused"),
+            ));
+        }
+    }
+    None
 }
 
 /// The status page and its script, built into the binary: no external assets, works offline.
@@ -422,4 +465,43 @@ fn render_raft(out: &mut String, c: &crate::cluster::ClusterState) {
         out,
         "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri("/api/v1/vips/drain/2");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn changes_from_another_site_or_as_a_form_are_refused() {
+        let status = |r: Option<Response<Full<Bytes>>>| r.map(|r| r.status().as_u16());
+        assert_eq!(status(cross_site(&req(Method::GET, &[]))), None);
+        assert_eq!(status(cross_site(&req(Method::POST, &[]))), Some(415));
+        let form = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("host", "10.0.0.1:10254"),
+        ];
+        assert_eq!(status(cross_site(&req(Method::POST, &form))), Some(415));
+        let ctl = [("content-type", "application/json"), ("host", "10.0.0.1:10254")];
+        assert_eq!(status(cross_site(&req(Method::DELETE, &ctl))), None);
+        let page = [
+            ("content-type", "application/json; charset=utf-8"),
+            ("host", "10.0.0.1:10254"),
+            ("origin", "http://10.0.0.1:10254"),
+        ];
+        assert_eq!(status(cross_site(&req(Method::POST, &page))), None);
+        let evil = [
+            ("content-type", "application/json"),
+            ("host", "10.0.0.1:10254"),
+            ("origin", "http://evil.example"),
+        ];
+        assert_eq!(status(cross_site(&req(Method::POST, &evil))), Some(403));
+    }
 }

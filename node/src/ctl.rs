@@ -197,6 +197,12 @@ pub fn vips_table(view: &Value) -> Result<String, CtlError> {
     if let Some(r) = view["refused"].as_str() {
         let _ = writeln!(out, "this node cannot own VIPs: {r}");
     }
+    if let Some(r) = view["renewal_error"].as_str() {
+        let _ = writeln!(out, "last renewal not granted: {r}");
+    }
+    if let Some(r) = view["last_error"].as_str() {
+        let _ = writeln!(out, "last address or announcement error: {r}");
+    }
     Ok(out)
 }
 
@@ -278,6 +284,28 @@ mod tests {
             "{t}"
         );
         assert_eq!(lines[3], "leader: 1");
+    }
+
+    #[test]
+    fn vips_table_shows_owners_handovers_and_why_this_node_is_not_granted() {
+        let view = serde_json::json!({
+            "node": 2, "leader": false, "lease_remaining_ms": null, "revision": 7,
+            "refused": null, "renewal_error": "timing differs from the leader's", "last_error": null,
+            "vips": [
+                {"vip": "10.0.0.10", "state": {"state": "owned", "owner": 1}, "reason": "initial",
+                 "moved_ms_ago": 1500, "held": null, "announced_ms_ago": null},
+                {"vip": "10.0.0.11", "state": {"state": "releasing", "from": 2, "to": 3}, "reason": "drain",
+                 "moved_ms_ago": null, "held": "quiet", "announced_ms_ago": 200},
+            ],
+        });
+        let t = vips_table(&view).unwrap();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].starts_with("10.0.0.10  1 "), "{t}");
+        assert!(lines[1].contains("1.5s ago"), "{t}");
+        assert!(lines[2].contains("2 -> 3") && lines[2].contains("quiet"), "{t}");
+        assert!(t.contains("node 2: no usable lease, table revision 7"), "{t}");
+        assert!(t.contains("last renewal not granted: timing differs"), "{t}");
+        assert!(!t.contains("cannot own"), "{t}");
     }
 
     #[test]
