@@ -361,7 +361,11 @@ proptest::proptest! {
         for c in x.candidates.iter().filter(|c| c.matched && !c.won) {
             proptest::prop_assert!(c.reason.contains("lost"), "{:?}", c);
         }
-        // With a route, at least one candidate must have matched (the candidate evaluation agrees).
+        // Each candidate's `matched` agrees with the lookup of a table holding that rule alone.
+        for c in x.candidates.iter().filter(|c| c.route.is_some()) {
+            let alone = Router::new(&table(&[("h", vec![route(c.path.clone(), "u")])])).unwrap();
+            proptest::prop_assert_eq!(c.matched, hit(&alone, "h", &path).is_some(), "{:?}", c);
+        }
         if want.is_none() && x.vhost.is_some() {
             proptest::prop_assert!(x.candidates.iter().all(|c| !c.matched), "{:?}", x);
         }
