@@ -445,6 +445,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 mod explain;
+pub use explain::backend_of;
 pub use explain::Candidate;
 pub use explain::Effect;
 pub use explain::Explanation;

@@ -255,7 +255,7 @@ fn lost_because(path: &PathMatch, win: PathWin) -> String {
 }
 
 /// The backend as the routes table shows it: the upstream, or the redirect that replaces it.
-pub(crate) fn backend_of(policy: &RoutePolicy, upstream: &str) -> String {
+pub fn backend_of(policy: &RoutePolicy, upstream: &str) -> String {
     match &policy.redirect {
         Some(r) => format!("redirect {} {}", r.code, r.url),
         None => upstream.to_string(),
