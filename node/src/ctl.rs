@@ -254,14 +254,24 @@ pub fn explain_text(x: &Value) -> Result<String, CtlError> {
     } else {
         "http"
     };
-    let _ = writeln!(out, "request: {scheme} host {} path {}", opt(&x["host"]), opt(&x["path"]));
+    let _ = writeln!(
+        out,
+        "request: {scheme} host {} path {}",
+        opt(&x["host"]),
+        opt(&x["path"])
+    );
     let how = match x["host_match"].as_str() {
         Some("exact") => "exact host",
         Some("wildcard") => "wildcard",
         Some("any_host") => "catch-all (rules without a host)",
         _ => "none",
     };
-    let _ = writeln!(out, "virtual host: {} [{how}]: {}", opt(&x["vhost"]), opt(&x["host_reason"]));
+    let _ = writeln!(
+        out,
+        "virtual host: {} [{how}]: {}",
+        opt(&x["vhost"]),
+        opt(&x["host_reason"])
+    );
     let candidates = x["candidates"].as_array().map(Vec::as_slice).unwrap_or_default();
     if !candidates.is_empty() {
         let _ = writeln!(out, "path rules, in precedence order:");
@@ -328,7 +338,7 @@ pub fn explain_text(x: &Value) -> Result<String, CtlError> {
 }
 
 /// `ctl check`'s exit code: 0 clean, 1 something rejected (or unreadable), 3 warnings only.
-pub fn check_exit_code(problems: &[Value], errors: &[String]) -> i32 {
+pub fn check_exit_code(problems: &[Value], errors: &[String]) -> u8 {
     if !errors.is_empty() || problems.iter().any(|p| p["severity"].as_str() == Some("rejected")) {
         1
     } else if problems.is_empty() {
@@ -520,7 +530,8 @@ mod tests {
         assert_eq!(lines[0].find("SOURCE"), lines[2].find("shop/main"), "{t}");
         assert!(lines[1].starts_with("*                 /     Prefix  a/b:80"), "{t}");
         assert!(
-            lines[2].contains("redirect 308 https://x/ (canary shop/new:80 from shop/canary)") && lines[2].ends_with("shop/main"),
+            lines[2].contains("redirect 308 https://x/ (canary shop/new:80 from shop/canary)")
+                && lines[2].ends_with("shop/main"),
             "{t}"
         );
         assert_eq!(lines[3], "default backend of shop.example.com: shop/def:80");
@@ -546,14 +557,27 @@ mod tests {
         let t = explain_text(&x).unwrap();
         assert!(t.contains("virtual host: *.com [wildcard]: why host"), "{t}");
         let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("  ")).collect();
-        assert!(rows[1].trim_start().starts_with("~") && rows[1].contains("Prefix"), "{t}");
-        assert!(rows[2].trim_start().starts_with("=>") && rows[2].contains("Exact"), "{t}");
-        assert!(rows[3].trim_start().starts_with("x ") && rows[3].contains("Regex"), "{t}");
+        assert!(
+            rows[1].trim_start().starts_with("~") && rows[1].contains("Prefix"),
+            "{t}"
+        );
+        assert!(
+            rows[2].trim_start().starts_with("=>") && rows[2].contains("Exact"),
+            "{t}"
+        );
+        assert!(
+            rows[3].trim_start().starts_with("x ") && rows[3].contains("Regex"),
+            "{t}"
+        );
         assert!(t.contains("result: route *.com /x -> u2 (from s/2)"), "{t}");
         assert!(t.ends_with("  ssl-redirect: 308 (answers here)\n"), "{t}");
         assert!(explained_route(&x));
         let miss = serde_json::json!({"outcome": {"kind": "default_backend", "scope": "global", "backend": "d"}});
-        assert!(explain_text(&miss).unwrap().contains("the global default backend d answers"));
+        assert!(
+            explain_text(&miss)
+                .unwrap()
+                .contains("the global default backend d answers")
+        );
         assert!(!explained_route(&miss));
         assert!(!explained_route(&serde_json::json!({"outcome": {"kind": "not_found"}})));
     }
@@ -578,7 +602,10 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(encode_query_value("https://a.com/x?q=1 2"), "https%3A%2F%2Fa.com%2Fx%3Fq%3D1%202");
+        assert_eq!(
+            encode_query_value("https://a.com/x?q=1 2"),
+            "https%3A%2F%2Fa.com%2Fx%3Fq%3D1%202"
+        );
     }
 
     #[test]

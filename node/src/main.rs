@@ -100,8 +100,10 @@ enum Ctl {
     Undrain { id: u64 },
     /// The routing table the node serves: HOST, PATH, MATCH, BACKEND, SOURCE, and the default backend.
     /// With --host URL: which rule that URL hits and why, and what then happens to it.
-    #[command(after_help = "Exit codes: 0 listed, or the URL hits a route; 1 the URL hits no route \
-        (default backend or 404); 2 the node could not be asked or the URL is bad.")]
+    #[command(
+        after_help = "Exit codes: 0 listed, or the URL hits a route; 1 the URL hits no route \
+        (default backend or 404); 2 the node could not be asked or the URL is bad."
+    )]
     Routes {
         /// A URL to explain, e.g. https://shop.example.com/api/v1/x?q=1 (http:// when no scheme).
         #[arg(long, value_name = "URL")]
@@ -150,9 +152,29 @@ enum Members {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    match Cli::parse().command {
+        Command::Ctl { admin, command } => ctl_main(admin, command),
+        other => run_command(other).map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+/// `raftgate ctl`: `routes` and `check` answer with an exit code, and their failure to run is 2;
+/// the other subcommands fail as any command does.
+fn ctl_main(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<std::process::ExitCode> {
+    let coded = matches!(command, Ctl::Routes { .. } | Ctl::Check { .. });
+    match ctl_runtime().and_then(|rt| rt.block_on(ctl(admin, command))) {
+        Ok(code) => Ok(std::process::ExitCode::from(code)),
+        Err(e) if coded => {
+            complain(&format!("error: {e:#}"));
+            Ok(std::process::ExitCode::from(2))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run { config, kubeconfig } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -199,23 +221,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ctl { admin, command } => {
-            // `routes` and `check` answer with an exit code; their failure to run is 2.
-            let coded = matches!(command, Ctl::Routes { .. } | Ctl::Check { .. });
-            let result = ctl_runtime().and_then(|rt| rt.block_on(ctl(admin, command)));
-            let code = match result {
-                Ok(code) => code,
-                Err(e) if coded => {
-                    complain(&format!("error: {e:#}"));
-                    2
-                }
-                Err(e) => return Err(e),
-            };
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
-        }
+        Command::Ctl { admin, command } => ctl_main(admin, command).map(|_| ()),
         Command::GuardVips { pool } => {
             init_logging(&Config::default());
             let specs: Vec<raftgate_vip::VipSpec> = serde_json::from_str(&pool).context("--pool")?;
@@ -272,7 +278,7 @@ fn complain(line: &str) {
 }
 
 /// Runs a `ctl` command; the exit code it asks for (0 unless `routes` or `check` found something).
-async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<i32> {
+async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<u8> {
     use raftgate::ctl::request;
     match command {
         Ctl::Routes { host: None, json } => {

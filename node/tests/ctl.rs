@@ -41,7 +41,11 @@ async fn shop() -> (Harness, Echo) {
         "shop",
         "main",
         "shop.example.com",
-        &[("/", "Prefix", "web"), ("/api", "Prefix", "web"), ("/api", "Exact", "web")],
+        &[
+            ("/", "Prefix", "web"),
+            ("/api", "Prefix", "web"),
+            ("/api", "Exact", "web"),
+        ],
         "",
     );
     m += &ingress("shop", "wild", "*.example.com", &[("/", "Prefix", "web")], "");
@@ -83,7 +87,10 @@ async fn routes_lists_the_table_with_sources_and_the_default_backend() {
             .any(|l| l.starts_with("old.shop.test") && l.contains("redirect 301 https://shop.example.com/")),
         "{out}"
     );
-    assert!(out.contains("default backend: none (unmatched requests get 404)"), "{out}");
+    assert!(
+        out.contains("default backend: none (unmatched requests get 404)"),
+        "{out}"
+    );
 
     let (code, out) = ctl(&h, &["routes", "--json"]).await;
     assert_eq!(code, 0, "{out}");
@@ -101,7 +108,10 @@ async fn routes_host_explains_which_rule_a_url_hits() {
     let winner = out.lines().find(|l| l.trim_start().starts_with("=>")).expect(&out);
     assert!(winner.contains("/api") && winner.contains("Exact"), "{out}");
     assert!(out.contains("Exact is checked first"), "{out}");
-    assert!(out.contains("result: route shop.example.com /api -> shop/web:http (from shop/main)"), "{out}");
+    assert!(
+        out.contains("result: route shop.example.com /api -> shop/web:http (from shop/main)"),
+        "{out}"
+    );
     // The longest prefix, and why the shorter one lost.
     let (code, out) = ctl(&h, &["routes", "--host", "https://shop.example.com/api/v1/x?q=1"]).await;
     assert_eq!(code, 0, "{out}");
@@ -129,8 +139,17 @@ async fn routes_host_explains_which_rule_a_url_hits() {
     // A bad URL, and a node that is not there.
     let (code, out) = ctl(&h, &["routes", "--host", "ftp://shop.example.com/"]).await;
     assert_eq!(code, 2, "{out}");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let out = raftgate(vec!["ctl".into(), "--admin".into(), closed.to_string(), "routes".into()]).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = raftgate(vec![
+        "ctl".into(),
+        "--admin".into(),
+        closed.to_string(),
+        "routes".into(),
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -138,7 +157,8 @@ async fn routes_host_explains_which_rule_a_url_hits() {
 async fn check_names_the_broken_object_and_the_fix() {
     let echo = Echo::start("web").await;
     let dir = tempfile::tempdir().unwrap();
-    let good = service("shop", "web", &[&echo]) + &ingress("shop", "main", "shop.example.com", &[("/", "Prefix", "web")], "");
+    let good =
+        service("shop", "web", &[&echo]) + &ingress("shop", "main", "shop.example.com", &[("/", "Prefix", "web")], "");
     std::fs::write(dir.path().join("good.yaml"), &good).unwrap();
     let check = |d: &std::path::Path| {
         vec![
@@ -150,7 +170,12 @@ async fn check_names_the_broken_object_and_the_fix() {
     };
     let out = raftgate(check(dir.path())).await;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("0 rejected, 0 warnings"), "{text}");
 
     let broken = ingress("shop", "broken", "b.example.com", &[("api", "Prefix", "web")], "");
@@ -161,7 +186,9 @@ async fn check_names_the_broken_object_and_the_fix() {
     assert!(text.lines().next().unwrap().starts_with("SEVERITY"), "{text}");
     let row = text.lines().find(|l| l.contains("Ingress shop/broken")).expect(&text);
     assert!(
-        row.starts_with("rejected") && row.contains("must start with '/'") && row.contains("change the path to start with /"),
+        row.starts_with("rejected")
+            && row.contains("must start with '/'")
+            && row.contains("change the path to start with /"),
         "{text}"
     );
 

@@ -294,9 +294,14 @@ enum PathWin {
     /// An Exact rule equal to the whole path (checked first).
     Exact,
     /// A regex longer (as a pattern) than the longest matching prefix, if any.
-    Regex { pattern_len: usize, prefix_len: Option<usize> },
+    Regex {
+        pattern_len: usize,
+        prefix_len: Option<usize>,
+    },
     /// The longest matching prefix (its key length); no longer regex matched.
-    Prefix { len: usize },
+    Prefix {
+        len: usize,
+    },
     None,
 }
 
@@ -445,11 +450,11 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 mod explain;
-pub use explain::backend_of;
 pub use explain::Candidate;
 pub use explain::Effect;
 pub use explain::Explanation;
 pub use explain::Outcome;
+pub use explain::backend_of;
 
 #[cfg(test)]
 mod tests;

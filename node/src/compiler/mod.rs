@@ -521,7 +521,10 @@ impl Compiler {
             .iter()
             .map(|s| {
                 (
-                    format!("annotation {}{s} ignored: snippets are never executed", annotations::PREFIX),
+                    format!(
+                        "annotation {}{s} ignored: snippets are never executed",
+                        annotations::PREFIX
+                    ),
                     format!(
                         "remove {}{s}; use the annotations raftgate supports instead (docs/annotations.md)",
                         annotations::PREFIX
@@ -1071,7 +1074,10 @@ fn attach_canary(
                         "canary for host {host} path {} ignored: Ingress {} (older) is its canary already",
                         r.path, first.source
                     ),
-                    format!("delete one of the two canaries, or set {}canary: \"false\" on it", annotations::PREFIX),
+                    format!(
+                        "delete one of the two canaries, or set {}canary: \"false\" on it",
+                        annotations::PREFIX
+                    ),
                 );
                 continue;
             }
@@ -1245,10 +1251,7 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<Hint>) {
                 host: name.trim_end_matches('.').to_string(),
                 port,
             }),
-            Err(_) => warnings.push((
-                format!("port {port} out of range"),
-                "use a port from 1 to 65535".into(),
-            )),
+            Err(_) => warnings.push((format!("port {port} out of range"), "use a port from 1 to 65535".into())),
         }
         return (up, warnings);
     }

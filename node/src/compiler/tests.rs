@@ -1022,7 +1022,12 @@ fn every_problem_says_how_to_fix_it() {
     for (host, path, ty, fix) in [
         ("UPPER.com", "/", "Prefix", "lower-case DNS name"),
         ("a.com", "relative", "Prefix", "start with /"),
-        ("a.com", "/", "Fuzzy", "set pathType to Exact, Prefix or ImplementationSpecific"),
+        (
+            "a.com",
+            "/",
+            "Fuzzy",
+            "set pathType to Exact, Prefix or ImplementationSpecific",
+        ),
         ("a.com", "/a//b", "Exact", "no //"),
     ] {
         let out =
@@ -1031,12 +1036,7 @@ fn every_problem_says_how_to_fix_it() {
         assert!(p.fix.contains(fix), "{host} {path} {ty}: {}", p.fix);
     }
     // A bad annotation names its key; a missing Service and TLS Secret say what to create.
-    let bad = ingress(
-        "ann",
-        "2024-01-01T00:00:00Z",
-        &rule("b.com", "/", "Prefix", "missing"),
-    )
-    .replace(
+    let bad = ingress("ann", "2024-01-01T00:00:00Z", &rule("b.com", "/", "Prefix", "missing")).replace(
         "creationTimestamp",
         "annotations: {nginx.ingress.kubernetes.io/proxy-body-size: lots}, creationTimestamp",
     );
@@ -1053,7 +1053,12 @@ fn every_problem_says_how_to_fix_it() {
             .any(|(k, f)| *k == "Ingress" && f.contains("set nginx.ingress.kubernetes.io/proxy-body-size to")),
         "{fixes:?}"
     );
-    assert!(fixes.iter().any(|(k, f)| *k == "Service" && f.contains("create Service app/missing")), "{fixes:?}");
+    assert!(
+        fixes
+            .iter()
+            .any(|(k, f)| *k == "Service" && f.contains("create Service app/missing")),
+        "{fixes:?}"
+    );
     assert!(
         fixes
             .iter()

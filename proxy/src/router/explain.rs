@@ -95,9 +95,9 @@ impl Router {
                 "no rule names {host_n}; wildcard {w} matches it (one extra label: {})",
                 host_n.split('.').next().unwrap_or_default()
             ),
-            (HostMatch::AnyHost, _) => format!(
-                "no rule names {host_n} and no wildcard matches it; the rules without a host serve it"
-            ),
+            (HostMatch::AnyHost, _) => {
+                format!("no rule names {host_n} and no wildcard matches it; the rules without a host serve it")
+            }
             _ => format!("no rule names {host_n}, no wildcard matches it, and no rule is without a host"),
         };
         let mut candidates = Vec::new();
@@ -122,7 +122,10 @@ impl Router {
                             .find(|(_, _, rid)| *rid == id)
                             .is_some_and(|(_, re, _)| re.is_match(&path_n));
                         if hit {
-                            (true, "regex: matches (anchored at the start, case-insensitive)".to_string())
+                            (
+                                true,
+                                "regex: matches (anchored at the start, case-insensitive)".to_string(),
+                            )
                         } else {
                             (false, "regex: does not match".to_string())
                         }
@@ -285,7 +288,11 @@ fn policy_effects(p: &RoutePolicy, tls: bool, https: bool, host: &str, raw_path:
         return out;
     }
     if !https && tls {
-        push("ssl-redirect", "off: the TLS host is served over plain HTTP too".into(), false);
+        push(
+            "ssl-redirect",
+            "off: the TLS host is served over plain HTTP too".into(),
+            false,
+        );
     }
     if let Some(root) = &p.app_root {
         if raw_path == "/" {
@@ -293,10 +300,18 @@ fn policy_effects(p: &RoutePolicy, tls: bool, https: bool, host: &str, raw_path:
             push("app-root", format!("answers 302 to {scheme}://{host}{root}"), true);
             return out;
         }
-        push("app-root", format!("{root}: only a request for exactly / is redirected"), false);
+        push(
+            "app-root",
+            format!("{root}: only a request for exactly / is redirected"),
+            false,
+        );
     }
     if p.cors.is_some() {
-        push("enable-cors", "OPTIONS preflights are answered here; CORS headers added".into(), false);
+        push(
+            "enable-cors",
+            "OPTIONS preflights are answered here; CORS headers added".into(),
+            false,
+        );
     }
     out
 }
@@ -357,7 +372,11 @@ fn route_effects(r: &crate::model::Route, out: &mut Vec<Effect>) {
                 "from {}: to {} by {}",
                 c.source,
                 c.backend.upstream,
-                if how.is_empty() { "nothing (weight 0)".into() } else { how.join(", then ") }
+                if how.is_empty() {
+                    "nothing (weight 0)".into()
+                } else {
+                    how.join(", then ")
+                }
             ),
         );
     }

@@ -252,7 +252,11 @@ fn explain_names_the_host_match() {
     assert_eq!(x.vhost.as_deref(), Some("shop.example.com"));
     let x = r.explain("blog.example.com", "/", true);
     assert_eq!(x.host_match, HostMatch::Wildcard);
-    assert!(x.host_reason.contains("*.example.com") && x.host_reason.contains("blog"), "{}", x.host_reason);
+    assert!(
+        x.host_reason.contains("*.example.com") && x.host_reason.contains("blog"),
+        "{}",
+        x.host_reason
+    );
     let x = r.explain("a.b.example.com", "/any/x", true);
     assert_eq!(x.host_match, HostMatch::AnyHost, "a wildcard takes one label only");
     assert!(matches!(x.outcome, Outcome::Route { ref backend, .. } if backend == "any"));
@@ -271,7 +275,11 @@ fn explain_says_why_the_winner_won() {
     assert_eq!(won(&x).unwrap().backend, "api-exact");
     assert!(x.path_reason.contains("Exact"), "{}", x.path_reason);
     let lost = x.candidates.iter().find(|c| c.backend == "api").unwrap();
-    assert!(lost.matched && !lost.won && lost.reason.contains("Exact"), "{}", lost.reason);
+    assert!(
+        lost.matched && !lost.won && lost.reason.contains("Exact"),
+        "{}",
+        lost.reason
+    );
     // The longest prefix wins; the shorter one matched and says why it lost.
     let x = r.explain("shop.example.com", "/api/x", true);
     assert_eq!(won(&x).unwrap().backend, "api");
@@ -281,29 +289,47 @@ fn explain_says_why_the_winner_won() {
     // A regex longer than the best prefix wins.
     let x = r.explain("shop.example.com", "/api/V2/users/7", true);
     assert_eq!(won(&x).unwrap().backend, "users");
-    assert!(x.path_reason.contains("regex") && x.path_reason.contains("(4 chars)"), "{}", x.path_reason);
+    assert!(
+        x.path_reason.contains("regex") && x.path_reason.contains("(4 chars)"),
+        "{}",
+        x.path_reason
+    );
     // A regex that does not match is listed as such.
     let x = r.explain("shop.example.com", "/other", true);
     let re = x.candidates.iter().find(|c| c.backend == "users").unwrap();
     assert!(!re.matched && re.reason.contains("does not match"), "{}", re.reason);
     // The duplicate path is listed as ignored.
-    assert!(x.candidates.iter().any(|c| c.route.is_none() && c.reason.contains("older route")));
+    assert!(
+        x.candidates
+            .iter()
+            .any(|c| c.route.is_none() && c.reason.contains("older route"))
+    );
 }
 
 #[test]
 fn explain_reports_redirects_and_defaults() {
     let mut t = tls_table();
-    t.vhosts.get_mut("shop.example.com").unwrap().routes[1].policy.allow_source = vec!["10.0.0.0/8".into()];
+    t.vhosts.get_mut("shop.example.com").unwrap().routes[1]
+        .policy
+        .allow_source = vec!["10.0.0.0/8".into()];
     t.vhosts.get_mut("shop.example.com").unwrap().routes[0].policy.app_root = Some("/app".into());
     let r = Router::new(&t).unwrap();
     let x = r.explain("shop.example.com", "/api/x?q=1", false);
     assert_eq!(x.effects.len(), 1, "{:?}", x.effects);
     assert!(x.effects[0].answers && x.effects[0].what == "ssl-redirect" && x.effects[0].detail.contains("308"));
     let x = r.explain("shop.example.com", "/api/x", true);
-    assert!(x.effects.iter().any(|e| e.what == "allowlist-source-range" && e.detail.contains("10.0.0.0/8")));
+    assert!(
+        x.effects
+            .iter()
+            .any(|e| e.what == "allowlist-source-range" && e.detail.contains("10.0.0.0/8"))
+    );
     assert_eq!(x.effects.last().unwrap().what, "proxy");
     let x = r.explain("shop.example.com", "/", true);
-    assert!(x.effects.iter().any(|e| e.what == "app-root" && e.answers && e.detail.contains("/app")));
+    assert!(
+        x.effects
+            .iter()
+            .any(|e| e.what == "app-root" && e.answers && e.detail.contains("/app"))
+    );
     // A path no rule matches: the host's default backend, else the global one.
     let x = r.explain("blog.example.com", "/", true);
     assert!(matches!(x.outcome, Outcome::Route { .. }));
