@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use crate::app::NodeState;
 use crate::compiler::Severity;
 
+mod routes;
+
 /// Serves the admin API until the node drains.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watch::Receiver<bool>) {
     loop {
@@ -45,6 +47,9 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut drain: watc
                     let path = req.uri().path();
                     if path == "/api/v1/cluster" || path.starts_with("/api/v1/members") {
                         return Ok::<_, Infallible>(members(&state, req).await);
+                    }
+                    if path.starts_with("/api/v1/routes") {
+                        return Ok::<_, Infallible>(routes::serve(&state, &req));
                     }
                     if path.starts_with("/api/v1/vips") {
                         return Ok::<_, Infallible>(vips(&state, req).await);

@@ -206,6 +206,234 @@ pub fn vips_table(view: &Value) -> Result<String, CtlError> {
     Ok(out)
 }
 
+/// `ctl routes`: one row per served route (HOST, PATH, MATCH, BACKEND, SOURCE), then the default backends.
+pub fn routes_table(view: &Value) -> Result<String, CtlError> {
+    let routes = view
+        .get("routes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| CtlError::Answer("no routes in the answer".into()))?;
+    let mut rows = vec![["HOST", "PATH", "MATCH", "BACKEND", "SOURCE"].map(String::from)];
+    for r in routes {
+        let mut backend = opt(&r["backend"]);
+        if let Some(c) = r.get("canary").filter(|c| !c.is_null()) {
+            let _ = write!(backend, " (canary {} from {})", opt(&c["upstream"]), opt(&c["source"]));
+        }
+        rows.push([
+            opt(&r["host"]),
+            opt(&r["path"]),
+            opt(&r["match"]),
+            backend,
+            opt(&r["source"]),
+        ]);
+    }
+    let mut out = columns(&rows);
+    for d in view["host_defaults"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "default backend of {}: {}", opt(&d["host"]), opt(&d["backend"]));
+    }
+    let default = match &view["default_backend"] {
+        Value::Null => "none (unmatched requests get 404)".to_string(),
+        v => opt(v),
+    };
+    let _ = writeln!(
+        out,
+        "default backend: {default}\n{} routes, table version {}",
+        routes.len(),
+        opt(&view["config_version"])
+    );
+    Ok(out)
+}
+
+/// Whether an explanation ends at a route (exit code 0) rather than a default backend or 404 (1).
+pub fn explained_route(x: &Value) -> bool {
+    x["outcome"]["kind"].as_str() == Some("route")
+}
+
+/// `ctl routes --host URL`: the virtual host and why, each path rule and why it won or lost,
+/// and what the route's policy does with the request.
+pub fn explain_text(x: &Value) -> Result<String, CtlError> {
+    let outcome = x
+        .get("outcome")
+        .ok_or_else(|| CtlError::Answer("no outcome in the answer".into()))?;
+    let mut out = String::new();
+    let scheme = if x["https"].as_bool() == Some(true) {
+        "https"
+    } else {
+        "http"
+    };
+    let _ = writeln!(
+        out,
+        "request: {scheme} host {} path {}",
+        opt(&x["host"]),
+        opt(&x["path"])
+    );
+    let how = match x["host_match"].as_str() {
+        Some("exact") => "exact host",
+        Some("wildcard") => "wildcard",
+        Some("any_host") => "catch-all (rules without a host)",
+        _ => "none",
+    };
+    let _ = writeln!(
+        out,
+        "virtual host: {} [{how}]: {}",
+        opt(&x["vhost"]),
+        opt(&x["host_reason"])
+    );
+    let candidates = x["candidates"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !candidates.is_empty() {
+        let _ = writeln!(out, "path rules, in precedence order:");
+        let mut rows = vec![["", "PATH", "MATCH", "BACKEND", "SOURCE", "WHY"].map(String::from)];
+        for c in candidates {
+            let mark = if c["won"].as_bool() == Some(true) {
+                "=>"
+            } else if c["matched"].as_bool() == Some(true) {
+                "~"
+            } else {
+                "x"
+            };
+            rows.push([
+                mark.to_string(),
+                opt(&c["path"]["value"]),
+                match c["path"]["type"].as_str() {
+                    Some("exact") => "Exact".into(),
+                    Some("prefix") => "Prefix".into(),
+                    Some("regex") => "Regex".into(),
+                    _ => opt(&c["path"]["type"]),
+                },
+                opt(&c["backend"]),
+                opt(&c["source"]),
+                opt(&c["reason"]),
+            ]);
+        }
+        for line in columns(&rows).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let _ = writeln!(out, "winner: {}", opt(&x["path_reason"]));
+    match outcome["kind"].as_str() {
+        Some("route") => {
+            let _ = writeln!(
+                out,
+                "result: route {} {} -> {} (from {})",
+                opt(&outcome["host"]),
+                opt(&outcome["path"]["value"]),
+                opt(&outcome["backend"]),
+                opt(&outcome["source"])
+            );
+        }
+        Some("default_backend") => {
+            let _ = writeln!(
+                out,
+                "result: no route matched; the {} default backend {} answers",
+                opt(&outcome["scope"]),
+                opt(&outcome["backend"])
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "result: no route matched and no default backend: 404");
+        }
+    }
+    for e in x["effects"].as_array().into_iter().flatten() {
+        let stop = if e["answers"].as_bool() == Some(true) {
+            " (answers here)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "  {}: {}{stop}", opt(&e["what"]), opt(&e["detail"]));
+    }
+    Ok(out)
+}
+
+/// `ctl check`'s exit code: 0 clean, 1 something rejected (or unreadable), 3 warnings only.
+pub fn check_exit_code(problems: &[Value], errors: &[String]) -> u8 {
+    if !errors.is_empty() || problems.iter().any(|p| p["severity"].as_str() == Some("rejected")) {
+        1
+    } else if problems.is_empty() {
+        0
+    } else {
+        3
+    }
+}
+
+/// `ctl check`: one row per problem (SEVERITY, OBJECT, PROBLEM, FIX), the files or objects
+/// that could not be read, and a count.
+pub fn check_table(problems: &[Value], errors: &[String]) -> String {
+    let mut out = String::new();
+    if !problems.is_empty() {
+        let mut rows = vec![["SEVERITY", "OBJECT", "PROBLEM", "FIX"].map(String::from)];
+        for p in problems {
+            rows.push([
+                opt(&p["severity"]),
+                format!("{} {}", opt(&p["kind"]), opt(&p["object"])),
+                opt(&p["reason"]),
+                opt(&p["fix"]),
+            ]);
+        }
+        out = columns(&rows);
+    }
+    for e in errors {
+        let _ = writeln!(out, "unreadable: {e}");
+    }
+    let count = |s: &str| problems.iter().filter(|p| p["severity"].as_str() == Some(s)).count();
+    let _ = writeln!(
+        out,
+        "{} rejected, {} warnings, {} unreadable",
+        count("rejected"),
+        count("warning"),
+        errors.len()
+    );
+    out
+}
+
+/// The node that `ctl check` (without `--manifests`) asks, and its `/api/v1/status`. Only a
+/// Raft leader compiles, so a follower with no problems to show hands over to the leader's
+/// admin address; the first return value says which member answered.
+pub async fn live_problems(admin: SocketAddr) -> Result<(String, Value), CtlError> {
+    let status = request(admin, http::Method::GET, "/api/v1/status", None).await?;
+    let here = format!("node {} at {admin}", opt(&status["node_id"]));
+    let member = &status["raft"]["member"];
+    let role = member["role"].as_str().unwrap_or_default();
+    let quiet = status["problems"].as_array().is_none_or(Vec::is_empty)
+        && status["source_errors"].as_array().is_none_or(Vec::is_empty);
+    if member.is_null() || role == "leader" || !quiet {
+        return Ok((here, status));
+    }
+    let Some(leader) = member["leader"].as_u64() else {
+        return Ok((
+            format!("{here}, a {role} that knows no leader (only the leader compiles; this may miss problems)"),
+            status,
+        ));
+    };
+    let leader_admin = member["members"][leader.to_string()]["admin"]
+        .as_str()
+        .and_then(|a| a.parse::<SocketAddr>().ok());
+    let Some(addr) = leader_admin else {
+        return Ok((
+            format!(
+                "{here}, a {role}; the leader (member {leader}) has no usable admin address, so this may miss problems"
+            ),
+            status,
+        ));
+    };
+    let status = request(addr, http::Method::GET, "/api/v1/status", None).await?;
+    Ok((
+        format!("the leader, member {leader} at {addr} ({here} is a {role}; only the leader compiles)"),
+        status,
+    ))
+}
+
+/// Percent-encodes a query value (everything but RFC 3986's unreserved characters).
+pub fn encode_query_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// `raftgate cert`: a cluster CA (unless `ca.key` exists in `out`) and one certificate per node.
 /// `nodes` are `name[=host,host…]`. Returns the files written.
 pub fn make_certs(out: &Path, cluster: &str, nodes: &[String]) -> Result<Vec<std::path::PathBuf>, CtlError> {
@@ -306,6 +534,106 @@ mod tests {
         assert!(t.contains("node 2: no usable lease, table revision 7"), "{t}");
         assert!(t.contains("last renewal not granted: timing differs"), "{t}");
         assert!(!t.contains("cannot own"), "{t}");
+    }
+
+    #[test]
+    fn routes_table_has_a_row_per_route_and_the_defaults() {
+        let v = serde_json::json!({
+            "config_version": 7,
+            "routes": [
+                {"host": "*", "path": "/", "match": "Prefix", "backend": "a/b:80", "source": "a/any", "canary": null},
+                {"host": "shop.example.com", "path": "/api", "match": "Exact", "backend": "redirect 308 https://x/",
+                 "source": "shop/main", "canary": {"upstream": "shop/new:80", "source": "shop/canary"}},
+            ],
+            "host_defaults": [{"host": "shop.example.com", "backend": "shop/def:80"}],
+            "default_backend": "sys/default:80",
+        });
+        let t = routes_table(&v).unwrap();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["HOST", "PATH", "MATCH", "BACKEND", "SOURCE"]
+        );
+        // Columns line up: the source of the widest backend starts under SOURCE.
+        assert_eq!(lines[0].find("SOURCE"), lines[2].find("shop/main"), "{t}");
+        assert!(lines[1].starts_with("*                 /     Prefix  a/b:80"), "{t}");
+        assert!(
+            lines[2].contains("redirect 308 https://x/ (canary shop/new:80 from shop/canary)")
+                && lines[2].ends_with("shop/main"),
+            "{t}"
+        );
+        assert_eq!(lines[3], "default backend of shop.example.com: shop/def:80");
+        assert_eq!(lines[4], "default backend: sys/default:80");
+        assert_eq!(lines[5], "2 routes, table version 7");
+        assert!(routes_table(&serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn explain_text_marks_the_winner_and_the_outcome() {
+        let x = serde_json::json!({
+            "host": "a.com", "path": "/x", "https": false, "host_match": "wildcard", "vhost": "*.com",
+            "host_reason": "why host",
+            "candidates": [
+                {"path": {"type": "prefix", "value": "/"}, "backend": "u1", "source": "s/1", "matched": true, "won": false, "reason": "lost"},
+                {"path": {"type": "exact", "value": "/x"}, "backend": "u2", "source": "s/2", "matched": true, "won": true, "reason": "eq"},
+                {"path": {"type": "regex", "value": "/y"}, "backend": "u3", "source": "s/3", "matched": false, "won": false, "reason": "no"},
+            ],
+            "path_reason": "why path",
+            "outcome": {"kind": "route", "host": "*.com", "path": {"type": "exact", "value": "/x"}, "backend": "u2", "source": "s/2"},
+            "effects": [{"what": "ssl-redirect", "detail": "308", "answers": true}],
+        });
+        let t = explain_text(&x).unwrap();
+        assert!(t.contains("virtual host: *.com [wildcard]: why host"), "{t}");
+        let rows: Vec<&str> = t.lines().filter(|l| l.starts_with("  ")).collect();
+        assert!(
+            rows[1].trim_start().starts_with("~") && rows[1].contains("Prefix"),
+            "{t}"
+        );
+        assert!(
+            rows[2].trim_start().starts_with("=>") && rows[2].contains("Exact"),
+            "{t}"
+        );
+        assert!(
+            rows[3].trim_start().starts_with("x ") && rows[3].contains("Regex"),
+            "{t}"
+        );
+        assert!(t.contains("result: route *.com /x -> u2 (from s/2)"), "{t}");
+        assert!(t.ends_with("  ssl-redirect: 308 (answers here)\n"), "{t}");
+        assert!(explained_route(&x));
+        let miss = serde_json::json!({"outcome": {"kind": "default_backend", "scope": "global", "backend": "d"}});
+        assert!(
+            explain_text(&miss)
+                .unwrap()
+                .contains("the global default backend d answers")
+        );
+        assert!(!explained_route(&miss));
+        assert!(!explained_route(&serde_json::json!({"outcome": {"kind": "not_found"}})));
+    }
+
+    #[test]
+    fn check_table_and_exit_codes() {
+        let warn = serde_json::json!({"severity": "warning", "kind": "Service", "object": "a/b", "reason": "gone", "fix": "create it"});
+        let rej = serde_json::json!({"severity": "rejected", "kind": "Ingress", "object": "a/i", "reason": "bad path", "fix": "start with /"});
+        assert_eq!(check_exit_code(&[], &[]), 0);
+        assert_eq!(check_exit_code(std::slice::from_ref(&warn), &[]), 3);
+        assert_eq!(check_exit_code(&[warn.clone(), rej.clone()], &[]), 1);
+        assert_eq!(check_exit_code(&[], &["x.yaml: bad".into()]), 1);
+        let t = check_table(&[rej, warn], &["x.yaml: bad".into()]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "SEVERITY  OBJECT       PROBLEM   FIX");
+        assert_eq!(lines[1], "rejected  Ingress a/i  bad path  start with /");
+        assert_eq!(lines[2], "warning   Service a/b  gone      create it");
+        assert_eq!(lines[3], "unreadable: x.yaml: bad");
+        assert_eq!(lines[4], "1 rejected, 1 warnings, 1 unreadable");
+        assert_eq!(check_table(&[], &[]), "0 rejected, 0 warnings, 0 unreadable\n");
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            encode_query_value("https://a.com/x?q=1 2"),
+            "https%3A%2F%2Fa.com%2Fx%3Fq%3D1%202"
+        );
     }
 
     #[test]

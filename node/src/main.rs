@@ -98,6 +98,36 @@ enum Ctl {
     Drain { id: u64 },
     /// Let member ID hold VIPs again (it gets VIPs back only by rebalancing, after the preemption delay).
     Undrain { id: u64 },
+    /// The routing table the node serves: HOST, PATH, MATCH, BACKEND, SOURCE, and the default backend.
+    /// With --host URL: which rule that URL hits and why, and what then happens to it.
+    #[command(
+        after_help = "Exit codes: 0 listed, or the URL hits a route; 1 the URL hits no route \
+        (default backend or 404); 2 the node could not be asked or the URL is bad."
+    )]
+    Routes {
+        /// A URL to explain, e.g. https://shop.example.com/api/v1/x?q=1 (http:// when no scheme).
+        #[arg(long, value_name = "URL")]
+        host: Option<String>,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configuration's problems: SEVERITY, OBJECT, PROBLEM and a FIX for each. With --manifests,
+    /// compiles that directory offline; otherwise asks the node (its Raft leader, which compiles).
+    #[command(after_help = "Exit codes: 0 no problems; 1 something is rejected (or unreadable); \
+        2 the check could not run (node unreachable, bad config); 3 warnings only.")]
+    Check {
+        /// A directory of manifests to compile offline, instead of asking the node.
+        #[arg(long, value_name = "DIR")]
+        manifests: Option<PathBuf>,
+        /// The node config whose compiler options (ingress class, defaults, ConfigMaps) apply with
+        /// --manifests; built-in defaults without it.
+        #[arg(long, short, value_name = "FILE", requires = "manifests")]
+        config: Option<PathBuf>,
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,9 +152,29 @@ enum Members {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
+fn main() -> anyhow::Result<std::process::ExitCode> {
+    match Cli::parse().command {
+        Command::Ctl { admin, command } => ctl_main(admin, command),
+        other => run_command(other).map(|()| std::process::ExitCode::SUCCESS),
+    }
+}
+
+/// `raftgate ctl`: `routes` and `check` answer with an exit code, and their failure to run is 2;
+/// the other subcommands fail as any command does.
+fn ctl_main(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<std::process::ExitCode> {
+    let coded = matches!(command, Ctl::Routes { .. } | Ctl::Check { .. });
+    match ctl_runtime().and_then(|rt| rt.block_on(ctl(admin, command))) {
+        Ok(code) => Ok(std::process::ExitCode::from(code)),
+        Err(e) if coded => {
+            complain(&format!("error: {e:#}"));
+            Ok(std::process::ExitCode::from(2))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Run { config, kubeconfig } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -171,7 +221,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ctl { admin, command } => ctl_runtime()?.block_on(ctl(admin, command)),
+        Command::Ctl { admin, command } => ctl_main(admin, command).map(|_| ()),
         Command::GuardVips { pool } => {
             init_logging(&Config::default());
             let specs: Vec<raftgate_vip::VipSpec> = serde_json::from_str(&pool).context("--pool")?;
@@ -222,9 +272,93 @@ fn say(line: &str) {
     println!("{line}");
 }
 
-async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<()> {
+#[allow(clippy::print_stderr)]
+fn complain(line: &str) {
+    eprintln!("{line}");
+}
+
+/// Runs a `ctl` command; the exit code it asks for (0 unless `routes` or `check` found something).
+async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<u8> {
     use raftgate::ctl::request;
     match command {
+        Ctl::Routes { host: None, json } => {
+            let view = request(admin, http::Method::GET, "/api/v1/routes", None).await?;
+            if json {
+                say(&serde_json::to_string_pretty(&view)?);
+            } else {
+                say(raftgate::ctl::routes_table(&view)?.trim_end());
+            }
+        }
+        Ctl::Routes { host: Some(url), json } => {
+            let path = format!("/api/v1/routes/explain?url={}", raftgate::ctl::encode_query_value(&url));
+            let x = request(admin, http::Method::GET, &path, None).await?;
+            if json {
+                say(&serde_json::to_string_pretty(&x)?);
+            } else {
+                say(raftgate::ctl::explain_text(&x)?.trim_end());
+            }
+            return Ok(if raftgate::ctl::explained_route(&x) { 0 } else { 1 });
+        }
+        Ctl::Check {
+            manifests: Some(dir),
+            config,
+            json,
+        } => {
+            let mut cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            anyhow::ensure!(dir.is_dir(), "--manifests {}: not a directory", dir.display());
+            cfg.source = match cfg.source {
+                raftgate::config::Source::Manifests { poll_interval, .. } => raftgate::config::Source::Manifests {
+                    path: Some(dir),
+                    poll_interval,
+                },
+                raftgate::config::Source::Kubernetes(_) => raftgate::config::Source::Manifests {
+                    path: Some(dir),
+                    poll_interval: std::time::Duration::from_secs(1),
+                },
+            };
+            let report = raftgate::app::check(&cfg);
+            let problems: Vec<serde_json::Value> = report
+                .problems
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
+            if json {
+                let v = serde_json::json!({
+                    "problems": problems,
+                    "manifest_errors": report.manifest_errors,
+                    "hosts": report.hosts,
+                    "routes": report.routes,
+                });
+                say(&serde_json::to_string_pretty(&v)?);
+            } else {
+                say(raftgate::ctl::check_table(&problems, &report.manifest_errors).trim_end());
+                say(&format!("{} hosts, {} routes", report.hosts, report.routes));
+            }
+            return Ok(raftgate::ctl::check_exit_code(&problems, &report.manifest_errors));
+        }
+        Ctl::Check {
+            manifests: None, json, ..
+        } => {
+            let (asked, status) = raftgate::ctl::live_problems(admin).await?;
+            let problems = status["problems"].as_array().cloned().unwrap_or_default();
+            let errors: Vec<String> = status["source_errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string))
+                .collect();
+            if json {
+                let v = serde_json::json!({"asked": asked, "problems": problems, "source_errors": errors});
+                say(&serde_json::to_string_pretty(&v)?);
+            } else {
+                say(&format!("asked: {asked}"));
+                say(raftgate::ctl::check_table(&problems, &errors).trim_end());
+            }
+            return Ok(raftgate::ctl::check_exit_code(&problems, &errors));
+        }
         Ctl::Status { json } => {
             let cluster = request(admin, http::Method::GET, "/api/v1/cluster", None).await?;
             if json {
@@ -265,7 +399,7 @@ async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<()> {
             say(&format!("member {id} removed"));
         }
     }
-    Ok(())
+    Ok(0)
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -292,6 +426,7 @@ fn print_report(r: &raftgate::app::CheckReport) {
             raftgate::compiler::Severity::Warning => "warning",
         };
         println!("{level}: {p}");
+        println!("  fix: {}", p.fix);
     }
     for l in &r.l4 {
         println!("l4: {l}");

@@ -15,6 +15,8 @@
 //!   with a trailing slash ignored; the longest match wins, and Exact wins a tie;
 //! * paths are normalised before matching as nginx does (percent-decoding, `.`/`..`
 //!   segments resolved, repeated slashes merged), while the upstream gets the original URI.
+//!
+//! [`Router::explain`] walks the same matcher as [`Router::lookup`] and says why it chose what it chose.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -61,6 +63,12 @@ pub struct RouteEntry {
 
 #[derive(Debug, Default)]
 struct VhostIndex {
+    /// The table's key of this virtual host (`foo.com`, `*.foo.com` or [`ANY_HOST`]).
+    name: Box<str>,
+    /// The host's routes, in precedence order, as the index holds them.
+    routes: Vec<RouteId>,
+    /// Routes dropped because an earlier one has the same path: (path, source).
+    shadowed: Vec<(PathMatch, String)>,
     exact: HashMap<Box<str>, RouteId>,
     /// Keyed by the prefix without its trailing slash (`/` becomes the empty string).
     prefix: HashMap<Box<str>, RouteId>,
@@ -90,6 +98,8 @@ pub struct Router {
     vhosts: Vec<VhostIndex>,
     routes: Vec<RouteEntry>,
     default_backend: Option<Backend>,
+    /// The policy of requests that only the default backend serves, for [`Router::explain`].
+    default_policy: crate::model::RoutePolicy,
 }
 
 impl Router {
@@ -97,11 +107,13 @@ impl Router {
     pub fn new(table: &RoutingTable) -> Result<Router, RouterError> {
         let mut r = Router {
             default_backend: table.default_backend.clone(),
+            default_policy: table.settings.default_policy.clone(),
             ..Router::default()
         };
         for (host, vhost) in &table.vhosts {
             let idx = r.vhosts.len();
             let mut index = VhostIndex {
+                name: host.as_str().into(),
                 default_backend: vhost.default_backend.clone(),
                 tls: vhost.tls,
                 ..VhostIndex::default()
@@ -124,7 +136,11 @@ impl Router {
                         true
                     }
                 };
+                if !inserted {
+                    index.shadowed.push((route.path.clone(), route.source.clone()));
+                }
                 if inserted {
+                    index.routes.push(id);
                     let rewrite = match &route.policy.rewrite_target {
                         Some(target) => {
                             let pattern = match &route.path {
@@ -183,37 +199,60 @@ impl Router {
     /// Finds the route for a request. `host` is the raw `Host` header or `:authority`;
     /// `path` is the raw request path without the query.
     pub fn lookup(&self, host: &str, path: &str) -> Lookup<'_> {
+        self.matched(host, path).lookup
+    }
+
+    /// The one matcher behind [`Router::lookup`] and [`Router::explain`]: the outcome, and
+    /// how the host and the path were matched (small `Copy` values, free to ignore).
+    fn matched(&self, host: &str, path: &str) -> Matched<'_> {
         let host = normalize_host(host);
-        let Some(vhost) = self.find_vhost(&host) else {
-            return match &self.default_backend {
+        let (vhost, host_match) = self.find_vhost(&host);
+        let Some(vhost) = vhost else {
+            let lookup = match &self.default_backend {
                 Some(b) => Lookup::Default { backend: b, tls: false },
                 None => Lookup::NotFound,
             };
+            return Matched {
+                lookup,
+                vhost: None,
+                host_match,
+                path_win: PathWin::None,
+            };
         };
         let path = normalize_path(path);
-        if let Some(id) = vhost.find_route(&path) {
-            return Lookup::Route(&self.routes[id]);
-        }
-        match vhost.default_backend.as_ref().or(self.default_backend.as_ref()) {
-            Some(b) => Lookup::Default {
-                backend: b,
-                tls: vhost.tls,
+        let (id, path_win) = vhost.find_route(&path);
+        let lookup = match id {
+            Some(id) => Lookup::Route(&self.routes[id]),
+            None => match vhost.default_backend.as_ref().or(self.default_backend.as_ref()) {
+                Some(b) => Lookup::Default {
+                    backend: b,
+                    tls: vhost.tls,
+                },
+                None => Lookup::NotFound,
             },
-            None => Lookup::NotFound,
+        };
+        Matched {
+            lookup,
+            vhost: Some(vhost),
+            host_match,
+            path_win,
         }
     }
 
-    fn find_vhost(&self, host: &str) -> Option<&VhostIndex> {
+    fn find_vhost(&self, host: &str) -> (Option<&VhostIndex>, HostMatch) {
         if let Some(&i) = self.exact_hosts.get(host) {
-            return Some(&self.vhosts[i]);
+            return (Some(&self.vhosts[i]), HostMatch::Exact);
         }
         if let Some((label, suffix)) = host.split_once('.')
             && !label.is_empty()
             && let Some(&i) = self.wildcard_hosts.get(suffix)
         {
-            return Some(&self.vhosts[i]);
+            return (Some(&self.vhosts[i]), HostMatch::Wildcard);
         }
-        self.any_host.map(|i| &self.vhosts[i])
+        match self.any_host {
+            Some(i) => (Some(&self.vhosts[i]), HostMatch::AnyHost),
+            None => (None, HostMatch::None),
+        }
     }
 
     /// Whether a host (an SNI name or `Host`) has a virtual host of its own, ignoring the any-host one.
@@ -226,10 +265,50 @@ impl Router {
     }
 }
 
+/// What [`Router::matched`] found, and how.
+#[derive(Debug)]
+struct Matched<'a> {
+    lookup: Lookup<'a>,
+    vhost: Option<&'a VhostIndex>,
+    host_match: HostMatch,
+    path_win: PathWin,
+}
+
+/// How the request's host picked a virtual host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostMatch {
+    /// A rule names this host.
+    Exact,
+    /// A `*.suffix` rule, matching the host's first label.
+    Wildcard,
+    /// No rule names the host; the rules without a host serve it.
+    AnyHost,
+    /// No virtual host serves it.
+    None,
+}
+
+/// Why the winning path rule won.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathWin {
+    /// An Exact rule equal to the whole path (checked first).
+    Exact,
+    /// A regex longer (as a pattern) than the longest matching prefix, if any.
+    Regex {
+        pattern_len: usize,
+        prefix_len: Option<usize>,
+    },
+    /// The longest matching prefix (its key length); no longer regex matched.
+    Prefix {
+        len: usize,
+    },
+    None,
+}
+
 impl VhostIndex {
-    fn find_route(&self, path: &str) -> Option<RouteId> {
+    fn find_route(&self, path: &str) -> (Option<RouteId>, PathWin) {
         if let Some(&id) = self.exact.get(path) {
-            return Some(id);
+            return (Some(id), PathWin::Exact);
         }
         let best_prefix = self.longest_prefix(path);
         let best_len = best_prefix.map(|(len, _)| len);
@@ -239,10 +318,17 @@ impl VhostIndex {
                 break;
             }
             if re.is_match(path) {
-                return Some(*id);
+                let win = PathWin::Regex {
+                    pattern_len: *len,
+                    prefix_len: best_len,
+                };
+                return (Some(*id), win);
             }
         }
-        best_prefix.map(|(_, id)| id)
+        match best_prefix {
+            Some((len, id)) => (Some(id), PathWin::Prefix { len }),
+            None => (None, PathWin::None),
+        }
     }
 
     /// The longest prefix route matching `path`, with the length of its key.
@@ -362,6 +448,13 @@ fn hex(b: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+mod explain;
+pub use explain::Candidate;
+pub use explain::Effect;
+pub use explain::Explanation;
+pub use explain::Outcome;
+pub use explain::backend_of;
 
 #[cfg(test)]
 mod tests;

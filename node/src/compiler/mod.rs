@@ -76,6 +76,54 @@ pub enum CompileError {
     Auth { secret: String, reason: String },
 }
 
+impl CompileError {
+    /// What to change so the Ingress is accepted.
+    pub fn fix(&self) -> String {
+        match self {
+            CompileError::Annotation(e) if e.key == "auth-type" || e.key == "auth-secret" => format!(
+                "set {p}auth-secret to a Secret in the Ingress's namespace holding an htpasswd file under `auth`, \
+                 with {p}auth-type: basic",
+                p = annotations::PREFIX
+            ),
+            CompileError::Annotation(e) => format!(
+                "set {}{} to a valid value ({}), or remove it (see docs/annotations.md)",
+                annotations::PREFIX,
+                e.key,
+                e.reason
+            ),
+            CompileError::Host { .. } => "change the rule host to a lower-case DNS name such as shop.example.com \
+                (`*.` only as a leading label), or leave host out to match any host"
+                .into(),
+            CompileError::Path { reason, .. } if reason.starts_with("must start with") => {
+                "change the path to start with /".into()
+            }
+            CompileError::Path { reason, .. } if reason.starts_with("pathType") => {
+                "set pathType to Exact, Prefix or ImplementationSpecific".into()
+            }
+            CompileError::Path { reason, .. } if reason.starts_with("invalid regex") => format!(
+                "fix the regular expression, or remove {p}use-regex and {p}rewrite-target so the path is a plain prefix",
+                p = annotations::PREFIX
+            ),
+            CompileError::Path { .. } => {
+                "write the path as a clean absolute path: no //, /./, /../, %2F or #; use pathType \
+                 ImplementationSpecific with use-regex for patterns"
+                    .into()
+            }
+            CompileError::ResourceBackend { .. } => {
+                "use a Service backend (backend.service.name and port); resource backends are not supported".into()
+            }
+            CompileError::NoPort { service } => {
+                format!("set backend.service.port.number (or .name) for Service {service}")
+            }
+            CompileError::Empty => "add spec.rules with at least one host or path, or a spec.defaultBackend".into(),
+            CompileError::Auth { secret, .. } => format!(
+                "create Secret {secret} with an htpasswd file under the key `auth` \
+                 (htpasswd -c auth USER && kubectl create secret generic NAME --from-file=auth)"
+            ),
+        }
+    }
+}
+
 /// How bad a problem is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,6 +141,8 @@ pub struct Problem {
     pub object: String,
     pub severity: Severity,
     pub reason: String,
+    /// What to change to make the problem go away.
+    pub fix: String,
     /// The Ingresses (`namespace/name`) a problem with a Service or Secret affects.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub related: Vec<String>,
@@ -159,6 +209,9 @@ impl Options {
         }
     }
 }
+
+/// A problem's reason and its fix, before it is attached to an object.
+type Hint = (String, String);
 
 /// The output of one compilation. `table.version` is left at 0 for the caller to set.
 #[derive(Debug, Default)]
@@ -265,6 +318,9 @@ impl Compiler {
                         object: key.to_string(),
                         severity: Severity::Warning,
                         reason,
+                        fix: format!(
+                            "correct or remove the key in ConfigMap {key} (see docs/config.md for the keys and values)"
+                        ),
                         related: Vec::new(),
                     });
                 }
@@ -279,6 +335,10 @@ impl Compiler {
                 severity: Severity::Warning,
                 reason: format!(
                     "names controller {controller:?}, not {:?} (ingress_class.controller); its Ingresses are not served",
+                    self.opts.controller
+                ),
+                fix: format!(
+                    "set the IngressClass's spec.controller to {:?}, or point ingress_class.name at a class that names it",
                     self.opts.controller
                 ),
                 related: Vec::new(),
@@ -296,11 +356,12 @@ impl Compiler {
         let mut plans = Vec::new();
         for ing in ours {
             let key = Key::of(&ing.metadata);
-            let problem = |severity, reason: String| Problem {
+            let problem = |severity, (reason, fix): Hint| Problem {
                 kind: "Ingress",
                 object: key.to_string(),
                 severity,
                 reason,
+                fix,
                 related: Vec::new(),
             };
             match self.plan(ing, objs) {
@@ -320,11 +381,11 @@ impl Compiler {
                         Some((plan, _)) => {
                             out.problems.push(problem(
                                 Severity::Rejected,
-                                format!("{e}; still serving its last valid version"),
+                                (format!("{e}; still serving its last valid version"), e.fix()),
                             ));
                             plans.push(plan);
                         }
-                        None => out.problems.push(problem(Severity::Rejected, e.to_string())),
+                        None => out.problems.push(problem(Severity::Rejected, (e.to_string(), e.fix()))),
                     }
                 }
             }
@@ -353,6 +414,10 @@ impl Compiler {
                     object: key.to_string(),
                     severity: Severity::Warning,
                     reason: format!("not found (named by l4.{}_services_configmap)", protocol.as_str()),
+                    fix: format!(
+                        "create ConfigMap {key}, or correct l4.{}_services_configmap in the config",
+                        protocol.as_str()
+                    ),
                     related: Vec::new(),
                 });
                 continue;
@@ -363,6 +428,9 @@ impl Compiler {
                     object: key.to_string(),
                     severity: Severity::Rejected,
                     reason: format!("entry {port:?}: {reason}"),
+                    fix: "write the entry as \"<port>\": \"<namespace>/<service>:<port>[:PROXY][:PROXY]\", \
+                          on a port from 1 to 65535 that no listener of raftgate uses"
+                        .into(),
                     related: Vec::new(),
                 };
                 match l4_entry(protocol, port, value, &self.opts.reserved_ports) {
@@ -444,17 +512,23 @@ impl Compiler {
     }
 
     /// Validates and translates one Ingress. Errors reject it; warnings are returned beside.
-    fn plan(&self, ing: &Ingress, objs: &Objects) -> Result<(Plan, Vec<String>), CompileError> {
+    fn plan(&self, ing: &Ingress, objs: &Objects) -> Result<(Plan, Vec<Hint>), CompileError> {
         let key = Key::of(&ing.metadata);
         let ns = key.namespace.clone();
         let ann = Annotations::parse(ing.metadata.annotations.as_ref())?;
-        let mut warnings: Vec<String> = ann
+        let mut warnings: Vec<Hint> = ann
             .ignored_snippets
             .iter()
             .map(|s| {
-                format!(
-                    "annotation {}{s} ignored: snippets are never executed",
-                    annotations::PREFIX
+                (
+                    format!(
+                        "annotation {}{s} ignored: snippets are never executed",
+                        annotations::PREFIX
+                    ),
+                    format!(
+                        "remove {}{s}; use the annotations raftgate supports instead (docs/annotations.md)",
+                        annotations::PREFIX
+                    ),
                 )
             })
             .collect();
@@ -519,8 +593,12 @@ impl Compiler {
                 .map(|p| p.port);
             match port {
                 Some(p) => policy.fallback = Some(upstream(fallback, PortRef::Number(p), &mut plan)),
-                None => warnings.push(format!(
-                    "default-backend Service {ns}/{fallback} not found or has no ports; ignored"
+                None => warnings.push((
+                    format!("default-backend Service {ns}/{fallback} not found or has no ports; ignored"),
+                    format!(
+                        "create Service {ns}/{fallback} with a port, or correct {}default-backend",
+                        annotations::PREFIX
+                    ),
                 )),
             }
         }
@@ -605,7 +683,10 @@ impl Compiler {
             let secret = tls.secret_name.filter(|s| !s.is_empty());
             let hosts = tls.hosts.unwrap_or_default();
             if hosts.is_empty() {
-                warnings.push("a spec.tls entry lists no hosts; it has no effect".into());
+                warnings.push((
+                    "a spec.tls entry lists no hosts; it has no effect".into(),
+                    "list the hosts the certificate covers under spec.tls[].hosts".into(),
+                ));
             }
             for h in hosts {
                 validate_host(&h)?;
@@ -798,12 +879,13 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
         .collect();
     for plan in plans {
         let owner = plan.key.to_string();
-        let warn = |out_problems: &mut Vec<Problem>, reason: String| {
+        let warn = |out_problems: &mut Vec<Problem>, reason: String, fix: String| {
             out_problems.push(Problem {
                 kind: "Ingress",
                 object: owner.clone(),
                 severity: Severity::Warning,
                 reason,
+                fix,
                 related: Vec::new(),
             })
         };
@@ -814,6 +896,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                 warn(
                     &mut out.problems,
                     format!("server-alias {alias} ignored: an Ingress rule defines that host"),
+                    format!("remove {alias} from {}server-alias", annotations::PREFIX),
                 );
             } else {
                 alias_hosts.entry(owner.clone()).or_default().push(alias.clone());
@@ -836,6 +919,11 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                         format!(
                             "host {host} path {} is already served by Ingress {first} (older); ignored here",
                             r.path
+                        ),
+                        format!(
+                            "remove the path from one of the two Ingresses, or make it a canary of {first} \
+                             ({}canary: \"true\")",
+                            annotations::PREFIX
                         ),
                     ),
                     None => {
@@ -863,6 +951,7 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                         format!(
                             "TLS host {host} already uses Secret {k} from Ingress {first} (older); {key} ignored for it"
                         ),
+                        format!("use Secret {k} for {host} here too, or drop {host} from this Ingress's spec.tls"),
                     ),
                     Some(_) => {}
                     None => {
@@ -913,6 +1002,11 @@ fn merge(plans: Vec<Plan>, objs: &Objects, out: &mut Output) {
                         object: key.to_string(),
                         severity: Severity::Warning,
                         reason: format!("{reason}; the default certificate is served instead"),
+                        fix: format!(
+                            "create Secret {key} of type kubernetes.io/tls with a PEM tls.crt and its tls.key \
+                             (kubectl create secret tls {} --cert=... --key=... -n {})",
+                            key.name, key.namespace
+                        ),
                         related: secret_users
                             .get(&key)
                             .map(|u| u.iter().cloned().collect())
@@ -940,12 +1034,13 @@ fn attach_canary(
 ) {
     let Some(spec) = plan.canary else { return };
     let owner = plan.key.to_string();
-    let mut warn = |reason: String| {
+    let mut warn = |reason: String, fix: String| {
         problems.push(Problem {
             kind: "Ingress",
             object: owner.clone(),
             severity: Severity::Warning,
             reason,
+            fix,
             related: Vec::new(),
         })
     };
@@ -964,17 +1059,26 @@ fn attach_canary(
                 v.routes.get_mut(i)
             });
             let Some(main) = main else {
-                warn(format!(
-                    "canary for host {host} path {} ignored: no main (non-canary) Ingress serves it",
-                    r.path
-                ));
+                warn(
+                    format!(
+                        "canary for host {host} path {} ignored: no main (non-canary) Ingress serves it",
+                        r.path
+                    ),
+                    "give the canary exactly the host and path of the main Ingress it splits traffic from".into(),
+                );
                 continue;
             };
             if let Some(first) = &main.canary {
-                warn(format!(
-                    "canary for host {host} path {} ignored: Ingress {} (older) is its canary already",
-                    r.path, first.source
-                ));
+                warn(
+                    format!(
+                        "canary for host {host} path {} ignored: Ingress {} (older) is its canary already",
+                        r.path, first.source
+                    ),
+                    format!(
+                        "delete one of the two canaries, or set {}canary: \"false\" on it",
+                        annotations::PREFIX
+                    ),
+                );
                 continue;
             }
             let Some(own) = planned.get(r.backend.upstream.as_str()) else {
@@ -1080,12 +1184,13 @@ fn add_upstream(
     related: Vec<String>,
 ) {
     let (upstream, warnings) = resolve(objs, r);
-    for reason in warnings {
+    for (reason, fix) in warnings {
         problems.push(Problem {
             kind: "Service",
             object: format!("{}/{}", r.namespace, r.service),
             severity: Severity::Warning,
             reason,
+            fix,
             related: related.clone(),
         });
     }
@@ -1093,7 +1198,7 @@ fn add_upstream(
 }
 
 /// The endpoints of one upstream, with warnings for whatever makes it unusable.
-fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
+fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<Hint>) {
     let mut up = Upstream {
         endpoints: Vec::new(),
         balance: r.balance,
@@ -1102,7 +1207,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
     let mut warnings = Vec::new();
     let key = Key::new(&r.namespace, &r.service);
     let Some(svc) = objs.services.get(&key) else {
-        warnings.push(format!("Service {key} not found; requests to it get 503"));
+        warnings.push((
+            format!("Service {key} not found; requests to it get 503"),
+            format!("create Service {key}, or correct the backend's service name"),
+        ));
         return (up, warnings);
     };
     let spec = svc.spec.clone().unwrap_or_default();
@@ -1118,7 +1226,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
     });
     if spec.type_.as_deref() == Some("ExternalName") {
         let Some(name) = spec.external_name.filter(|n| !n.is_empty()) else {
-            warnings.push("ExternalName Service has no spec.externalName".into());
+            warnings.push((
+                "ExternalName Service has no spec.externalName".into(),
+                "set spec.externalName to the DNS name to forward to".into(),
+            ));
             return (up, warnings);
         };
         let port = match (found, &r.port) {
@@ -1128,7 +1239,10 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
             },
             (None, PortRef::Number(n)) => *n,
             (None, PortRef::Name(n)) => {
-                warnings.push(format!("port {n:?} not found on the Service"));
+                warnings.push((
+                    format!("port {n:?} not found on the Service"),
+                    format!("name a Service port {n:?}, or use the port number in the Ingress backend"),
+                ));
                 return (up, warnings);
             }
         };
@@ -1137,7 +1251,7 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
                 host: name.trim_end_matches('.').to_string(),
                 port,
             }),
-            Err(_) => warnings.push(format!("port {port} out of range")),
+            Err(_) => warnings.push((format!("port {port} out of range"), "use a port from 1 to 65535".into())),
         }
         return (up, warnings);
     }
@@ -1149,13 +1263,22 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
                 up.endpoints = eps.into_iter().collect();
                 return (up, warnings);
             }
-            None => warnings.push("service-upstream needs a ClusterIP; using the endpoints".into()),
+            None => warnings.push((
+                "service-upstream needs a ClusterIP; using the endpoints".into(),
+                format!(
+                    "give the Service a ClusterIP (not headless), or remove {}service-upstream",
+                    annotations::PREFIX
+                ),
+            )),
         }
     }
     let Some(sp) = found else {
-        warnings.push(format!(
-            "port {} not found on the Service; requests to it get 503",
-            r.port
+        warnings.push((
+            format!("port {} not found on the Service; requests to it get 503", r.port),
+            format!(
+                "add port {} (TCP) to Service {key}, or point the backend at one of its ports",
+                r.port
+            ),
         ));
         return (up, warnings);
     };
@@ -1231,22 +1354,27 @@ fn resolve(objs: &Objects, r: &UpstreamRef) -> (Upstream, Vec<String>) {
         }
     }
     if eps.is_empty() {
-        warnings.push(format!(
-            "no ready endpoints for port {}; requests to it get 503",
-            r.port
+        warnings.push((
+            format!("no ready endpoints for port {}; requests to it get 503", r.port),
+            format!(
+                "check that Service {key}'s selector matches running, ready pods (kubectl get endpointslices -n {} \
+                 -l kubernetes.io/service-name={})",
+                r.namespace, r.service
+            ),
         ));
     }
     up.endpoints = eps.into_iter().collect();
     (up, warnings)
 }
 
-fn push_addr(eps: &mut BTreeSet<Endpoint>, ip: &str, port: i32, warnings: &mut Vec<String>) {
+fn push_addr(eps: &mut BTreeSet<Endpoint>, ip: &str, port: i32, warnings: &mut Vec<Hint>) {
     match (ip.parse::<IpAddr>(), u16::try_from(port)) {
         (Ok(ip), Ok(port)) if port > 0 => {
             eps.insert(Endpoint::Addr(SocketAddr::new(ip, port)));
         }
-        _ => warnings.push(format!(
-            "endpoint {ip}:{port} is not a valid IP address and port; skipped"
+        _ => warnings.push((
+            format!("endpoint {ip}:{port} is not a valid IP address and port; skipped"),
+            "fix the EndpointSlice (or Endpoints) object: addresses must be IPs and ports 1 to 65535".into(),
         )),
     }
 }

@@ -1016,3 +1016,56 @@ spec: {controller: k8s.io/ingress-nginx}
     });
     assert!(c.compile(&objects(&yaml)).table.vhosts.contains_key("n.com"));
 }
+
+#[test]
+fn every_problem_says_how_to_fix_it() {
+    for (host, path, ty, fix) in [
+        ("UPPER.com", "/", "Prefix", "lower-case DNS name"),
+        ("a.com", "relative", "Prefix", "start with /"),
+        (
+            "a.com",
+            "/",
+            "Fuzzy",
+            "set pathType to Exact, Prefix or ImplementationSpecific",
+        ),
+        ("a.com", "/a//b", "Exact", "no //"),
+    ] {
+        let out =
+            compile(&(svc("web", "10.0.0.1") + &ingress("i", "2024-01-01T00:00:00Z", &rule(host, path, ty, "web"))));
+        let p = out.problems.iter().find(|p| p.severity == Severity::Rejected).unwrap();
+        assert!(p.fix.contains(fix), "{host} {path} {ty}: {}", p.fix);
+    }
+    // A bad annotation names its key; a missing Service and TLS Secret say what to create.
+    let bad = ingress("ann", "2024-01-01T00:00:00Z", &rule("b.com", "/", "Prefix", "missing")).replace(
+        "creationTimestamp",
+        "annotations: {nginx.ingress.kubernetes.io/proxy-body-size: lots}, creationTimestamp",
+    );
+    let tls = ingress(
+        "tls",
+        "2024-01-02T00:00:00Z",
+        &(rule("c.com", "/", "Prefix", "missing") + "  tls: [{hosts: [c.com], secretName: c-tls}]\n"),
+    );
+    let out = compile(&(bad + &tls));
+    let fixes: Vec<(&str, &str)> = out.problems.iter().map(|p| (p.kind, p.fix.as_str())).collect();
+    assert!(
+        fixes
+            .iter()
+            .any(|(k, f)| *k == "Ingress" && f.contains("set nginx.ingress.kubernetes.io/proxy-body-size to")),
+        "{fixes:?}"
+    );
+    assert!(
+        fixes
+            .iter()
+            .any(|(k, f)| *k == "Service" && f.contains("create Service app/missing")),
+        "{fixes:?}"
+    );
+    assert!(
+        fixes
+            .iter()
+            .any(|(k, f)| *k == "Secret" && f.contains("create Secret app/c-tls of type kubernetes.io/tls")),
+        "{fixes:?}"
+    );
+    assert!(out.problems.iter().all(|p| !p.fix.is_empty()), "{:#?}", out.problems);
+    let json = serde_json::to_value(&out.problems[0]).unwrap();
+    assert!(json["fix"].as_str().is_some_and(|f| !f.is_empty()), "{json}");
+}

@@ -1163,6 +1163,7 @@ mod tests {
             object: object.into(),
             severity: Severity::Warning,
             reason: "bad".into(),
+            fix: String::new(),
             related: related.iter().map(ToString::to_string).collect(),
         };
         let names = |v: Vec<(&str, Key, &ObjectMeta)>| v.into_iter().map(|(_, k, _)| k.to_string()).collect::<Vec<_>>();

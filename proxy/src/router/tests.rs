@@ -3,6 +3,9 @@
 use super::*;
 use crate::model::RoutePolicy;
 use crate::model::VirtualHost;
+use crate::router::explain::Candidate;
+use crate::router::explain::Explanation;
+use crate::router::explain::Outcome;
 
 fn route(path: PathMatch, upstream: &str) -> Route {
     Route {
@@ -215,5 +218,182 @@ proptest::proptest! {
         let norm = normalize_path(&path);
         let want = key.is_empty() || norm.as_ref() == key || norm.starts_with(&format!("{key}/"));
         proptest::prop_assert_eq!(hit(&r, "h", &path).is_some(), want);
+    }
+}
+
+fn tls_table() -> RoutingTable {
+    let mut t = table(&[
+        (
+            "shop.example.com",
+            vec![
+                route(PathMatch::Prefix("/".into()), "root"),
+                route(PathMatch::Prefix("/api".into()), "api"),
+                route(PathMatch::Exact("/api".into()), "api-exact"),
+                route(PathMatch::Regex("/api/v[0-9]+/users".into()), "users"),
+                route(PathMatch::Prefix("/api/".into()), "dup"),
+            ],
+        ),
+        ("*.example.com", vec![route(PathMatch::Prefix("/".into()), "wild")]),
+        (ANY_HOST, vec![route(PathMatch::Prefix("/any".into()), "any")]),
+    ]);
+    t.vhosts.get_mut("shop.example.com").unwrap().tls = true;
+    t
+}
+
+fn won(x: &Explanation) -> Option<&Candidate> {
+    x.candidates.iter().find(|c| c.won)
+}
+
+#[test]
+fn explain_names_the_host_match() {
+    let r = Router::new(&tls_table()).unwrap();
+    let x = r.explain("Shop.Example.com:443", "/", true);
+    assert_eq!(x.host_match, HostMatch::Exact);
+    assert_eq!(x.vhost.as_deref(), Some("shop.example.com"));
+    let x = r.explain("blog.example.com", "/", true);
+    assert_eq!(x.host_match, HostMatch::Wildcard);
+    assert!(
+        x.host_reason.contains("*.example.com") && x.host_reason.contains("blog"),
+        "{}",
+        x.host_reason
+    );
+    let x = r.explain("a.b.example.com", "/any/x", true);
+    assert_eq!(x.host_match, HostMatch::AnyHost, "a wildcard takes one label only");
+    assert!(matches!(x.outcome, Outcome::Route { ref backend, .. } if backend == "any"));
+    let r = Router::new(&table(&[("a.com", vec![route(PathMatch::Prefix("/".into()), "a")])])).unwrap();
+    let x = r.explain("b.com", "/", true);
+    assert_eq!(x.host_match, HostMatch::None);
+    assert!(matches!(x.outcome, Outcome::NotFound));
+    assert!(x.candidates.is_empty() && x.route.is_none());
+}
+
+#[test]
+fn explain_says_why_the_winner_won() {
+    let r = Router::new(&tls_table()).unwrap();
+    // Exact beats the equally long Prefix.
+    let x = r.explain("shop.example.com", "/api", true);
+    assert_eq!(won(&x).unwrap().backend, "api-exact");
+    assert!(x.path_reason.contains("Exact"), "{}", x.path_reason);
+    let lost = x.candidates.iter().find(|c| c.backend == "api").unwrap();
+    assert!(
+        lost.matched && !lost.won && lost.reason.contains("Exact"),
+        "{}",
+        lost.reason
+    );
+    // The longest prefix wins; the shorter one matched and says why it lost.
+    let x = r.explain("shop.example.com", "/api/x", true);
+    assert_eq!(won(&x).unwrap().backend, "api");
+    assert!(x.path_reason.contains("longest matching prefix"), "{}", x.path_reason);
+    let root = x.candidates.iter().find(|c| c.backend == "root").unwrap();
+    assert!(root.matched && root.reason.contains("longer prefix"), "{}", root.reason);
+    // A regex longer than the best prefix wins.
+    let x = r.explain("shop.example.com", "/api/V2/users/7", true);
+    assert_eq!(won(&x).unwrap().backend, "users");
+    assert!(
+        x.path_reason.contains("regex") && x.path_reason.contains("(4 chars)"),
+        "{}",
+        x.path_reason
+    );
+    // A regex that does not match is listed as such.
+    let x = r.explain("shop.example.com", "/other", true);
+    let re = x.candidates.iter().find(|c| c.backend == "users").unwrap();
+    assert!(!re.matched && re.reason.contains("does not match"), "{}", re.reason);
+    // The duplicate path is listed as ignored.
+    assert!(
+        x.candidates
+            .iter()
+            .any(|c| c.route.is_none() && c.reason.contains("older route"))
+    );
+}
+
+#[test]
+fn explain_reports_redirects_and_defaults() {
+    let mut t = tls_table();
+    t.vhosts.get_mut("shop.example.com").unwrap().routes[1]
+        .policy
+        .allow_source = vec!["10.0.0.0/8".into()];
+    t.vhosts.get_mut("shop.example.com").unwrap().routes[0].policy.app_root = Some("/app".into());
+    let r = Router::new(&t).unwrap();
+    let x = r.explain("shop.example.com", "/api/x?q=1", false);
+    assert_eq!(x.effects.len(), 1, "{:?}", x.effects);
+    assert!(x.effects[0].answers && x.effects[0].what == "ssl-redirect" && x.effects[0].detail.contains("308"));
+    let x = r.explain("shop.example.com", "/api/x", true);
+    assert!(
+        x.effects
+            .iter()
+            .any(|e| e.what == "allowlist-source-range" && e.detail.contains("10.0.0.0/8"))
+    );
+    assert_eq!(x.effects.last().unwrap().what, "proxy");
+    let x = r.explain("shop.example.com", "/", true);
+    assert!(
+        x.effects
+            .iter()
+            .any(|e| e.what == "app-root" && e.answers && e.detail.contains("/app"))
+    );
+    // A path no rule matches: the host's default backend, else the global one.
+    let x = r.explain("blog.example.com", "/", true);
+    assert!(matches!(x.outcome, Outcome::Route { .. }));
+    let x = r.explain("zzz.org", "/nope", true);
+    assert!(matches!(x.outcome, Outcome::NotFound));
+    t.default_backend = Some(Backend {
+        upstream: "global".into(),
+    });
+    let r = Router::new(&t).unwrap();
+    let x = r.explain("zzz.org", "/nope", true);
+    assert!(matches!(x.outcome, Outcome::DefaultBackend { ref backend, scope: "global" } if backend == "global"));
+}
+
+fn arb_path_match() -> impl proptest::strategy::Strategy<Value = PathMatch> {
+    use proptest::prelude::*;
+    prop_oneof![
+        "(/[ab]{0,2}){1,3}/?".prop_map(PathMatch::Exact),
+        "(/[ab]{0,2}){1,3}/?".prop_map(PathMatch::Prefix),
+        "/[ab]{0,2}(\\[ab\\]\\+|/[ab]|\\.\\*){0,2}".prop_map(PathMatch::Regex),
+    ]
+}
+
+proptest::proptest! {
+    /// `explain` and `lookup` agree on the route for generated tables and requests, and the
+    /// winner is the one candidate marked as won and matched.
+    #[test]
+    fn explain_agrees_with_lookup(
+        hosts in proptest::collection::vec(
+            (proptest::sample::select(vec!["a.x", "*.x", "b.a.x", "*"]), proptest::collection::vec(arb_path_match(), 0..5)),
+            1..4,
+        ),
+        host in proptest::sample::select(vec!["a.x", "A.X:80", "b.x", "b.a.x", "c.b.a.x", "y"]),
+        path in "(/[ab.%2]{0,3}){0,4}/?",
+        https in proptest::bool::ANY,
+    ) {
+        let mut t = RoutingTable::default();
+        for (h, paths) in &hosts {
+            let routes = paths.iter().enumerate().map(|(i, p)| route(p.clone(), &format!("{h}{i}"))).collect();
+            t.vhosts.insert((*h).into(), VirtualHost { routes, default_backend: None, tls: false });
+        }
+        let r = Router::new(&t).unwrap();
+        let want = match r.lookup(host, &path) {
+            Lookup::Route(e) => Some(e.id),
+            _ => None,
+        };
+        let x = r.explain(host, &path, https);
+        proptest::prop_assert_eq!(x.route, want);
+        let winners: Vec<_> = x.candidates.iter().filter(|c| c.won).collect();
+        proptest::prop_assert_eq!(winners.len(), usize::from(want.is_some()));
+        if let Some(w) = winners.first() {
+            proptest::prop_assert!(w.matched);
+            proptest::prop_assert_eq!(w.route, want);
+        }
+        // Every candidate that matched is either the winner or says why it lost.
+        for c in x.candidates.iter().filter(|c| c.matched && !c.won) {
+            proptest::prop_assert!(c.reason.contains("lost"), "{:?}", c);
+        }
+        // Each candidate's `matched` agrees with the lookup of a table holding that rule alone.
+        for c in x.candidates.iter().filter(|c| c.route.is_some()) {
+            let alone = Router::new(&table(&[("h", vec![route(c.path.clone(), "u")])])).unwrap();
+            proptest::prop_assert_eq!(c.matched, hit(&alone, "h", &path).is_some(), "{:?}", c);
+        }
+        if want.is_none() && x.vhost.is_some() {
+            proptest::prop_assert!(x.candidates.iter().all(|c| !c.matched), "{:?}", x);
+        }
     }
 }
