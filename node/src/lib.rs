@@ -7,6 +7,7 @@ pub mod compiler;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod migrate;
 pub mod objects;
 pub mod replicated;
 pub mod source;
