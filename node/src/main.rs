@@ -1,6 +1,7 @@
 //! The `raftgate` binary: parse the command line, set up logging, run.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -137,9 +138,9 @@ enum Members {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command {
+    let done: anyhow::Result<()> = match cli.command {
         Command::Run { config, kubeconfig } => {
             let mut cfg = match &config {
                 Some(p) => Config::load(p)?,
@@ -198,7 +199,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = Config::load(&config)?;
             let Some(vip) = cfg.vip.as_ref() else {
                 say("no vip section: nothing to release");
-                return Ok(());
+                return Ok(ExitCode::SUCCESS);
             };
             let removed = raftgate_vip::shell::remove_all(&vip.pool()?)?;
             say(&format!("removed {removed} VIP address(es)"));
@@ -213,22 +214,7 @@ fn main() -> anyhow::Result<()> {
             say(&format!("member {id} left the group"));
             Ok(())
         }),
-        Command::MigrateCheck { paths, json } => {
-            let inputs = match read_manifests(&paths) {
-                Ok(inputs) => inputs,
-                Err(e) => {
-                    eprintln!("raftgate migrate-check: {e}");
-                    std::process::exit(2);
-                }
-            };
-            let report = raftgate::migrate::check(&inputs);
-            if json {
-                say(&serde_json::to_string_pretty(&report)?);
-            } else {
-                say(report.render().trim_end());
-            }
-            std::process::exit(report.exit_code());
-        }
+        Command::MigrateCheck { paths, json } => return migrate_check(&paths, json),
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             let report = raftgate::app::check(&cfg);
@@ -238,7 +224,27 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `raftgate migrate-check`: exit 0 when everything is supported, 1 when something is
+/// unsupported or invalid, 2 when the input cannot be read.
+fn migrate_check(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let inputs = match read_manifests(paths) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("raftgate migrate-check: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = raftgate::migrate::check(&inputs);
+    if json {
+        say(&serde_json::to_string_pretty(&report)?);
+    } else {
+        say(report.render().trim_end());
     }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// The manifests under `paths`: files as named, directories searched recursively (sorted,
@@ -258,7 +264,10 @@ fn read_manifests(paths: &[PathBuf]) -> Result<Vec<(String, String)>, raftgate::
             .map_err(read)?;
         entries.sort();
         for p in entries {
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
                 continue;
             }
             if p.is_dir() {

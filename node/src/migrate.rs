@@ -202,12 +202,7 @@ pub const ANNOTATIONS: &[Known] = &[
         "deterministic: exactly weight of every total requests, spread evenly (ingress-nginx draws at random)",
     )
     .with(CANARY),
-    differs(
-        "canary-weight-total",
-        "1000",
-        "deterministic split, as canary-weight",
-    )
-    .with(CANARY),
+    differs("canary-weight-total", "1000", "deterministic split, as canary-weight").with(CANARY),
     yes("affinity", "cookie"),
     yes("affinity-mode", "persistent").with(AFFINITY),
     yes("session-cookie-name", "route").with(AFFINITY),
@@ -229,15 +224,24 @@ pub const ANNOTATIONS: &[Known] = &[
         "affinity-canary-behavior",
         "not implemented; ignored (a canary keeps its own affinity)",
     ),
-    no("session-cookie-secure", "not implemented; ignored (Secure is set on TLS)"),
-    no("session-cookie-expires", "not implemented; ignored (use session-cookie-max-age)"),
+    no(
+        "session-cookie-secure",
+        "not implemented; ignored (Secure is set on TLS)",
+    ),
+    no(
+        "session-cookie-expires",
+        "not implemented; ignored (use session-cookie-max-age)",
+    ),
     no("session-cookie-domain", "not implemented; ignored (host-only cookie)"),
     no("session-cookie-conditional-samesite-none", IGNORED),
     no(
         "session-cookie-change-on-failure",
         "not implemented; ignored (raftgate always re-issues the cookie)",
     ),
-    no("upstream-hash-by-subset", "not implemented; ignored (hashes over all endpoints)"),
+    no(
+        "upstream-hash-by-subset",
+        "not implemented; ignored (hashes over all endpoints)",
+    ),
     no("upstream-hash-by-subset-size", "not implemented; ignored"),
     no(
         "auth-url",
@@ -264,11 +268,23 @@ pub const ANNOTATIONS: &[Known] = &[
     no("auth-tls-verify-client", "client certificates not implemented; ignored"),
     no("auth-tls-verify-depth", "client certificates not implemented; ignored"),
     no("auth-tls-error-page", "client certificates not implemented; ignored"),
-    no("auth-tls-pass-certificate-to-upstream", "client certificates not implemented; ignored"),
+    no(
+        "auth-tls-pass-certificate-to-upstream",
+        "client certificates not implemented; ignored",
+    ),
     no("auth-tls-match-cn", "client certificates not implemented; ignored"),
-    no("proxy-ssl-secret", "upstream TLS options not implemented; ignored (HTTPS upstreams are not verified)"),
-    no("proxy-ssl-verify", "upstream TLS options not implemented; ignored (HTTPS upstreams are not verified)"),
-    no("proxy-ssl-verify-depth", "upstream TLS options not implemented; ignored"),
+    no(
+        "proxy-ssl-secret",
+        "upstream TLS options not implemented; ignored (HTTPS upstreams are not verified)",
+    ),
+    no(
+        "proxy-ssl-verify",
+        "upstream TLS options not implemented; ignored (HTTPS upstreams are not verified)",
+    ),
+    no(
+        "proxy-ssl-verify-depth",
+        "upstream TLS options not implemented; ignored",
+    ),
     no("proxy-ssl-ciphers", "upstream TLS options not implemented; ignored"),
     no("proxy-ssl-protocols", "upstream TLS options not implemented; ignored"),
     no("proxy-ssl-name", "upstream TLS options not implemented; ignored"),
@@ -280,36 +296,84 @@ pub const ANNOTATIONS: &[Known] = &[
     no("ssl-ciphers", "not implemented; ignored (rustls's cipher suites)"),
     no("ssl-prefer-server-ciphers", IGNORED),
     no("proxy-buffering", "not implemented; ignored (raftgate streams bodies)"),
-    no("proxy-buffer-size", "not implemented; ignored (raftgate streams bodies)"),
-    no("proxy-buffers-number", "not implemented; ignored (raftgate streams bodies)"),
-    no("proxy-max-temp-file-size", "not implemented; ignored (raftgate streams bodies)"),
-    no("proxy-request-buffering", "not implemented; ignored (raftgate streams bodies)"),
-    no("client-body-buffer-size", "not implemented; ignored (raftgate streams bodies)"),
+    no(
+        "proxy-buffer-size",
+        "not implemented; ignored (raftgate streams bodies)",
+    ),
+    no(
+        "proxy-buffers-number",
+        "not implemented; ignored (raftgate streams bodies)",
+    ),
+    no(
+        "proxy-max-temp-file-size",
+        "not implemented; ignored (raftgate streams bodies)",
+    ),
+    no(
+        "proxy-request-buffering",
+        "not implemented; ignored (raftgate streams bodies)",
+    ),
+    no(
+        "client-body-buffer-size",
+        "not implemented; ignored (raftgate streams bodies)",
+    ),
     no("proxy-http-version", "not implemented; ignored (HTTP/1.1 upstream)"),
     no("proxy-next-upstream-timeout", IGNORED),
-    no("proxy-cookie-domain", "not implemented; ignored: Set-Cookie is passed unchanged"),
-    no("proxy-cookie-path", "not implemented; ignored: Set-Cookie is passed unchanged"),
-    no("proxy-redirect-from", "not implemented; ignored: Location is passed unchanged"),
-    no("proxy-redirect-to", "not implemented; ignored: Location is passed unchanged"),
-    no("upstream-vhost", "not implemented; ignored: the client's Host is sent upstream"),
+    no(
+        "proxy-cookie-domain",
+        "not implemented; ignored: Set-Cookie is passed unchanged",
+    ),
+    no(
+        "proxy-cookie-path",
+        "not implemented; ignored: Set-Cookie is passed unchanged",
+    ),
+    no(
+        "proxy-redirect-from",
+        "not implemented; ignored: Location is passed unchanged",
+    ),
+    no(
+        "proxy-redirect-to",
+        "not implemented; ignored: Location is passed unchanged",
+    ),
+    no(
+        "upstream-vhost",
+        "not implemented; ignored: the client's Host is sent upstream",
+    ),
     no("preserve-trailing-slash", IGNORED),
     no("from-to-www-redirect", IGNORED),
     no("use-port-in-redirects", IGNORED),
     no("custom-headers", "not implemented; ignored: no headers are added"),
     no("connection-proxy-header", IGNORED),
-    no("enable-access-log", "not implemented; ignored (access log is node-wide)"),
+    no(
+        "enable-access-log",
+        "not implemented; ignored (access log is node-wide)",
+    ),
     no("enable-rewrite-log", IGNORED),
     no("limit-rate", "bandwidth limits not implemented; ignored"),
     no("limit-rate-after", "bandwidth limits not implemented; ignored"),
-    no("global-rate-limit", "global (memcached) limits not implemented; ignored"),
-    no("global-rate-limit-window", "global (memcached) limits not implemented; ignored"),
-    no("global-rate-limit-key", "global (memcached) limits not implemented; ignored"),
-    no("global-rate-limit-ignored-cidrs", "global (memcached) limits not implemented; ignored"),
+    no(
+        "global-rate-limit",
+        "global (memcached) limits not implemented; ignored",
+    ),
+    no(
+        "global-rate-limit-window",
+        "global (memcached) limits not implemented; ignored",
+    ),
+    no(
+        "global-rate-limit-key",
+        "global (memcached) limits not implemented; ignored",
+    ),
+    no(
+        "global-rate-limit-ignored-cidrs",
+        "global (memcached) limits not implemented; ignored",
+    ),
     no(
         "denylist-source-range",
         "not implemented; ignored: listed addresses are NOT blocked",
     ),
-    no("satisfy", "not implemented; ignored: every access check applies (satisfy all)"),
+    no(
+        "satisfy",
+        "not implemented; ignored: every access check applies (satisfy all)",
+    ),
     no("mirror-uri", "request mirroring not implemented; ignored"),
     no("mirror-target", "request mirroring not implemented; ignored"),
     no("mirror-request-body", "request mirroring not implemented; ignored"),
@@ -369,7 +433,11 @@ pub const CONFIGMAP_KEYS: &[Known] = &[
     yes("hsts-max-age", "600"),
     yes("hsts-include-subdomains", "false"),
     yes("hsts-preload", "true"),
-    differs("ssl-protocols", "TLSv1.3", "TLSv1.2 and TLSv1.3 only: older versions are refused"),
+    differs(
+        "ssl-protocols",
+        "TLSv1.3",
+        "TLSv1.2 and TLSv1.3 only: older versions are refused",
+    ),
     differs(
         "upstream-keepalive-connections",
         "64",
@@ -384,34 +452,80 @@ pub const CONFIGMAP_KEYS: &[Known] = &[
         "custom-http-errors",
         "the ConfigMap-wide list is not implemented; ignored (the annotation works per Ingress)",
     ),
-    no("worker-processes", "raftgate has no nginx workers (see worker_threads in its config); ignored"),
-    no("max-worker-connections", "ignored (see http.max_connections in raftgate's config)"),
-    no("log-format-upstream", "ignored: raftgate's access log has its own format"),
-    no("log-format-escape-json", "ignored: raftgate's access log has its own format"),
+    no(
+        "worker-processes",
+        "raftgate has no nginx workers (see worker_threads in its config); ignored",
+    ),
+    no(
+        "max-worker-connections",
+        "ignored (see http.max_connections in raftgate's config)",
+    ),
+    no(
+        "log-format-upstream",
+        "ignored: raftgate's access log has its own format",
+    ),
+    no(
+        "log-format-escape-json",
+        "ignored: raftgate's access log has its own format",
+    ),
     no("ssl-ciphers", "ignored: rustls's cipher suites"),
     no("use-http2", "ignored: HTTP/2 is always offered over TLS"),
-    no("use-gzip", "compression not implemented; ignored: responses go out as the upstream sent them"),
+    no(
+        "use-gzip",
+        "compression not implemented; ignored: responses go out as the upstream sent them",
+    ),
     no("enable-brotli", "compression not implemented; ignored"),
     no("proxy-buffering", "ignored: raftgate streams bodies"),
     no("proxy-buffer-size", "ignored: raftgate streams bodies"),
     no("client-body-buffer-size", "ignored: raftgate streams bodies"),
-    no("whitelist-source-range", "not read from the ConfigMap; ignored: set it per Ingress"),
-    no("denylist-source-range", "not implemented; ignored: listed addresses are NOT blocked"),
-    no("block-cidrs", "not implemented; ignored: listed addresses are NOT blocked"),
-    no("block-user-agents", "not implemented; ignored: requests are NOT blocked"),
+    no(
+        "whitelist-source-range",
+        "not read from the ConfigMap; ignored: set it per Ingress",
+    ),
+    no(
+        "denylist-source-range",
+        "not implemented; ignored: listed addresses are NOT blocked",
+    ),
+    no(
+        "block-cidrs",
+        "not implemented; ignored: listed addresses are NOT blocked",
+    ),
+    no(
+        "block-user-agents",
+        "not implemented; ignored: requests are NOT blocked",
+    ),
     no("block-referers", "not implemented; ignored: requests are NOT blocked"),
-    no("global-auth-url", "external auth not implemented; ignored: requests are NOT authenticated"),
+    no(
+        "global-auth-url",
+        "external auth not implemented; ignored: requests are NOT authenticated",
+    ),
     no("enable-modsecurity", "no WAF; ignored: requests are not inspected"),
-    no("enable-owasp-modsecurity-crs", "no WAF; ignored: requests are not inspected"),
+    no(
+        "enable-owasp-modsecurity-crs",
+        "no WAF; ignored: requests are not inspected",
+    ),
     no("enable-opentelemetry", "tracing not implemented; ignored"),
-    no("proxy-next-upstream", "not read from the ConfigMap; ignored (the annotation works)"),
-    no("force-ssl-redirect", "not read from the ConfigMap; ignored (the annotation works)"),
-    no("limit-conn-status-code", "ignored: limit-req-status-code applies to both limits"),
+    no(
+        "proxy-next-upstream",
+        "not read from the ConfigMap; ignored (the annotation works)",
+    ),
+    no(
+        "force-ssl-redirect",
+        "not read from the ConfigMap; ignored (the annotation works)",
+    ),
+    no(
+        "limit-conn-status-code",
+        "ignored: limit-req-status-code applies to both limits",
+    ),
     no("server-tokens", "ignored: raftgate sends no Server header of its own"),
 ];
 
 /// The names ingress-nginx installs use for the controller ConfigMap.
-const CONTROLLER_CONFIGMAPS: &[&str] = &["ingress-nginx-controller", "nginx-configuration", "nginx-ingress-controller"];
+const CONTROLLER_CONFIGMAPS: &[&str] = &[
+    "ingress-nginx-controller",
+    "nginx-configuration",
+    "nginx-ingress-controller",
+];
 
 /// One thing found in the input.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -459,7 +573,7 @@ impl Report {
     }
 
     /// 0 when everything is supported (differences allowed), 1 when something is unsupported or invalid.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         if self.count(Status::Unsupported) + self.count(Status::Invalid) > 0 {
             1
         } else {
@@ -504,8 +618,7 @@ impl Report {
                 let _ = writeln!(out, "{}:", f.object);
                 object = Some(&f.object);
             }
-            let indent = if i == 0 { "" } else { "  " };
-            let _ = writeln!(out, "{indent}{line}");
+            let _ = writeln!(out, "  {line}");
         }
         if self.findings.is_empty() {
             out.clear();
@@ -524,7 +637,10 @@ pub fn annotation_support(key: &str) -> (Status, &'static str) {
     match ANNOTATIONS.iter().find(|k| k.key == key) {
         Some(k) => (k.status, k.note),
         None if key.ends_with("-snippet") => (Status::Unsupported, SNIPPET),
-        None => (Status::Unsupported, "not an ingress-nginx annotation raftgate knows; ignored"),
+        None => (
+            Status::Unsupported,
+            "not an ingress-nginx annotation raftgate knows; ignored",
+        ),
     }
 }
 
@@ -584,9 +700,9 @@ fn text_at<'v>(v: &'v Value, path: &[&str]) -> Option<&'v str> {
     path.iter().try_fold(v, |v, p| v.get(*p))?.as_str()
 }
 
-/// A value on one line, at most 40 characters.
+/// A value on one line, at most 32 characters.
 fn preview(v: &str) -> String {
-    const MAX: usize = 40;
+    const MAX: usize = 32;
     let first = v.lines().next().unwrap_or_default();
     let cut: String = first.chars().take(MAX).collect();
     if cut.len() < v.trim_end().len() {
@@ -1068,8 +1184,10 @@ fn class_line(objs: &[Obj], refs: &Refs) -> String {
         .iter()
         .filter(|o| o.kind == "IngressClass")
         .map(|o| {
-            let default = text_at(&o.value, &["metadata", "annotations", "ingressclass.kubernetes.io/is-default-class"])
-                == Some("true");
+            let default = text_at(
+                &o.value,
+                &["metadata", "annotations", "ingressclass.kubernetes.io/is-default-class"],
+            ) == Some("true");
             (o.name.as_str(), text_at(&o.value, &["spec", "controller"]), default)
         })
         .collect();
@@ -1078,7 +1196,10 @@ fn class_line(objs: &[Obj], refs: &Refs) -> String {
     names.dedup();
     let mut parts = Vec::new();
     for c in &names {
-        let (s, a) = (by_spec.get(*c).copied().unwrap_or(0), by_annotation.get(*c).copied().unwrap_or(0));
+        let (s, a) = (
+            by_spec.get(*c).copied().unwrap_or(0),
+            by_annotation.get(*c).copied().unwrap_or(0),
+        );
         let mut how = Vec::new();
         if s > 0 {
             how.push(format!("{s} by spec.ingressClassName"));
@@ -1099,7 +1220,10 @@ fn class_line(objs: &[Obj], refs: &Refs) -> String {
         ));
     }
     if !refs.ingress_class.is_empty() {
-        parts.push(format!("controller flag --ingress-class={}", refs.ingress_class.join(",")));
+        parts.push(format!(
+            "controller flag --ingress-class={}",
+            refs.ingress_class.join(",")
+        ));
     }
     if parts.is_empty() {
         return "ingress class: no Ingress or IngressClass in the input".into();
@@ -1279,10 +1403,18 @@ metadata:
         assert!(timeout.note.contains("WebSocket"), "{}", timeout.note);
         assert_eq!(find(&r, "use-regex").status, Status::Differs);
         let rps = find(&r, "limit-rps");
-        assert_eq!(rps.status, Status::Invalid, "an unquoted number is refused by the API server");
+        assert_eq!(
+            rps.status,
+            Status::Invalid,
+            "an unquoted number is refused by the API server"
+        );
         let digest = find(&r, "auth-type");
         assert_eq!(digest.status, Status::Invalid);
-        assert!(digest.note.contains("digest authentication is not supported"), "{}", digest.note);
+        assert!(
+            digest.note.contains("digest authentication is not supported"),
+            "{}",
+            digest.note
+        );
         assert_eq!(find(&r, "auth-secret").status, Status::Supported);
         assert_eq!(find(&r, "session-cookie-secure").status, Status::Unsupported);
         let unknown = find(&r, "made-up");
@@ -1331,9 +1463,15 @@ data:
   use-gzip: \"true\"
 ";
         let r = one("controller.yaml", deploy);
-        assert!(r.findings.iter().all(|f| f.key != "use-gzip"), "the flag names another one");
+        assert!(
+            r.findings.iter().all(|f| f.key != "use-gzip"),
+            "the flag names another one"
+        );
         let size = find(&r, "proxy-body-size");
-        assert_eq!((size.status, size.line, size.object.as_str()), (Status::Supported, 22, "ConfigMap ingress-nginx/my-nginx-settings"));
+        assert_eq!(
+            (size.status, size.line, size.object.as_str()),
+            (Status::Supported, 22, "ConfigMap ingress-nginx/my-nginx-settings")
+        );
         let snippets = find(&r, "allow-snippet-annotations");
         assert_eq!(snippets.status, Status::Unsupported);
         assert!(snippets.note.contains("never executed"));
@@ -1341,8 +1479,10 @@ data:
         assert_eq!(tls.status, Status::Invalid, "{tls:?}");
         assert_eq!(find(&r, "worker-processes").status, Status::Unsupported);
         assert!(
-            r.notes.iter().any(|n| n.contains("controller_configmap: ingress-nginx/my-nginx-settings")
-                && n.contains("--configmap of DaemonSet ingress-nginx/ingress-nginx-controller")),
+            r.notes
+                .iter()
+                .any(|n| n.contains("controller_configmap: ingress-nginx/my-nginx-settings")
+                    && n.contains("--configmap of DaemonSet ingress-nginx/ingress-nginx-controller")),
             "{:?}",
             r.notes
         );
@@ -1352,7 +1492,11 @@ data:
         let r = one("cm.yaml", deploy.split("---\n").nth(2).unwrap_or_default());
         let gzip = find(&r, "use-gzip");
         assert_eq!((gzip.status, gzip.line), (Status::Unsupported, 7));
-        assert!(r.notes.iter().any(|n| n.contains("its well-known name")), "{:?}", r.notes);
+        assert!(
+            r.notes.iter().any(|n| n.contains("its well-known name")),
+            "{:?}",
+            r.notes
+        );
     }
 
     #[test]
@@ -1394,12 +1538,26 @@ items:
         assert!(mqtt.note.contains("PROXY header decoded") && mqtt.note.contains("PROXY v1 header sent"));
         let bad = find(&r, "9000");
         assert_eq!((bad.status, bad.line), (Status::Invalid, 12));
-        assert!(bad.note.contains("expected <namespace>/<service>:<port>"), "{}", bad.note);
+        assert!(
+            bad.note.contains("expected <namespace>/<service>:<port>"),
+            "{}",
+            bad.note
+        );
         assert_eq!(find(&r, "70000").status, Status::Invalid);
         let dns = find(&r, "53");
-        assert_eq!((dns.status, dns.line, dns.object.as_str()), (Status::Differs, 20, "ConfigMap ingress-nginx/udp-services"));
-        assert!(r.findings.iter().all(|f| f.key != "80"), "not an ingress-nginx ConfigMap");
-        assert!(r.notes.iter().any(|n| n.contains("l4.tcp_services_configmap: ingress-nginx/tcp-services")));
+        assert_eq!(
+            (dns.status, dns.line, dns.object.as_str()),
+            (Status::Differs, 20, "ConfigMap ingress-nginx/udp-services")
+        );
+        assert!(
+            r.findings.iter().all(|f| f.key != "80"),
+            "not an ingress-nginx ConfigMap"
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("l4.tcp_services_configmap: ingress-nginx/tcp-services"))
+        );
         assert_eq!(r.exit_code(), 1);
     }
 
@@ -1432,7 +1590,11 @@ metadata:
         assert_eq!(broken.len(), 1, "{r:#?}");
         assert_eq!(broken[0].status, Status::Invalid);
         assert!((9..=11).contains(&broken[0].line), "{:?}", broken[0]);
-        assert_eq!(find(&r, "ssl-redirect").line, 5, "a flow mapping: the line naming the key");
+        assert_eq!(
+            find(&r, "ssl-redirect").line,
+            5,
+            "a flow mapping: the line naming the key"
+        );
         assert_eq!(find(&r, "app-root").line, 17);
         let json = r.findings.iter().find(|f| f.file == "b.json").unwrap();
         assert_eq!((json.status, json.line), (Status::Supported, 1));
@@ -1451,11 +1613,17 @@ metadata:
         assert_eq!(find(&r, "canary-weight").status, Status::Differs);
         let text = r.render();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with("STATUS") && lines[0].contains("NOTE"), "{text}");
+        assert!(lines[0].starts_with("  STATUS") && lines[0].contains("NOTE"), "{text}");
         assert_eq!(lines[1], "Ingress ok:");
         assert!(lines[2].trim_start().starts_with("supported  canary "), "{text}");
         assert!(lines[3].contains("differs") && lines[3].contains("ok.yaml:8"), "{text}");
-        assert!(text.contains("1 Ingress(es) of class nginx (1 by the kubernetes.io/ingress.class annotation)"), "{text}");
-        assert_eq!(lines.last().copied(), Some("1 supported, 1 with differences, 0 unsupported"));
+        assert!(
+            text.contains("1 Ingress(es) of class nginx (1 by the kubernetes.io/ingress.class annotation)"),
+            "{text}"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("1 supported, 1 with differences, 0 unsupported")
+        );
     }
 }
