@@ -90,7 +90,7 @@ fn opt(v: &Value) -> String {
 }
 
 /// Rows as left-aligned columns two spaces apart, one line each.
-fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+pub(crate) fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();

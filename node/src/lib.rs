@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod events;
+pub mod migrate;
 pub mod objects;
 pub mod replicated;
 pub mod source;

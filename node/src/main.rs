@@ -1,6 +1,7 @@
 //! The `raftgate` binary: parse the command line, set up logging, run.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
@@ -74,6 +75,21 @@ enum Command {
     Leave {
         #[arg(long, default_value = "127.0.0.1:10254")]
         admin: std::net::SocketAddr,
+    },
+    /// List what raftgate does with manifests written for ingress-nginx: every
+    /// nginx.ingress.kubernetes.io annotation, controller ConfigMap key and tcp/udp-services
+    /// entry, as supported, supported with a difference, or unsupported, with file:line.
+    #[command(after_help = "Exit status:\n  \
+        0  everything is supported (differences allowed)\n  \
+        1  something is unsupported, or a value, entry or document is invalid\n  \
+        2  the input could not be read (a PATH is missing or unreadable, or a directory holds no manifests)")]
+    MigrateCheck {
+        /// Manifest files, or directories searched recursively for .yaml, .yml and .json files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -155,6 +171,7 @@ enum Members {
 fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Ctl { admin, command } => ctl_main(admin, command),
+        Command::MigrateCheck { paths, json } => migrate_check(&paths, json),
         other => run_command(other).map(|()| std::process::ExitCode::SUCCESS),
     }
 }
@@ -248,6 +265,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             say(&format!("member {id} left the group"));
             Ok(())
         }),
+        Command::MigrateCheck { paths, json } => migrate_check(&paths, json).map(|_| ()),
         Command::Check { config } => {
             let cfg = Config::load(&config)?;
             let report = raftgate::app::check(&cfg);
@@ -258,6 +276,85 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `raftgate migrate-check`: exit 0 when everything is supported, 1 when something is
+/// unsupported or invalid, 2 when the input cannot be read.
+fn migrate_check(paths: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let inputs = match read_manifests(paths) {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("raftgate migrate-check: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let report = raftgate::migrate::check(&inputs);
+    if json {
+        say(&serde_json::to_string_pretty(&report)?);
+    } else {
+        say(report.render().trim_end());
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+/// The manifests under `paths`: files as named, directories searched recursively (sorted,
+/// hidden entries skipped) for .yaml, .yml and .json files. Text that is not UTF-8 is read
+/// lossily, so the YAML parser reports it where it breaks.
+fn read_manifests(paths: &[PathBuf]) -> Result<Vec<(String, String)>, raftgate::migrate::MigrateError> {
+    use raftgate::migrate::MigrateError;
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<(), MigrateError> {
+        let read = |source| MigrateError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(read)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        entries.sort();
+        for p in entries {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|source| MigrateError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let before = files.len();
+            walk(p, &mut files)?;
+            if files.len() == before {
+                return Err(MigrateError::NoManifests { path: p.clone() });
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|path| match std::fs::read(&path) {
+            Ok(bytes) => Ok((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned())),
+            Err(source) => Err(MigrateError::Read { path, source }),
+        })
+        .collect()
 }
 
 fn ctl_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
