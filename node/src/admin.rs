@@ -93,7 +93,7 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/metrics" => {
             let mut out = String::with_capacity(4096);
-            state.dataplane.metrics().render(&mut out);
+            state.dataplane.render_metrics(&mut out);
             if let Some(l4) = state.l4() {
                 l4.metrics().render(&mut out);
             }
@@ -123,6 +123,7 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "raftgate_config_problems{{severity=\"warning\"}} {}",
                 count(Severity::Warning)
             );
+            state.source_stats.render(&mut out);
             if let Some(c) = state.cluster() {
                 render_raft(&mut out, c);
                 if let Some(v) = &c.vips {
@@ -456,6 +457,23 @@ fn render_raft(out: &mut String, c: &crate::cluster::ClusterState) {
         "raftgate_raft_snapshots_total",
         "Snapshots built or installed by this member.",
         stats.snapshots.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        out,
+        "raftgate_raft_source_starts_total",
+        "Times this member started the config source (on becoming the leader with a lease).",
+        c.source.starts.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    gauge(
+        out,
+        "raftgate_raft_last_batch_bytes",
+        "Size of the last routing batch this member proposed as leader (0: none).",
+        c.source.last_batch_bytes.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP raftgate_raft_last_apply_duration_seconds How long the last replicated routing table took to apply into the data plane.\n# TYPE raftgate_raft_last_apply_duration_seconds gauge\nraftgate_raft_last_apply_duration_seconds {}",
+        c.source.last_apply_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
     );
     let (buckets, count, sum) = stats.append_latency.read();
     let name = "raftgate_raft_append_latency_seconds";

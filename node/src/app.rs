@@ -36,6 +36,7 @@ use crate::compiler::Severity;
 use crate::config::Config;
 use crate::config::Source;
 use crate::objects::Objects;
+use crate::source::SourceStats;
 use crate::source::manifests::ManifestDir;
 
 /// Why a node could not start.
@@ -80,6 +81,8 @@ pub struct NodeState {
     ready_notify: Notify,
     problems: Mutex<Vec<Problem>>,
     source_errors: Mutex<Vec<String>>,
+    /// What the config source did, for `/metrics`.
+    pub source_stats: crate::source::SourceStats,
     /// Set once the L4 manager runs, for metrics and status.
     l4: Mutex<Option<Arc<raftgate_proxy::l4::Manager>>>,
     /// Set in Raft mode.
@@ -212,6 +215,7 @@ impl Node {
             ready_notify: Notify::new(),
             problems: Mutex::new(Vec::new()),
             source_errors: Mutex::new(Vec::new()),
+            source_stats: Default::default(),
             l4: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
             events: crate::events::Events::default(),
@@ -575,6 +579,7 @@ impl Publisher {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::warn!(error = %e, "routing change not committed; will retry");
+                    SourceStats::count(&self.state.source_stats.commit_failures, 1);
                     false
                 }
             }
@@ -605,6 +610,12 @@ impl Publisher {
         };
         if taken {
             self.first = false;
+            let stats = &self.state.source_stats;
+            SourceStats::count(&stats.compilations, 1);
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            stats.last_publish_unix_ms.store(now_ms, Ordering::Relaxed);
         }
         taken
     }
@@ -616,6 +627,10 @@ impl crate::source::kubernetes::Publish for Publisher {
         out: crate::compiler::Output,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(self.publish_output(out))
+    }
+
+    fn source_error(&self) {
+        SourceStats::count(&self.state.source_stats.errors, 1);
     }
 }
 
@@ -642,6 +657,7 @@ async fn source_loop(
                 for e in &scan.errors {
                     tracing::error!(error = %e, "manifest rejected");
                 }
+                SourceStats::count(&publisher.state.source_stats.errors, scan.errors.len() as u64);
                 if !scan.errors.is_empty()
                     && let Ok(mut s) = publisher.state.source_errors.lock()
                 {

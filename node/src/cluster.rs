@@ -44,6 +44,8 @@ pub struct ClusterState {
 pub struct SourceRecord {
     running: AtomicBool,
     runs: Mutex<Vec<SourceRun>>,
+    /// Times this member started the source (each leadership with a valid lease).
+    pub starts: AtomicU64,
     /// Size of the last batch this member proposed, as the Raft log entry carries it (JSON).
     pub last_batch_bytes: AtomicU64,
     /// How long the last apply into the data plane took, in microseconds.
@@ -75,6 +77,7 @@ impl SourceRecord {
 
     fn start(&self) {
         self.running.store(true, Ordering::Release);
+        self.starts.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut runs) = self.runs.lock() {
             runs.push(SourceRun {
                 started_ms: now_ms(),

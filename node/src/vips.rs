@@ -272,7 +272,7 @@ impl Vips {
         let quiet = held.len() - active;
         let _ = writeln!(
             out,
-            "# HELP raftgate_vips_held VIPs this member holds, by mode (active: announced and answering ARP/NDP).\n# TYPE raftgate_vips_held gauge\nraftgate_vips_held{{mode=\"active\"}} {active}\nraftgate_vips_held{{mode=\"quiet\"}} {quiet}"
+            "# HELP raftgate_vip_held VIPs this member holds, by mode (active: announced and answering ARP/NDP).\n# TYPE raftgate_vip_held gauge\nraftgate_vip_held{{mode=\"active\"}} {active}\nraftgate_vip_held{{mode=\"quiet\"}} {quiet}"
         );
         let _ = writeln!(
             out,
@@ -294,11 +294,25 @@ impl Vips {
             "# HELP raftgate_vip_refused 1 when this member cannot own VIPs (missing capabilities).\n# TYPE raftgate_vip_refused gauge\nraftgate_vip_refused {}",
             u8::from(self.refused.is_some())
         );
+        // The committed assignment as this member applied it: the same on every member.
+        let rep = self.replicated.borrow().clone();
+        let (mut owned, mut releasing, mut unassigned) = (0, 0, 0);
+        for addr in self.pool.addrs() {
+            match rep.table.slots.get(&addr).map(|s| &s.state) {
+                Some(raftgate_vip::SlotState::Owned { .. }) => owned += 1,
+                Some(raftgate_vip::SlotState::Releasing { .. }) => releasing += 1,
+                Some(raftgate_vip::SlotState::Unassigned) | None => unassigned += 1,
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP raftgate_vip_addresses Pool VIPs by state in the committed assignment table.\n# TYPE raftgate_vip_addresses gauge\nraftgate_vip_addresses{{state=\"owned\"}} {owned}\nraftgate_vip_addresses{{state=\"releasing\"}} {releasing}\nraftgate_vip_addresses{{state=\"unassigned\"}} {unassigned}"
+        );
         let _ = writeln!(
             out,
             "# HELP raftgate_vip_ownership_changes_total VIP moves applied on this member, by reason.\n# TYPE raftgate_vip_ownership_changes_total counter"
         );
-        for (reason, n) in &self.replicated.borrow().changes {
+        for (reason, n) in &rep.changes {
             let _ = writeln!(out, "raftgate_vip_ownership_changes_total{{reason=\"{reason}\"}} {n}");
         }
     }

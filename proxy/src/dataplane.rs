@@ -184,6 +184,36 @@ impl Dataplane {
         }));
         self.version.send_replace(version);
         self.metrics.config_swaps.fetch_add(1, Ordering::Relaxed);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.metrics.last_swap_unix_ms.store(now_ms, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Prometheus text exposition of the data plane: the counters of [`Metrics::render`], and
+    /// the endpoint state of every upstream in the served table (read at scrape time, so the
+    /// request path pays nothing for it; one series pair per upstream of the table).
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        self.metrics.render(out);
+        let snap = self.snapshot();
+        let mut ids: Vec<&String> = snap.upstreams.keys().collect();
+        ids.sort();
+        out.push_str(
+            "# HELP raftgate_upstream_endpoints Endpoints of each upstream in the served table, by passive-health state.\n",
+        );
+        out.push_str("# TYPE raftgate_upstream_endpoints gauge\n");
+        let now = std::time::Instant::now();
+        for id in ids {
+            let up = &snap.upstreams[id];
+            let ejected = up.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+            let available = up.endpoints.len() - ejected;
+            let id = crate::metrics::escape(id);
+            let _ = writeln!(
+                out,
+                "raftgate_upstream_endpoints{{upstream=\"{id}\",state=\"available\"}} {available}\nraftgate_upstream_endpoints{{upstream=\"{id}\",state=\"ejected\"}} {ejected}"
+            );
+        }
     }
 }

@@ -378,7 +378,9 @@ async fn proxy(
                     Ok(c) => c,
                     Err(e) => {
                         tracing::debug!(endpoint = %ep.endpoint, error = %e, "connect failed");
-                        ep.record_failure(Instant::now(), settings);
+                        if ep.record_failure(Instant::now(), settings) {
+                            dp.metrics().upstream_ejected(upstream_id);
+                        }
                         dp.metrics().upstream_error(upstream_id, UpstreamErrorKind::Connect);
                         let next = match e {
                             ConnectError::Timeout { .. } => policy.next_upstream.timeout,
@@ -405,8 +407,8 @@ async fn proxy(
                         && upstream.pick(Instant::now(), &tried).is_some() =>
                 {
                     // Try the next endpoint with the same request (nginx's `http_502`…).
-                    if resp.status().is_server_error() {
-                        ep.record_failure(Instant::now(), settings);
+                    if resp.status().is_server_error() && ep.record_failure(Instant::now(), settings) {
+                        dp.metrics().upstream_ejected(upstream_id);
                     }
                     // The guard checked `resend`; the else arm cannot run.
                     let Some((method, uri, version, headers)) = &resend else {
@@ -442,14 +444,18 @@ async fn proxy(
                     req = *back;
                     if fresh {
                         // A brand-new connection refused the request: count it against the endpoint.
-                        ep.record_failure(Instant::now(), settings);
+                        if ep.record_failure(Instant::now(), settings) {
+                            dp.metrics().upstream_ejected(upstream_id);
+                        }
                         last_err = ProxyError::Upstream(e);
                         break;
                     }
                     continue;
                 }
                 Err(SendError::Failed(e)) => {
-                    ep.record_failure(Instant::now(), settings);
+                    if ep.record_failure(Instant::now(), settings) {
+                        dp.metrics().upstream_ejected(upstream_id);
+                    }
                     return Err((e, log));
                 }
             }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 pub use tokio_rustls::TlsAcceptor;
 
+use crate::metrics::TlsHandshakeError;
 use crate::tls::TlsAcceptors;
 
 use crate::dataplane::Dataplane;
@@ -187,13 +188,16 @@ async fn connection(
         None => serve(stream, info, shared, &builder).await,
         Some(acceptor) => {
             match tokio::time::timeout(shared.settings.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => serve(s, info, shared, &builder).await,
+                Ok(Ok(s)) => {
+                    metrics.tls_handshake(s.get_ref().1.protocol_version());
+                    serve(s, info, shared, &builder).await
+                }
                 Ok(Err(e)) => {
-                    metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics.tls_handshake_error(TlsHandshakeError::of(&e));
                     tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    metrics.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+                    metrics.tls_handshake_error(TlsHandshakeError::Timeout);
                     tracing::debug!(client = %peer, "TLS handshake timed out");
                 }
             }

@@ -457,6 +457,9 @@ pub(crate) trait Publish: Send {
     /// Publishes a table; false means "not taken, try again".
     fn publish(&mut self, out: crate::compiler::Output)
     -> Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+
+    /// Counts a failed API connect, watch or Secret read (`raftgate_source_errors_total`).
+    fn source_error(&self) {}
 }
 
 /// Where the status of our Ingresses should point.
@@ -477,6 +480,7 @@ pub(crate) async fn run(
         match client(cfg.kubeconfig.as_deref(), &user_agent).await {
             Ok(c) => break c,
             Err(e) => {
+                publish.source_error();
                 tracing::error!(error = %e, "cannot reach the Kubernetes API; retrying in 5s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -523,7 +527,10 @@ pub(crate) async fn run(
                         }
                         dirty.or(d);
                     }
-                    Err(e) => errors.report(idx, store.scopes.get(idx).map_or("?", |s| s.kind), &e),
+                    Err(e) => {
+                        publish.source_error();
+                        errors.report(idx, store.scopes.get(idx).map_or("?", |s| s.kind), &e)
+                    }
                 }
                 continue;
             }
@@ -545,6 +552,7 @@ pub(crate) async fn run(
         let used = store.used_secrets(&ours);
         let (secrets_changed, secrets_failed) = sync_secrets(&client, &mut store, &used).await;
         if secrets_failed {
+            publish.source_error();
             // Never compile as if an unreadable Secret were missing: that would withdraw routes.
             due = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             dirty.compile |= secrets_changed;

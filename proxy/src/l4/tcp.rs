@@ -221,7 +221,9 @@ async fn connect(
                 ctx.dataplane
                     .metrics()
                     .upstream_error(upstream_id, UpstreamErrorKind::Connect);
-                ep.record_failure(Instant::now(), settings);
+                if ep.record_failure(Instant::now(), settings) {
+                    ctx.dataplane.metrics().upstream_ejected(upstream_id);
+                }
                 last = Some(e);
             }
         }

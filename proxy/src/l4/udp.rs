@@ -248,7 +248,9 @@ impl Session {
             tracing::debug!(client = %self.client, endpoint = %self.endpoint.endpoint, error = %e, "L4 UDP session failed");
             if matches!(e.side(), crate::error::ErrorSide::Upstream) {
                 let snap = self.ctx.dataplane.snapshot();
-                self.endpoint.record_failure(Instant::now(), &snap.table.settings);
+                if self.endpoint.record_failure(Instant::now(), &snap.table.settings) {
+                    self.ctx.dataplane.metrics().upstream_ejected(&self.upstream);
+                }
                 ServiceStats::add(&self.stats.connect_errors, 1);
                 self.ctx
                     .dataplane
