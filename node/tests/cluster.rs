@@ -617,6 +617,12 @@ async fn the_status_page_shows_the_group_and_follows_a_member_dying() {
         Value::String(version.to_string())
     );
     page.wait_for(
+        "the route listed",
+        "document.getElementById('routes').innerText.includes('shop.example.com')",
+        Duration::from_secs(10),
+    )
+    .await;
+    page.wait_for(
         "the rejected Ingress listed",
         "document.getElementById('problems').innerText.includes('Ingress default/broken')",
         Duration::from_secs(10),
