@@ -13,12 +13,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Echo, Harness, get, ingress, service};
+use common::{CapLessMember, Echo, Harness, free_addr, get, ingress, service};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::CertificateDer;
@@ -158,28 +157,6 @@ async fn scrape_until(admin: SocketAddr, line: &str) -> String {
     }
 }
 
-/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
-/// connection (of the other test, running at the same time) can take it before the node binds it.
-fn free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let mut x =
-        (u64::from(nanos) ^ (u64::from(std::process::id()) << 20) ^ SEQ.fetch_add(0x9e37_79b9, Ordering::Relaxed)) | 1;
-    loop {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + (x % 12_000) as u16));
-        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-}
-
 #[test]
 fn the_check_names_what_disagrees() {
     let docs = catalogue(
@@ -298,65 +275,12 @@ async fn a_standalone_node_exposes_what_the_catalogue_says() {
     );
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|v| v.split_whitespace().nth(1).map(|euid| euid == "0"))
-        .unwrap_or(false)
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raft_member_with_vips_exposes_what_the_catalogue_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
-    let (http, https, admin, raft) = (free_addr(), free_addr(), free_addr(), free_addr());
-    let config = dir.path().join("n1.yaml");
-    // A documentation-range VIP: even a mistake could not reach a real network.
-    std::fs::write(
-        &config,
-        format!(
-            "node_id: n1\nlisten: {{http: \"{http}\", https: \"{https}\"}}\nadmin: {{listen: \"{admin}\"}}\n\
-             source: {{kind: manifests, path: {}, poll_interval: 50ms}}\n\
-             raft: {{id: 1, listen: \"{raft}\", data_dir: {}, insecure: true}}\n\
-             vip:\n  addresses: [{{addr: 192.0.2.201, prefix: 24, interface: lo}}]\n",
-            manifests.display(),
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
-    let exe = env!("CARGO_BIN_EXE_raftgate");
-    let mut cmd = if is_root() {
-        if Command::new("setpriv").arg("--help").output().is_err() {
-            println!("skipped: running as root, and setpriv (util-linux) is needed to drop the capabilities");
-            return;
-        }
-        let mut c = Command::new("setpriv");
-        c.args(["--bounding-set=-net_admin,-net_raw", "--"]).arg(exe);
-        c
-    } else {
-        Command::new(exe)
+    let Some(member) = CapLessMember::start("192.0.2.201") else {
+        return;
     };
-    let log = dir.path().join("n1.log");
-    let child = cmd
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("n1.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let _guard = Kill(child);
+    let (admin, log) = (member.admin, &member.log);
 
     // Leading, with its first table served (so the source ran and replication is reported).
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -373,8 +297,8 @@ async fn a_raft_member_with_vips_exposes_what_the_catalogue_says() {
         assert!(
             Instant::now() < deadline,
             "no leader with a table within 20s: {}\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(dir.path().join("n1.err")).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default(),
+            std::fs::read_to_string(&member.err).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -307,3 +307,116 @@ pub async fn read(resp: Response<Incoming>) -> Reply {
         body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
+
+/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
+/// connection (of another test running at the same time) can take it between now and the
+/// moment a child process binds it.
+pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::AtomicU64;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mut x =
+        (u64::from(nanos) ^ (u64::from(std::process::id()) << 20) ^ SEQ.fetch_add(0x9e37_79b9, Ordering::Relaxed)) | 1;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1).map(|euid| euid == "0"))
+        .unwrap_or(false)
+}
+
+/// A one-member Raft group with a `vip` section, run as a child process that cannot own VIPs:
+/// not root, it lacks the capabilities anyway; as root (CI) it is started through `setpriv`
+/// with CAP_NET_ADMIN and CAP_NET_RAW dropped, so it never touches this host's addresses.
+/// Killed on drop.
+pub struct CapLessMember {
+    pub dir: tempfile::TempDir,
+    pub manifests: std::path::PathBuf,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: SocketAddr,
+    /// Its stdout (the log).
+    pub log: std::path::PathBuf,
+    /// Its stderr.
+    pub err: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Drop for CapLessMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CapLessMember {
+    /// Starts it with `vip` (a documentation-range address, so even a mistake could not reach a
+    /// real network) on `lo`. None, after saying why, when root lacks `setpriv`.
+    pub fn start(vip: &str) -> Option<CapLessMember> {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let (http, https, admin, raft) = (free_addr(), free_addr(), free_addr(), free_addr());
+        let config = dir.path().join("n1.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id: n1\nlisten: {{http: \"{http}\", https: \"{https}\"}}\nadmin: {{listen: \"{admin}\"}}\n\
+                 source: {{kind: manifests, path: {}, poll_interval: 50ms}}\n\
+                 raft: {{id: 1, listen: \"{raft}\", data_dir: {}, insecure: true}}\n\
+                 vip:\n  addresses: [{{addr: {vip}, prefix: 24, interface: lo}}]\n",
+                manifests.display(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let exe = env!("CARGO_BIN_EXE_raftgate");
+        let mut cmd = if is_root() {
+            if Command::new("setpriv").arg("--help").output().is_err() {
+                eprintln!("SKIPPED: running as root, and setpriv (util-linux) is needed to drop the capabilities");
+                return None;
+            }
+            let mut c = Command::new("setpriv");
+            c.args(["--bounding-set=-net_admin,-net_raw", "--"]).arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let (log, err) = (dir.path().join("n1.log"), dir.path().join("n1.err"));
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Some(CapLessMember {
+            dir,
+            manifests,
+            http,
+            https,
+            admin,
+            log,
+            err,
+            child,
+        })
+    }
+}
