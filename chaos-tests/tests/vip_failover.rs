@@ -1030,3 +1030,74 @@ fn ipv6_vip_fails_over() {
     println!("VIP {VIP6} owned by n{owner} ({})", c.topo.node_mac(owner).unwrap());
     c.kill_owner_and_check(vip, owner, Duration::from_millis(2000));
 }
+
+/// The status page of a surviving member, in headless Chromium inside that member's namespace,
+/// follows a failover without a reload: the VIP's owner (the leader) is killed, the page shows
+/// it unreachable, a new leader, and the VIP owned by another member, with the move's event.
+/// With `RAFTGATE_STATUS_SCREENSHOT=<file.png>` it saves a screenshot after the failover.
+#[test]
+fn status_page_follows_a_vip_failover() {
+    use raftgate_chaos_tests::browser;
+    let _serial = serial();
+    let Some(chromium) = browser::find() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium in CI: scripts/test.sh installs Debian's chromium package when run as root"
+        );
+        println!("SKIPPED status_page_follows_a_vip_failover: no chromium (apt-get install chromium)");
+        return;
+    };
+    let Some((mut c, vip, _)) = probing(&v4_setup(), VIP4) else {
+        return;
+    };
+    let owner = c.place_vip(vip, true);
+    let viewer = if owner == 1 { 2 } else { 1 };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let ok = |r: Result<(), browser::BrowserError>, c: &Cluster| {
+        if let Err(e) = r {
+            c.fail(&e.to_string());
+        }
+    };
+    let mut page = browser::Browser::start(&chromium, Some(&c.topo.node_ns(viewer)), 1400, 1100).unwrap();
+    page.navigate(&format!("http://{ADMIN}/")).unwrap();
+    let owned_by = |n: usize| {
+        format!(
+            "(() => {{ const r = document.querySelector('#vips tr[data-vip=\"{vip}\"]'); return !!r && r.dataset.owner === '{n}'; }})()"
+        )
+    };
+    let r = rt.block_on(page.wait_for(
+        "the VIP shown owned by the leader, three members answering",
+        &format!(
+            "{} && document.querySelectorAll('#members tr[data-reachable=\"yes\"]').length === 3",
+            owned_by(owner)
+        ),
+        Duration::from_secs(20),
+    ));
+    ok(r, &c);
+
+    c.kill9(owner);
+    let all: Vec<usize> = (1..=NODES).collect();
+    let (new_owner, leader) = c.wait_until("a new owner", 10, |c| {
+        c.owner_of(vip, &all).filter(|(o, _)| *o != owner)
+    });
+    println!("n{owner} killed; n{new_owner} owns the VIP, n{leader} leads; the page of n{viewer} should show it");
+    let r = rt.block_on(page.wait_for(
+        "the page showing the new owner, the dead member and the new leader",
+        &format!(
+            "{} && document.querySelector('#members tr[data-id=\"{owner}\"]').dataset.reachable === 'no' \
+             && document.getElementById('leader').textContent === '{leader}' \
+             && document.getElementById('events').innerText.includes('VIP {vip} owned by member {new_owner} (owner_down)')",
+            owned_by(new_owner)
+        ),
+        Duration::from_secs(10),
+    ));
+    ok(r, &c);
+    if let Some(path) = std::env::var_os("RAFTGATE_STATUS_SCREENSHOT") {
+        let png = page.screenshot().unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(path, png).unwrap();
+    }
+}

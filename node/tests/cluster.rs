@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod browser;
 mod common;
 
 use std::net::SocketAddr;
@@ -11,36 +10,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Echo, get, ingress, service};
+use common::{Echo, free_addr, get, ingress, service};
 use raftgate::ctl::request;
 use raftgate_chaos_tests::apiserver::ApiServer;
 use serde_json::Value;
 use serde_json::json;
-
-/// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
-/// connection can take it between now and the moment a member process binds it.
-fn free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seed = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos(),
-    ) ^ (u64::from(std::process::id()) << 20)
-        ^ SEQ.fetch_add(0x9e37_79b9, Ordering::Relaxed);
-    let mut x = seed | 1;
-    loop {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let port = 20_000 + (x % 12_000) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-}
 
 struct Member {
     id: u64,
@@ -130,7 +104,7 @@ impl Group {
         let child = Command::new(env!("CARGO_BIN_EXE_raftgate"))
             .args(["run", "--config"])
             .arg(&m.config)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -551,6 +525,10 @@ async fn a_group_fed_by_the_kubernetes_api() {
 /// also saves a screenshot (docs/status-page.png comes from this).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_the_group_and_follows_a_member_dying() {
+    use raftgate_chaos_tests::browser;
+    fn ok<T>(r: Result<T, browser::BrowserError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
     let Some(chromium) = browser::find() else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -582,79 +560,101 @@ async fn the_status_page_shows_the_group_and_follows_a_member_dying() {
     let victim = (leader + 1) % 3;
     let (leader_id, victim_id) = (g.members[leader].id, g.members[victim].id);
 
-    let mut page = browser::Browser::start(&chromium, 1400, 1000);
-    page.navigate(&format!("http://{}/", g.members[leader].admin));
+    let mut page = ok(browser::Browser::start(&chromium, None, 1400, 1000));
+    ok(page.navigate(&format!("http://{}/", g.members[leader].admin)));
     let rows = "document.querySelectorAll('#members tbody tr')";
-    page.wait_for(
-        "three reachable members",
-        &format!("{rows}.length === 3 && [...{rows}].every(r => r.dataset.reachable === 'yes')"),
-        Duration::from_secs(20),
-    )
-    .await;
-    page.wait_for(
-        "the leader's row marked leader, the others followers",
-        &format!(
-            "[...{rows}].map(r => r.dataset.id + '=' + r.dataset.role).sort().join(',') === '{}'",
-            {
-                let mut want: Vec<String> = g
-                    .members
-                    .iter()
-                    .map(|m| format!("{}={}", m.id, if m.id == leader_id { "leader" } else { "follower" }))
-                    .collect();
-                want.sort();
-                want.join(",")
-            }
-        ),
-        Duration::from_secs(10),
-    )
-    .await;
+    ok(page
+        .wait_for(
+            "three reachable members",
+            &format!("{rows}.length === 3 && [...{rows}].every(r => r.dataset.reachable === 'yes')"),
+            Duration::from_secs(20),
+        )
+        .await);
+    ok(page
+        .wait_for(
+            "the leader's row marked leader, the others followers",
+            &format!(
+                "[...{rows}].map(r => r.dataset.id + '=' + r.dataset.role).sort().join(',') === '{}'",
+                {
+                    let mut want: Vec<String> = g
+                        .members
+                        .iter()
+                        .map(|m| format!("{}={}", m.id, if m.id == leader_id { "leader" } else { "follower" }))
+                        .collect();
+                    want.sort();
+                    want.join(",")
+                }
+            ),
+            Duration::from_secs(10),
+        )
+        .await);
     assert_eq!(
-        page.eval("document.getElementById('leader').textContent"),
+        ok(page.eval("document.getElementById('leader').textContent")),
         Value::String(leader_id.to_string())
     );
     assert_eq!(
-        page.eval("document.getElementById('version').textContent"),
-        Value::String(version.to_string())
+        ok(page.eval("document.getElementById('table').textContent")),
+        Value::String(format!("v{version}"))
     );
-    page.wait_for(
-        "the route listed",
-        "document.getElementById('routes').innerText.includes('shop.example.com')",
-        Duration::from_secs(10),
-    )
-    .await;
-    page.wait_for(
-        "the rejected Ingress listed",
-        "document.getElementById('problems').innerText.includes('Ingress default/broken')",
-        Duration::from_secs(10),
-    )
-    .await;
-    page.wait_for(
-        "a leader event",
-        &format!("document.getElementById('events').innerText.includes('member {leader_id} leads')"),
-        Duration::from_secs(10),
-    )
-    .await;
-    let updated = page.eval("Number(document.body.dataset.updated)").as_f64().unwrap();
+    ok(page
+        .wait_for(
+            "the route listed",
+            "document.getElementById('routes').innerText.includes('shop.example.com')",
+            Duration::from_secs(10),
+        )
+        .await);
+    ok(page
+        .wait_for(
+            "the rejected Ingress listed",
+            "document.getElementById('problems').innerText.includes('Ingress default/broken')",
+            Duration::from_secs(10),
+        )
+        .await);
+    ok(page
+        .wait_for(
+            "a leader event",
+            &format!("document.getElementById('events').innerText.includes('member {leader_id} leads')"),
+            Duration::from_secs(10),
+        )
+        .await);
+    let updated = ok(page.eval("Number(document.body.dataset.updated)")).as_f64().unwrap();
+
+    // `ctl check` on a follower finds the rejection on the leader, which alone compiles.
+    let out = Command::new(env!("CARGO_BIN_EXE_raftgate"))
+        .args(["ctl", "--admin", &g.members[victim].admin.to_string(), "check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Ingress default/broken") && text.contains(&format!("the leader, member {leader_id}")),
+        "{text}"
+    );
 
     g.kill(victim);
-    page.wait_for(
+    ok(page.wait_for(
         "the dead member shown unreachable",
         &format!(
             "(() => {{ const r = document.querySelector('#members tr[data-id=\"{victim_id}\"]'); return !!r && r.dataset.reachable === 'no'; }})()"
         ),
         Duration::from_secs(20),
     )
-    .await;
-    let later = page.eval("Number(document.body.dataset.updated)").as_f64().unwrap();
+    .await);
+    let later = ok(page.eval("Number(document.body.dataset.updated)")).as_f64().unwrap();
     assert!(later > updated, "the page updated in place ({updated} → {later})");
     assert_eq!(
-        page.eval(&format!(
+        ok(page.eval(&format!(
             "[...{rows}].filter(r => r.dataset.reachable === 'yes').length"
-        )),
+        ))),
         json!(2)
     );
     if let Some(path) = std::env::var_os("RAFTGATE_STATUS_SCREENSHOT") {
-        let png = page.screenshot();
+        let png = ok(page.screenshot());
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         std::fs::write(path, png).unwrap();
     }
