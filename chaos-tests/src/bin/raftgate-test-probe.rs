@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const USAGE: &str = "usage: raftgate-test-probe --url http://IP:PORT/PATH [--host HOST] [--interval-ms 20]
-                           [--timeout-ms 200] [--count N]
+                           [--timeout-ms 200] [--count N] [--epoch] [--json]
 
 Every interval, starts an attempt on a NEW TCP connection (attempts overlap when one takes longer
 than the interval): `GET PATH HTTP/1.1` with `Host: HOST` (default: the URL's IP:PORT) and
@@ -21,9 +21,11 @@ than the interval): `GET PATH HTTP/1.1` with `Host: HOST` (default: the URL's IP
 as it ends:
   <ms> ok <status> <first body line>
   <ms> err <reason>
-where <ms> is when the attempt started, in milliseconds since the probe started (lines of
-overlapping attempts may come out of order). The whole attempt must end within the timeout.
-Runs until killed, or until N attempts have ended.
+where <ms> is when the attempt started, in milliseconds since the probe started (with --epoch:
+since the Unix epoch, so that several observers share one clock; lines of overlapping attempts
+may come out of order). With --json the body is read as JSON and printed whole on its line,
+compact (a status poller). The whole attempt must end within the timeout. Runs until killed,
+or until N attempts have ended.
 ";
 
 /// Responses larger than this are cut (only the status line and the first body line matter).
@@ -37,6 +39,8 @@ struct Args {
     interval: Duration,
     timeout: Duration,
     count: Option<u64>,
+    epoch: bool,
+    json: bool,
 }
 
 fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
@@ -55,6 +59,7 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let (mut url, mut host, mut interval, mut timeout, mut count) = (None, None, 20, 200, None);
+    let (mut epoch, mut json) = (false, false);
     let mut flags = Flags::from_env();
     while let Some(mut flag) = flags.next_flag() {
         match flag.name.as_str() {
@@ -64,6 +69,8 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--interval-ms" => interval = flag.number(&mut flags)?,
             "--timeout-ms" => timeout = flag.number(&mut flags)?,
             "--count" => count = Some(flag.number(&mut flags)?),
+            "--epoch" => epoch = true,
+            "--json" => json = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -79,6 +86,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         interval: Duration::from_millis(interval),
         timeout: Duration::from_millis(timeout),
         count,
+        epoch,
+        json,
     }))
 }
 
@@ -106,6 +115,13 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let start = Instant::now();
+    let origin_ms = if args.epoch {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    } else {
+        0
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let printer = tokio::task::spawn_blocking(move || {
         let mut out = std::io::stdout().lock();
@@ -128,10 +144,11 @@ async fn run(args: Args) -> Result<(), String> {
         if tx.is_closed() {
             break; // stdout is gone
         }
-        let at_ms = tick.saturating_duration_since(start).as_millis();
+        let at_ms = origin_ms + tick.saturating_duration_since(start).as_millis();
         let (tx, request, addr, deadline) = (tx.clone(), request.clone(), args.addr, tick + args.timeout);
+        let json = args.json;
         tokio::spawn(async move {
-            let line = match attempt(addr, &request, deadline).await {
+            let line = match attempt(addr, &request, deadline, json).await {
                 Ok((status, body)) => format!("{at_ms} ok {status} {body}"),
                 Err(reason) => format!("{at_ms} err {reason}"),
             };
@@ -145,7 +162,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// One attempt: connect, send, read until the server closes; all before `deadline`.
-async fn attempt(addr: SocketAddr, request: &str, deadline: Instant) -> Result<(u16, String), String> {
+async fn attempt(addr: SocketAddr, request: &str, deadline: Instant, json: bool) -> Result<(u16, String), String> {
     let timed_out = |phase: &str| format!("timeout ({phase})");
     let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
@@ -176,11 +193,12 @@ async fn attempt(addr: SocketAddr, request: &str, deadline: Instant) -> Result<(
             break;
         }
     }
-    parse_response(&response)
+    parse_response(&response, json)
 }
 
-/// The status and the first line of the body of a whole HTTP/1.1 response.
-fn parse_response(response: &[u8]) -> Result<(u16, String), String> {
+/// The status and the first line of the body of a whole HTTP/1.1 response (with `json`, the
+/// whole body as compact JSON when it is JSON).
+fn parse_response(response: &[u8], json: bool) -> Result<(u16, String), String> {
     if response.is_empty() {
         return Err("closed without a response".into());
     }
@@ -203,6 +221,9 @@ fn parse_response(response: &[u8]) -> Result<(u16, String), String> {
     } else {
         body
     };
+    if json && let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
+        return Ok((status, v.to_string()));
+    }
     let first = body.lines().next().unwrap_or_default();
     Ok((status, first.chars().filter(|c| !c.is_control()).collect()))
 }
@@ -228,15 +249,18 @@ mod tests {
     #[test]
     fn responses_parse() {
         let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nbackend\n";
-        assert_eq!(parse_response(plain), Ok((200, "backend".into())));
+        assert_eq!(parse_response(plain, false), Ok((200, "backend".into())));
         let chunked =
             b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nno route\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked), Ok((503, "no route".into())));
+        assert_eq!(parse_response(chunked, false), Ok((503, "no route".into())));
         assert_eq!(
-            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", false),
             Ok((204, String::new()))
         );
-        assert!(parse_response(b"").is_err());
-        assert!(parse_response(b"garbage").is_err());
+        assert!(parse_response(b"", false).is_err());
+        assert!(parse_response(b"garbage", false).is_err());
+        let status = b"HTTP/1.1 200 OK\r\ncontent-length: 21\r\n\r\n{\n  \"ready\": true\n}\n";
+        assert_eq!(parse_response(status, true), Ok((200, r#"{"ready":true}"#.into())));
+        assert_eq!(parse_response(status, false), Ok((200, "{".into())));
     }
 }
