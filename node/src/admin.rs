@@ -101,12 +101,12 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let count = |s| problems.iter().filter(|p| p.severity == s).count();
             let _ = writeln!(
                 out,
-                "# HELP raftgate_config_version Version of the routing table this node serves."
+                "# HELP raftgate_config_version Config version this node serves (in a group: the replicated state version it applied)."
             );
             let _ = writeln!(
                 out,
                 "# TYPE raftgate_config_version gauge\nraftgate_config_version {}",
-                state.dataplane.version()
+                state.config_version()
             );
             let _ = writeln!(
                 out,
@@ -163,7 +163,8 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 "vips": vips,
                 "node_id": state.node_id,
                 "ready": state.is_ready(),
-                "config_version": snap.table.version,
+                "config_version": state.config_version(),
+                "routing_version": snap.table.version,
                 "routes": snap.table.route_count(),
                 "hosts": snap.table.vhosts.len(),
                 "upstreams": snap.table.upstreams.len(),

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub struct NodeState {
     cluster: std::sync::OnceLock<Arc<ClusterState>>,
     /// Recent events, for the status page.
     pub events: crate::events::Events,
+    /// In Raft mode: the replicated state version (routing and VIP state) applied here.
+    applied_version: AtomicU64,
 }
 
 impl NodeState {
@@ -116,6 +119,21 @@ impl NodeState {
     /// The L4 manager, once started.
     pub fn l4(&self) -> Option<Arc<raftgate_proxy::l4::Manager>> {
         self.l4.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// The config version this member serves: in Raft mode the replicated state version it has
+    /// applied, which every member that applied the same log reports alike (also after a restart,
+    /// and whether the last batch moved a route or a VIP); alone, its routing table's version.
+    pub fn config_version(&self) -> u64 {
+        if self.cluster().is_some() {
+            self.applied_version.load(Ordering::Acquire)
+        } else {
+            self.dataplane.version()
+        }
+    }
+
+    pub(crate) fn set_applied_version(&self, version: u64) {
+        self.applied_version.fetch_max(version, Ordering::AcqRel);
     }
 
     /// The problems of the last compilation.
@@ -219,6 +237,7 @@ impl Node {
             l4: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
             events: crate::events::Events::default(),
+            applied_version: AtomicU64::new(0),
         });
         let (drain, drain_rx) = watch::channel(false);
         let settings = ServerSettings {

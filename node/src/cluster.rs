@@ -185,6 +185,7 @@ pub(crate) async fn apply_loop(
         }
         vips.send_replace(Arc::new(vip.clone()));
         if !routing_changed {
+            state.set_applied_version(last_version);
             continue;
         }
         let version = table.version;
@@ -218,6 +219,7 @@ pub(crate) async fn apply_loop(
                 tracing::error!(version, error = %e, "replicated routing table refused by the data plane; keeping the current one")
             }
         }
+        state.set_applied_version(last_version);
         if version > 0 {
             state.mark_ready();
         }

@@ -593,8 +593,8 @@ async fn the_status_page_shows_the_group_and_follows_a_member_dying() {
         Value::String(leader_id.to_string())
     );
     assert_eq!(
-        ok(page.eval("document.getElementById('table').textContent")),
-        Value::String(format!("v{version}"))
+        ok(page.eval("document.getElementById('version').textContent")),
+        Value::String(version.to_string())
     );
     ok(page
         .wait_for(

@@ -196,9 +196,9 @@ async function refresh() {
     text("leader", raft ? (raft.leader ?? "none") : "–");
     text("term", raft ? raft.term : "–");
     // In a group the config version counts every replicated batch (routing and VIP state), the
-    // same number the members table compares; the routing table keeps the version of its last change.
-    text("version", raft ? raft.config_version : status.config_version);
-    text("table", "v" + status.config_version);
+    // number the members compare; the routing table keeps the version of its last change.
+    text("version", status.config_version);
+    text("table", "v" + status.routing_version);
     renderMembers(status, cluster, vips);
     renderVips(vips);
     renderRoutes(routes, status);
