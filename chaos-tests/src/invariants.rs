@@ -619,6 +619,21 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
         per_node.entry(s.node).or_default().push((at, s));
     }
     for (node, samples) in per_node {
+        // A process restarted after kill -9 loads its state and rejoins: until its first ready
+        // sample it is starting, not a member that stopped serving for want of a quorum.
+        let restarts: Vec<Ms> = faults
+            .iter()
+            .filter(|(step, _, _)| matches!(step.fault, Fault::Kill9) && step.targets.contains(&node))
+            .filter_map(|(_, _, e)| *e)
+            .collect();
+        let starting = |at: Ms| {
+            restarts.iter().any(|&r| {
+                r <= at
+                    && !samples
+                        .iter()
+                        .any(|(a, s)| *a >= r && *a < at && s.reachable && s.ready)
+            })
+        };
         let mut last_version: Option<u64> = None;
         let mut i = 0;
         while let Some(&(at, s)) = samples.get(i) {
@@ -638,7 +653,7 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
                     break;
                 }
                 let behind = last_version.is_some_and(|v| s2.config_version < v);
-                if (!s2.ready || behind) && !stopped_serving {
+                if (!s2.ready && !starting(at2) || s2.ready && behind) && !stopped_serving {
                     stopped_serving = true;
                     out.push(violation(
                         inv,
@@ -1462,6 +1477,46 @@ mod tests {
             v[0].detail,
             "n3 without a quorum stopped serving its last state: serves v3 (last served before: v5)"
         );
+    }
+
+    #[test]
+    fn static_stability_lets_a_restarted_process_start() {
+        let not_ready = |at: Ms| {
+            Observation::Status(Status {
+                ready: false,
+                quorum_contact: false,
+                config_version: 0,
+                ..match status(2, 2, 1, 0, false, &[], false) {
+                    Observation::Status(s) => s,
+                    _ => unreachable!(),
+                }
+            })
+        };
+        let mut t = base();
+        fault(&mut t, &step(0, Fault::Kill9, &[2]), 2000, Some(3000));
+        t.push(1900, status(2, 2, 1, 5, false, &[], true));
+        t.push(3100, not_ready(3100));
+        t.push(3200, status(2, 2, 1, 5, false, &[], false));
+        t.push(3300, status(2, 2, 1, 5, false, &[], true));
+        assert_eq!(check_static_stability(&t, &Bounds::default()), []);
+        // Not ready again without a quorum once it had started: a violation.
+        t.push(3400, not_ready(3400));
+        let v = only(
+            check_static_stability(&t, &Bounds::default()),
+            Invariant::StaticStability,
+        );
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert_eq!(v[0].at_ms, 3400);
+        // Without the restart, the first one is already a violation.
+        let mut t = base();
+        t.push(1900, status(2, 2, 1, 5, false, &[], true));
+        t.push(3100, not_ready(3100));
+        let v = only(
+            check_static_stability(&t, &Bounds::default()),
+            Invariant::StaticStability,
+        );
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert_eq!(v[0].at_ms, 3100);
     }
 
     // 5 ------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ const BODY: &str = "backend";
 const NODES: usize = 3;
 const BACKEND: &str = env!("CARGO_BIN_EXE_raftgate-test-backend");
 const PROBE: &str = env!("CARGO_BIN_EXE_raftgate-test-probe");
+const ARPWATCH: &str = env!("CARGO_BIN_EXE_raftgate-test-arpwatch");
 
 /// One test at a time, even under `cargo test`'s parallel runner: each runs three nodes with 50 ms
 /// heartbeats and bounds outages in milliseconds, which a machine shared with other clusters would break.
@@ -201,7 +202,7 @@ impl Cluster {
         format!(
             "node_id: n{i}
 listen: {{http: \"{any}:8080\", https: \"{any}:8443\"}}
-admin: {{listen: \"{ADMIN}\"}}
+admin: {{listen: \"0.0.0.0:10254\"}}
 source: {{kind: manifests, path: \"{dir}/manifests\", poll_interval: 100ms}}
 raft:
   id: {i}
@@ -1100,4 +1101,274 @@ fn status_page_follows_a_vip_failover() {
         assert!(png.starts_with(b"\x89PNG"), "a PNG");
         std::fs::write(path, png).unwrap();
     }
+}
+
+/// Milliseconds since the Unix epoch: the clock every observer prints.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `CHAOS_SEED` (decimal or 0x-hex) or `default`.
+fn chaos_seed(default: u64) -> u64 {
+    let Ok(v) = std::env::var("CHAOS_SEED") else {
+        return default;
+    };
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    parsed.unwrap_or_else(|e| panic!("CHAOS_SEED={v:?}: {e}"))
+}
+
+/// One status poller line (`<unix ms> ok 200 <json>` or `<unix ms> err ...`) as a timeline status.
+fn status_sample(node: usize, line: &str) -> Option<(u64, raftgate_chaos_tests::timeline::Status)> {
+    use raftgate_chaos_tests::timeline::Status;
+    let a = ProbeAttempt::parse(line, Instant::now())?;
+    let Ok((200, body)) = a.result else {
+        return Some((a.at_ms, Status::unreachable(node)));
+    };
+    let v: Value = serde_json::from_str(&body).ok()?;
+    let member = &v["raft"]["member"];
+    let held_vips = v["vips"]["vips"]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter(|x| x["held"] == "active")
+                .filter_map(|x| x["vip"].as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((
+        a.at_ms,
+        Status {
+            node,
+            reachable: true,
+            ready: v["ready"] == true,
+            term: member["term"].as_u64().unwrap_or(0),
+            leader: member["leader"].as_u64(),
+            config_version: v["config_version"].as_u64().unwrap_or(0),
+            source_running: v["raft"]["source_running"] == true,
+            held_vips,
+            quorum_contact: member["quorum_contact"] == true,
+        },
+    ))
+}
+
+/// A seeded mix of kill -9 and restart, SIGSTOP and SIGCONT, and a cut and healed link, on a
+/// three-node group with one VIP, watched from outside: an ARP prober and sniffer on the client
+/// (who has the VIP every 20 ms), HTTP probes through the VIP every 20 ms, and every node's
+/// `/api/v1/status` every 200 ms. The timeline is then checked against every invariant of the
+/// chaos suite; a failure prints the seed, the schedule and the timeline. `CHAOS_SEED` and
+/// `CHAOS_STEPS` pick another run (the drill does many).
+#[test]
+fn a_seeded_fault_mix_keeps_every_invariant() {
+    use raftgate_chaos_tests::invariants;
+    use raftgate_chaos_tests::schedule::{Fault, FaultKind, FaultMix, Schedule};
+    use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
+    let _serial = serial();
+    let seed = chaos_seed(0x5eed_0007);
+    let steps = std::env::var("CHAOS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let schedule = Schedule::random(
+        seed,
+        NODES,
+        steps,
+        &FaultMix::only(&[FaultKind::Kill9, FaultKind::Stop, FaultKind::CutLink]),
+    )
+    .unwrap();
+    let Some((mut c, vip, _)) = probing(&v4_setup(), VIP4) else {
+        return;
+    };
+    println!("chaos run, seed {seed:#x}:\n{schedule}");
+    let dir = c.topo.dir().to_path_buf();
+    let client = c.topo.client_ns();
+    let arp_log = dir.join("arpwatch.log");
+    c.topo
+        .spawn(
+            &client,
+            ARPWATCH,
+            ["--interface", HOST_IF, "--vip", VIP4, "--interval-ms", "20"],
+            &[],
+            &arp_log,
+        )
+        .unwrap();
+    let load_log = dir.join("load.log");
+    c.topo
+        .spawn(
+            &client,
+            PROBE,
+            [
+                "--url",
+                &format!("http://{VIP4}:8080/"),
+                "--host",
+                HOST,
+                "--interval-ms",
+                "20",
+                "--timeout-ms",
+                "200",
+                "--epoch",
+            ],
+            &[],
+            &load_log,
+        )
+        .unwrap();
+    let status_logs: Vec<(usize, PathBuf)> = (1..=NODES).map(|i| (i, dir.join(format!("status-n{i}.log")))).collect();
+    for (i, log) in &status_logs {
+        let url = format!("http://{}:10254/api/v1/status", c.topo.node_ip(*i));
+        c.topo
+            .spawn(
+                &client,
+                PROBE,
+                [
+                    "--url",
+                    &url,
+                    "--interval-ms",
+                    "200",
+                    "--timeout-ms",
+                    "500",
+                    "--epoch",
+                    "--json",
+                ],
+                &[],
+                log,
+            )
+            .unwrap();
+    }
+    // Every observer has seen the healthy cluster before the first fault's time counts.
+    c.wait_until("the observers running", 10, |_| {
+        let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        (lines(&arp_log) > 0 && lines(&load_log) > 0 && status_logs.iter().all(|(_, l)| lines(l) > 0)).then_some(())
+    });
+    let t0 = unix_ms();
+    let mut timeline = Timeline::new(NODES).with_vip(vip);
+    for i in 1..=NODES {
+        timeline = timeline.with_mac(i, &c.topo.node_mac(i).unwrap());
+    }
+    let at = |ms: u64| Instant::now() + Duration::from_millis(ms.saturating_sub(unix_ms() - t0));
+    let wait_until = |deadline: Instant| {
+        let now = Instant::now();
+        if deadline > now {
+            pause(deadline - now);
+        }
+    };
+    for step in &schedule.steps {
+        wait_until(at(step.at_ms));
+        let targets = step.targets.clone();
+        for &i in &targets {
+            match &step.fault {
+                Fault::Kill9 => {
+                    let h = c.nodes[i - 1].unwrap();
+                    c.topo.kill9(h).unwrap();
+                }
+                Fault::Stop => c.topo.sigstop(c.nodes[i - 1].unwrap()).unwrap(),
+                Fault::CutLink => c.topo.cut_link(i).unwrap(),
+                other => panic!("the mix has no {other:?}"),
+            }
+        }
+        timeline.push(
+            unix_ms() - t0,
+            Observation::Fault {
+                step: step.clone(),
+                edge: Edge::Start,
+            },
+        );
+        wait_until(at(step.end_ms()));
+        for &i in &targets {
+            match &step.fault {
+                Fault::Kill9 => {
+                    let h = c.nodes[i - 1].unwrap();
+                    c.nodes[i - 1] = Some(c.topo.respawn(h).unwrap());
+                }
+                Fault::Stop => c.topo.sigcont(c.nodes[i - 1].unwrap()).unwrap(),
+                Fault::CutLink => c.topo.heal_link(i).unwrap(),
+                other => panic!("the mix has no {other:?}"),
+            }
+        }
+        timeline.push(
+            unix_ms() - t0,
+            Observation::Fault {
+                step: step.clone(),
+                edge: Edge::End,
+            },
+        );
+    }
+    // A little past the schedule's end, so that every node has answered after the healing
+    // deadline (the schedule ends exactly on it).
+    wait_until(at(schedule.end_ms + 1_000));
+    let neighbour = c.topo.neigh(&client, vip).unwrap().and_then(|n| n.mac);
+    timeline.push(unix_ms() - t0, Observation::NeighbourCache { vip, mac: neighbour });
+
+    // Everything the observers wrote, on the run's clock (lines from before it are dropped).
+    let since = |ms: u64| ms.checked_sub(t0);
+    for line in std::fs::read_to_string(&arp_log).unwrap().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(ms) = f.first().and_then(|m| m.parse().ok()).and_then(since) else {
+            continue;
+        };
+        match f.as_slice() {
+            [_, "whohas", v] => timeline.push(
+                ms,
+                Observation::WhoHas {
+                    vip: v.parse().unwrap(),
+                },
+            ),
+            [_, kind @ ("reply" | "announce"), v, mac] => timeline.push(
+                ms,
+                Observation::ArpSeen {
+                    vip: v.parse().unwrap(),
+                    mac: mac.to_string(),
+                    kind: if *kind == "reply" {
+                        ArpKind::Reply
+                    } else {
+                        ArpKind::Announce
+                    },
+                },
+            ),
+            _ => {}
+        }
+    }
+    for line in std::fs::read_to_string(&load_log).unwrap().lines() {
+        let Some(a) = ProbeAttempt::parse(line, Instant::now()) else {
+            continue;
+        };
+        let Some(ms) = since(a.at_ms) else { continue };
+        let (ok, endpoint, error) = match &a.result {
+            Ok((status, body)) => (*status == 200 && body == BODY, Some(body.clone()), None),
+            Err(e) => (false, None, Some(e.clone())),
+        };
+        timeline.push(
+            ms,
+            Observation::Probe {
+                ok,
+                latency_ms: 0,
+                node: None,
+                endpoint,
+                error,
+            },
+        );
+    }
+    for (i, log) in &status_logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            if let Some((at_ms, status)) = status_sample(*i, line)
+                && let Some(ms) = since(at_ms)
+            {
+                timeline.push(ms, Observation::Status(status));
+            }
+        }
+    }
+    let violations = invariants::check_all(&timeline, &invariants::Bounds::default());
+    let report = invariants::report(&schedule, &timeline, &violations);
+    for w in invariants::fault_windows(&timeline, &invariants::Bounds::default()) {
+        println!("{w:?}");
+    }
+    assert!(
+        violations.is_empty(),
+        "{report}\n--- raftgate logs\n{}",
+        c.topo.logs(Some("raftgate"), 60)
+    );
+    println!("seed {seed:#x}: no violation in {} events", timeline.events().len());
 }
