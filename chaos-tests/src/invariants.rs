@@ -1481,26 +1481,23 @@ mod tests {
 
     #[test]
     fn static_stability_lets_a_restarted_process_start() {
-        let not_ready = |at: Ms| {
+        let not_ready = || {
             Observation::Status(Status {
-                ready: false,
-                quorum_contact: false,
-                config_version: 0,
-                ..match status(2, 2, 1, 0, false, &[], false) {
-                    Observation::Status(s) => s,
-                    _ => unreachable!(),
-                }
+                reachable: true,
+                term: 2,
+                leader: Some(1),
+                ..Status::unreachable(2)
             })
         };
         let mut t = base();
         fault(&mut t, &step(0, Fault::Kill9, &[2]), 2000, Some(3000));
         t.push(1900, status(2, 2, 1, 5, false, &[], true));
-        t.push(3100, not_ready(3100));
+        t.push(3100, not_ready());
         t.push(3200, status(2, 2, 1, 5, false, &[], false));
         t.push(3300, status(2, 2, 1, 5, false, &[], true));
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
         // Not ready again without a quorum once it had started: a violation.
-        t.push(3400, not_ready(3400));
+        t.push(3400, not_ready());
         let v = only(
             check_static_stability(&t, &Bounds::default()),
             Invariant::StaticStability,
@@ -1510,7 +1507,7 @@ mod tests {
         // Without the restart, the first one is already a violation.
         let mut t = base();
         t.push(1900, status(2, 2, 1, 5, false, &[], true));
-        t.push(3100, not_ready(3100));
+        t.push(3100, not_ready());
         let v = only(
             check_static_stability(&t, &Bounds::default()),
             Invariant::StaticStability,

@@ -32,6 +32,55 @@ impl RunResult {
     }
 }
 
+impl RunResult {
+    /// One line of a drill's results file.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "violations": self.violations.iter().map(|v| serde_json::json!({
+                "invariant": v.invariant.number(),
+                "at_ms": v.at_ms,
+                "detail": v.detail,
+            })).collect::<Vec<_>>(),
+            "failover_ms": self.failover_ms,
+            "failed_during_faults": self.failed_during_faults,
+            "total_during_faults": self.total_during_faults,
+        })
+    }
+
+    /// Reads a line written by [`RunResult::to_json`]; `None` if it is not one.
+    pub fn from_json(v: &serde_json::Value) -> Option<RunResult> {
+        let count = |k: &str| v[k].as_u64().and_then(|n| usize::try_from(n).ok());
+        let violations = v["violations"]
+            .as_array()?
+            .iter()
+            .map(|x| {
+                let n = x["invariant"].as_u64()?;
+                Some(Violation {
+                    invariant: crate::invariants::Invariant::ALL
+                        .into_iter()
+                        .find(|i| u64::from(i.number()) == n)?,
+                    at_ms: x["at_ms"].as_u64()?,
+                    detail: x["detail"].as_str()?.to_string(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(RunResult {
+            scenario: v["scenario"].as_str()?.to_string(),
+            seed: v["seed"].as_u64()?,
+            violations,
+            failover_ms: v["failover_ms"]
+                .as_array()?
+                .iter()
+                .map(serde_json::Value::as_u64)
+                .collect::<Option<_>>()?,
+            failed_during_faults: count("failed_during_faults")?,
+            total_during_faults: count("total_during_faults")?,
+        })
+    }
+}
+
 /// The `p`th percentile (0–100) of `values`, as the benchmarks compute it (bench/raft.py `pct`): the
 /// sorted values' element at index `round(p / 100 × (n − 1))`, halves rounded away from zero. `None`
 /// when empty.
@@ -144,5 +193,23 @@ mod tests {
              | kill -9 owner | 2 | 2 (seeds 0x3) | 300 ms | 900 ms | 900 ms | 50 / 800 (6.25 %) |\n\
              | api server down | 1 | 0 | - | - | - | 0 / 300 (0.00 %) |\n"
         );
+    }
+
+    #[test]
+    fn results_round_trip_through_json() {
+        let r = RunResult {
+            scenario: "mix".into(),
+            seed: 7,
+            violations: vec![Violation {
+                invariant: crate::invariants::Invariant::Healing,
+                at_ms: 12,
+                detail: "no leader".into(),
+            }],
+            failover_ms: vec![260, 840],
+            failed_during_faults: 14,
+            total_during_faults: 700,
+        };
+        assert_eq!(RunResult::from_json(&r.to_json()), Some(r));
+        assert_eq!(RunResult::from_json(&serde_json::json!({"seed": 1})), None);
     }
 }

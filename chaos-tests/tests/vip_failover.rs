@@ -1360,10 +1360,36 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             }
         }
     }
-    let violations = invariants::check_all(&timeline, &invariants::Bounds::default());
+    let bounds = invariants::Bounds::default();
+    let violations = invariants::check_all(&timeline, &bounds);
     let report = invariants::report(&schedule, &timeline, &violations);
-    for w in invariants::fault_windows(&timeline, &invariants::Bounds::default()) {
-        println!("{w:?}");
+    let windows = invariants::fault_windows(&timeline, &bounds);
+    for w in &windows {
+        println!(
+            "{}: {} of {} requests failed{}",
+            w.step.fault_line(),
+            w.failed,
+            w.total,
+            w.measured_ms()
+                .map(|ms| format!(", failover {ms} ms"))
+                .unwrap_or_default()
+        );
+    }
+    // The drill (scripts/drill.sh) collects one line per run.
+    if let Some(path) = std::env::var_os("CHAOS_RESULTS") {
+        use std::io::Write as _;
+        let result = raftgate_chaos_tests::summary::RunResult::new(
+            "seeded mix: kill -9, SIGSTOP, cut link",
+            seed,
+            violations.clone(),
+            &windows,
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        writeln!(f, "{}", result.to_json()).unwrap();
     }
     assert!(
         violations.is_empty(),

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The chaos drill: runs the seeded fault mix for many seeds and prints the summary table.
+# Root only (network namespaces). Usage: scripts/drill.sh [RUNS] [STEPS] [FIRST_SEED]
+#   RUNS        how many seeds (default 20)
+#   STEPS       faults per run (default 4)
+#   FIRST_SEED  the first seed; the others follow it (default: from the clock, printed)
+# A failing run prints its seed; rerun it alone with
+#   CHAOS_SEED=<seed> CHAOS_STEPS=<steps> cargo test -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix -- --nocapture
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-20}
+steps=${2:-4}
+first=${3:-$(date +%s)}
+if [ "$(id -u)" != 0 ]; then
+    echo "the drill builds network namespaces: run it as root" >&2
+    exit 2
+fi
+out=$(mktemp -d /tmp/raftgate-drill.XXXXXX)
+results="$out/results.jsonl"
+echo "drill: $runs runs of $steps faults, seeds $first..$((first + runs - 1)); logs in $out"
+cargo build -q -p raftgate -p raftgate-chaos-tests --bins
+cargo test -q -p raftgate-chaos-tests --test vip_failover --no-run
+for i in $(seq 0 $((runs - 1))); do
+    seed=$((first + i))
+    if CHAOS_SEED=$seed CHAOS_STEPS=$steps CHAOS_RESULTS=$results \
+        cargo test -q -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix -- --exact --nocapture \
+        > "$out/seed-$seed.log" 2>&1; then
+        echo "seed $seed: ok"
+    else
+        echo "seed $seed: FAILED (see $out/seed-$seed.log)"
+    fi
+done
+echo
+target/debug/raftgate-chaos-summary "$results"
