@@ -23,7 +23,7 @@ cargo test -q -p raftgate-chaos-tests --test vip_failover --no-run
 for i in $(seq 0 $((runs - 1))); do
     seed=$((first + i))
     if CHAOS_SEED=$seed CHAOS_STEPS=$steps CHAOS_RESULTS=$results \
-        cargo test -q -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix -- --exact --nocapture \
+        cargo test -q -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix_keeps_every_invariant -- --exact --nocapture \
         > "$out/seed-$seed.log" 2>&1; then
         echo "seed $seed: ok"
     else

@@ -155,6 +155,10 @@ pub struct Bounds {
     /// the run goes on this long after the last fault's end; `None`: not checked. Default 35 s: a
     /// returning member takes VIPs back only after `vip.preempt_delay` (30 s), plus 5 s.
     pub spread_after_ms: Option<u64>,
+    /// How long a client request may already be in flight when a fault starts or ends (the probe's
+    /// timeout): a request started that long before the fault may still fail because of it, as a
+    /// connection reset by a killed owner. Default 200 ms.
+    pub in_flight_ms: u64,
 }
 
 impl Default for Bounds {
@@ -168,6 +172,7 @@ impl Default for Bounds {
             sample_skew_ms: 50,
             static_error_budget: 0,
             spread_after_ms: Some(35_000),
+            in_flight_ms: 200,
         }
     }
 }
@@ -766,12 +771,16 @@ pub struct FaultWindow {
     pub failed: usize,
     pub first_failure_ms: Option<Ms>,
     pub last_failure_ms: Option<Ms>,
+    /// From the fault's start to the last failed request of its failover window (its first allowed
+    /// window): how long clients saw the failover. `None` when no request failed there.
+    pub failover_ms: Option<u64>,
 }
 
 impl FaultWindow {
-    /// The measured window: first failure to last failure (0 with one failure, `None` with none).
+    /// The measured failover: the fault's start to the last failure of its failover window (what
+    /// the benchmarks call the failover time, to the request resolution of the probe).
     pub fn measured_ms(&self) -> Option<u64> {
-        Some(self.last_failure_ms? - self.first_failure_ms?)
+        self.failover_ms
     }
 }
 
@@ -784,18 +793,19 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
             let leader = leader_at(t, start);
             let hit_leader = leader.is_none_or(|l| step.targets.iter().any(|&n| n as u64 == l));
             let until = end.unwrap_or(run_end);
+            let early = |at: Ms| at.saturating_sub(b.in_flight_ms);
             let allowed = match impact(step, t.nodes()) {
                 Impact::None => Vec::new(),
-                Impact::Throughout => vec![(start, until + b.failover_leader_ms)],
+                Impact::Throughout => vec![(early(start), until + b.failover_leader_ms)],
                 Impact::Failover => {
                     let bound = if hit_leader {
                         b.failover_leader_ms
                     } else {
                         b.failover_ms
                     };
-                    let mut w = vec![(start, start + bound)];
+                    let mut w = vec![(early(start), start + bound)];
                     if let Some(e) = end {
-                        w.push((e, e + b.failover_leader_ms));
+                        w.push((early(e), e + b.failover_leader_ms));
                     }
                     w
                 }
@@ -804,7 +814,7 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
             let mut failures = Vec::new();
             for e in t.events() {
                 if let Observation::Probe { ok, node: None, .. } = e.obs
-                    && e.at_ms >= start
+                    && e.at_ms >= early(start)
                     && e.at_ms <= until + b.failover_leader_ms
                 {
                     total += 1;
@@ -813,6 +823,10 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
                     }
                 }
             }
+            let failover_ms = allowed.first().and_then(|&(from, to)| {
+                let last = failures.iter().rev().find(|&&at| at >= from && at <= to)?;
+                Some(last.saturating_sub(start))
+            });
             FaultWindow {
                 step: step.clone(),
                 start_ms: start,
@@ -823,6 +837,7 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
                 failed: failures.len(),
                 first_failure_ms: failures.first().copied(),
                 last_failure_ms: failures.last().copied(),
+                failover_ms,
             }
         })
         .collect()
@@ -1238,9 +1253,9 @@ mod tests {
         let w = fault_windows(&t, &Bounds::default());
         assert_eq!(w.len(), 1);
         assert!(!w[0].hit_leader);
-        assert_eq!(w[0].allowed, [(2000, 3000), (3000, 5000)]);
+        assert_eq!(w[0].allowed, [(1800, 3000), (2800, 5000)]);
         assert_eq!((w[0].failed, w[0].measured_ms()), (0, None));
-        assert_eq!(w[0].total, 151); // 2000..=5000 every 20 ms
+        assert_eq!(w[0].total, 161); // 1800..=5000 every 20 ms (in flight at the start, then the windows)
     }
 
     // 1 ------------------------------------------------------------------------------------------
@@ -1537,6 +1552,20 @@ mod tests {
             (16, Some(2000), Some(2300))
         );
         assert_eq!(w[0].measured_ms(), Some(300));
+    }
+
+    #[test]
+    fn availability_allows_requests_in_flight_when_the_fault_starts() {
+        let b = Bounds::default();
+        // Started 100 ms before the kill (within the probe's timeout): the kill may reset it.
+        assert_eq!(check_availability(&with_failures(healthy(), 1900, 1900), &b), []);
+        // 300 ms before: nothing was wrong yet.
+        let v = only(
+            check_availability(&with_failures(healthy(), 1700, 1700), &b),
+            Invariant::Availability,
+        );
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert_eq!(v[0].at_ms, 1700);
     }
 
     #[test]

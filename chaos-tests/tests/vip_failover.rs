@@ -1257,6 +1257,14 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
     };
     for step in &schedule.steps {
         wait_until(at(step.at_ms));
+        // Recorded as the fault is put into effect: requests failing from here on are its doing.
+        timeline.push(
+            unix_ms() - t0,
+            Observation::Fault {
+                step: step.clone(),
+                edge: Edge::Start,
+            },
+        );
         let targets = step.targets.clone();
         for &i in &targets {
             match &step.fault {
@@ -1269,14 +1277,8 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
                 other => panic!("the mix has no {other:?}"),
             }
         }
-        timeline.push(
-            unix_ms() - t0,
-            Observation::Fault {
-                step: step.clone(),
-                edge: Edge::Start,
-            },
-        );
         wait_until(at(step.end_ms()));
+        let undone_at = unix_ms() - t0;
         for &i in &targets {
             match &step.fault {
                 Fault::Kill9 => {
@@ -1289,7 +1291,7 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             }
         }
         timeline.push(
-            unix_ms() - t0,
+            undone_at,
             Observation::Fault {
                 step: step.clone(),
                 edge: Edge::End,
