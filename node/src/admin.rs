@@ -151,7 +151,9 @@ fn route(state: &NodeState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let raft = state.cluster().map(|c| {
                 serde_json::json!({
                     "member": c.raft.status(),
-                    "source_running": c.source.running(),
+                    // Running, and leading by the clock now: a member resumed after a stall
+                    // reports no stale leadership before its tasks catch up.
+                    "source_running": c.source.running() && c.raft.leads_now(),
                     "source_runs": c.source.runs(),
                     "last_batch_bytes": c.source.last_batch_bytes.load(std::sync::atomic::Ordering::Relaxed),
                     "last_apply_us": c.source.last_apply_us.load(std::sync::atomic::Ordering::Relaxed),

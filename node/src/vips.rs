@@ -246,6 +246,12 @@ impl Vips {
             Err(_) => Default::default(),
         };
         let lease_remaining_ms = lease.map(|l| l.hold_until(&self.timing).since(now));
+        // Without a usable lease nothing is held actively (the kernel lifetime and the guard take
+        // the address away); the member loop may not have run yet after a stall.
+        let mut held = held;
+        if lease.is_none() {
+            held.retain(|_, h| h.mode != raftgate_vip::Mode::Active);
+        }
         VipView {
             node: self.id,
             leader: leadership.is_some(),

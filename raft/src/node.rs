@@ -232,6 +232,19 @@ impl<V: Value> RaftNode<V> {
         self.inner.quorum_acked.lock().ok().and_then(|a| *a)
     }
 
+    /// True if this member leads with a lease that holds by the clock right now: the leadership
+    /// watch flips only when its task runs, which a stalled process (SIGSTOP, a VM pause) resumes
+    /// after, so what a member reports about itself must not rest on the watch alone.
+    pub fn leads_now(&self) -> bool {
+        let Some(ack) = self.quorum_ack() else { return false };
+        let sole_voter = {
+            let m = self.inner.raft.metrics().borrow().membership_config.clone();
+            let mut voters = m.membership().voter_ids();
+            voters.next() == Some(self.inner.id) && voters.next().is_none()
+        };
+        sole_voter || ack.elapsed() < self.inner.lease
+    }
+
     /// The current term and leader, as this member knows them.
     pub fn term_and_leader(&self) -> (u64, Option<NodeId>) {
         let m = self.inner.raft.metrics().borrow().clone();
