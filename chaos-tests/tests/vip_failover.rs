@@ -7,6 +7,10 @@
 //! addresses (`ip -j addr`) and the client's neighbour table. Every wait polls with a deadline and, on
 //! timeout, fails with the state of every node and the logs of every raftgate process.
 //!
+//! Two more use the same cluster: the status page in headless Chromium following a failover, and a
+//! seeded fault mix watched by outside observers (ARP, HTTP, status pollers) whose timeline is
+//! checked against every chaos invariant (`raftgate_chaos_tests::invariants`).
+//!
 //! Without root (and `CAP_NET_ADMIN`, `CAP_NET_RAW`) every test prints the skip line and passes. The
 //! `raftgate` binary must be built (`cargo build -p raftgate`; `cargo test --workspace` builds it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
