@@ -1259,6 +1259,7 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             pause(deadline - now);
         }
     };
+    let mut changes: Vec<(u64, String)> = Vec::new();
     for step in &schedule.steps {
         wait_until(at(step.at_ms));
         // Recorded as the fault is put into effect: requests failing from here on are its doing.
@@ -1301,6 +1302,21 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
                 edge: Edge::End,
             },
         );
+        // A config change after every fault but the last (the final quiet period stays
+        // change-free): a new Ingress the leader's source must commit, whatever the faults did.
+        if step.id + 1 < schedule.steps.len() {
+            let host = format!("change-{}.test", step.id);
+            let yaml = format!(
+                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: change-{}, namespace: default}}\n\
+                 spec:\n  ingressClassName: raftgate\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+                 \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n",
+                step.id
+            );
+            let tmp = dir.join(format!(".change-{}.yaml", step.id));
+            std::fs::write(&tmp, yaml).unwrap();
+            std::fs::rename(&tmp, dir.join("manifests").join(format!("change-{}.yaml", step.id))).unwrap();
+            changes.push((unix_ms() - t0, host));
+        }
     }
     // A little past the schedule's end, so that every node has answered after the healing
     // deadline (the schedule ends exactly on it).
@@ -1357,15 +1373,50 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             },
         );
     }
+    // A change is acknowledged when the source's leader first reports the routing table with it
+    // (more routes than before): at the config version that leader then reports.
+    let mut acked: Vec<Option<(u64, u64)>> = vec![None; changes.len()];
     for (i, log) in &status_logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
             if let Some((at_ms, status)) = status_sample(*i, line)
                 && let Some(ms) = since(at_ms)
             {
+                if status.source_running
+                    && let Some(Ok((200, body))) = ProbeAttempt::parse(line, Instant::now()).map(|a| a.result)
+                    && let Ok(v) = serde_json::from_str::<Value>(&body)
+                {
+                    let routes = v["routes"].as_u64().unwrap_or(0);
+                    for (k, (written, _)) in changes.iter().enumerate() {
+                        // One route at the start (vip.test), one more per change.
+                        if routes >= 2 + k as u64 && ms >= *written && acked[k].is_none_or(|(at, _)| ms < at) {
+                            acked[k] = Some((ms, status.config_version));
+                        }
+                    }
+                }
                 timeline.push(ms, Observation::Status(status));
             }
         }
     }
+    for (k, (written, host)) in changes.iter().enumerate() {
+        println!(
+            "config change {host} written at +{written}ms, acknowledged (at, version): {:?}",
+            acked[k]
+        );
+        match acked[k] {
+            Some((at, version)) => timeline.push(at, Observation::Acked { version }),
+            None => timeline.push(
+                *written,
+                Observation::Note {
+                    text: format!("config change {host} never acknowledged by a leader"),
+                },
+            ),
+        }
+    }
+    assert!(
+        acked.iter().all(Option::is_some),
+        "a config change was never committed: {changes:?} acked {acked:?}\n{}",
+        c.topo.logs(Some("raftgate"), 60)
+    );
     let bounds = invariants::Bounds::default();
     let violations = invariants::check_all(&timeline, &bounds);
     let report = invariants::report(&schedule, &timeline, &violations);
