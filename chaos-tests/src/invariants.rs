@@ -419,6 +419,18 @@ fn last_samples(t: &Timeline, from: Ms) -> BTreeMap<usize, (Ms, &Status)> {
     last
 }
 
+/// The violation of a run too short to decide: it ended before the `what` deadline.
+fn ended_before(t: &Timeline, inv: Invariant, what: &str, deadline: Ms) -> Violation {
+    violation(
+        inv,
+        t.end_ms(),
+        format!(
+            "the run ended at +{}ms, before the {what} deadline +{deadline}ms",
+            t.end_ms()
+        ),
+    )
+}
+
 /// Invariant 2: once faults stop, every VIP has exactly one owner, and the client's neighbour entry
 /// for it shows that owner's MAC, within the failover bound.
 ///
@@ -440,14 +452,7 @@ pub fn check_settled_owner(t: &Timeline, b: &Bounds) -> Vec<Violation> {
     let quiet = quiet_since(t, b, inv, &mut out);
     let deadline = quiet + b.failover_leader_ms;
     if t.end_ms() < deadline {
-        out.push(violation(
-            inv,
-            t.end_ms(),
-            format!(
-                "the run ended at +{}ms, before the settle deadline +{deadline}ms",
-                t.end_ms()
-            ),
-        ));
+        out.push(ended_before(t, inv, "settle", deadline));
         return out;
     }
     let last = last_samples(t, deadline);
@@ -989,14 +994,7 @@ pub fn check_healing(t: &Timeline, b: &Bounds) -> Vec<Violation> {
     let quiet = quiet_since(t, b, inv, &mut out);
     let deadline = quiet + b.heal_ms;
     if t.end_ms() < deadline {
-        out.push(violation(
-            inv,
-            t.end_ms(),
-            format!(
-                "the run ended at +{}ms, before the heal deadline +{deadline}ms",
-                t.end_ms()
-            ),
-        ));
+        out.push(ended_before(t, inv, "heal", deadline));
         return out;
     }
     let mut first: BTreeMap<usize, (Ms, &Status)> = BTreeMap::new();

@@ -1126,12 +1126,13 @@ fn chaos_seed(default: u64) -> u64 {
     parsed.unwrap_or_else(|e| panic!("CHAOS_SEED={v:?}: {e}"))
 }
 
-/// One status poller line (`<unix ms> ok 200 <json>` or `<unix ms> err ...`) as a timeline status.
-fn status_sample(node: usize, line: &str) -> Option<(u64, raftgate_chaos_tests::timeline::Status)> {
+/// One status poller line (`<unix ms> ok 200 <json>` or `<unix ms> err ...`) as a timeline status,
+/// with the number of routes the node serves.
+fn status_sample(node: usize, line: &str) -> Option<(u64, raftgate_chaos_tests::timeline::Status, u64)> {
     use raftgate_chaos_tests::timeline::Status;
     let a = ProbeAttempt::parse(line, Instant::now())?;
     let Ok((200, body)) = a.result else {
-        return Some((a.at_ms, Status::unreachable(node)));
+        return Some((a.at_ms, Status::unreachable(node), 0));
     };
     let v: Value = serde_json::from_str(&body).ok()?;
     let member = &v["raft"]["member"];
@@ -1157,6 +1158,7 @@ fn status_sample(node: usize, line: &str) -> Option<(u64, raftgate_chaos_tests::
             held_vips,
             quorum_contact: member["quorum_contact"] == true,
         },
+        v["routes"].as_u64().unwrap_or(0),
     ))
 }
 
@@ -1200,26 +1202,6 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             &arp_log,
         )
         .unwrap();
-    let load_log = dir.join("load.log");
-    c.topo
-        .spawn(
-            &client,
-            PROBE,
-            [
-                "--url",
-                &format!("http://{VIP4}:8080/"),
-                "--host",
-                HOST,
-                "--interval-ms",
-                "20",
-                "--timeout-ms",
-                "200",
-                "--epoch",
-            ],
-            &[],
-            &load_log,
-        )
-        .unwrap();
     let status_logs: Vec<(usize, PathBuf)> = (1..=NODES).map(|i| (i, dir.join(format!("status-n{i}.log")))).collect();
     for (i, log) in &status_logs {
         let url = format!("http://{}:10254/api/v1/status", c.topo.node_ip(*i));
@@ -1245,9 +1227,12 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
     // Every observer has seen the healthy cluster before the first fault's time counts.
     c.wait_until("the observers running", 10, |_| {
         let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
-        (lines(&arp_log) > 0 && lines(&load_log) > 0 && status_logs.iter().all(|(_, l)| lines(l) > 0)).then_some(())
+        (lines(&arp_log) > 0 && status_logs.iter().all(|(_, l)| lines(l) > 0)).then_some(())
     });
     let t0 = unix_ms();
+    // The client load is the cluster's own probe (a new connection to the VIP every 20 ms); its
+    // times are in its own clock, which this converts.
+    let t0_probe = c.probe().ms_of(Instant::now());
     let mut timeline = Timeline::new(NODES).with_vip(vip);
     for i in 1..=NODES {
         timeline = timeline.with_mac(i, &c.topo.node_mac(i).unwrap());
@@ -1353,11 +1338,10 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             _ => {}
         }
     }
-    for line in std::fs::read_to_string(&load_log).unwrap().lines() {
-        let Some(a) = ProbeAttempt::parse(line, Instant::now()) else {
+    for a in c.probe().attempts() {
+        let Some(ms) = a.at_ms.checked_sub(t0_probe) else {
             continue;
         };
-        let Some(ms) = since(a.at_ms) else { continue };
         let (ok, endpoint, error) = match &a.result {
             Ok((status, body)) => (*status == 200 && body == BODY, Some(body.clone()), None),
             Err(e) => (false, None, Some(e.clone())),
@@ -1378,14 +1362,10 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
     let mut acked: Vec<Option<(u64, u64)>> = vec![None; changes.len()];
     for (i, log) in &status_logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
-            if let Some((at_ms, status)) = status_sample(*i, line)
+            if let Some((at_ms, status, routes)) = status_sample(*i, line)
                 && let Some(ms) = since(at_ms)
             {
-                if status.source_running
-                    && let Some(Ok((200, body))) = ProbeAttempt::parse(line, Instant::now()).map(|a| a.result)
-                    && let Ok(v) = serde_json::from_str::<Value>(&body)
-                {
-                    let routes = v["routes"].as_u64().unwrap_or(0);
+                if status.source_running {
                     for (k, (written, _)) in changes.iter().enumerate() {
                         // One route at the start (vip.test), one more per change.
                         if routes >= 2 + k as u64 && ms >= *written && acked[k].is_none_or(|(at, _)| ms < at) {

@@ -631,10 +631,9 @@ impl Publisher {
             self.first = false;
             let stats = &self.state.source_stats;
             SourceStats::count(&stats.compilations, 1);
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            stats.last_publish_unix_ms.store(now_ms, Ordering::Relaxed);
+            stats
+                .last_publish_unix_ms
+                .store(crate::events::now_ms(), Ordering::Relaxed);
         }
         taken
     }

@@ -11,7 +11,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use std::time::SystemTime;
 
 use raftgate_proxy::RoutingTable;
 use raftgate_raft::Change;
@@ -24,6 +23,7 @@ use tokio::sync::watch;
 use crate::app::NodeState;
 use crate::config::RaftConfig;
 use crate::events::EventKind;
+use crate::events::now_ms;
 use crate::replicated::Replicated;
 use crate::replicated::is_vip_key;
 use crate::vips::VipReplicated;
@@ -57,12 +57,6 @@ pub struct SourceRecord {
 pub struct SourceRun {
     pub started_ms: u64,
     pub stopped_ms: Option<u64>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl SourceRecord {
@@ -172,7 +166,7 @@ pub(crate) async fn apply_loop(
         // Always, with the state version: the leader's planner waits for it (a new leadership
         // must not start from a VIP table older than the Raft state it confirmed).
         vip.version = last_version;
-        let now = crate::events::now_ms();
+        let now = now_ms();
         for (addr, slot) in &vip.table.slots {
             if before.get(addr) != Some(&slot.state) {
                 state.events.push(now, EventKind::Vip, vip_move(*addr, slot));
@@ -206,7 +200,7 @@ pub(crate) async fn apply_loop(
                 );
                 if version > 0 {
                     state.events.push(
-                        crate::events::now_ms(),
+                        now_ms(),
                         EventKind::Config,
                         format!(
                             "routing table version {version} applied ({} routes)",
@@ -255,7 +249,7 @@ pub(crate) async fn watch_leader(raft: RaftNode<Replicated>, state: Arc<NodeStat
                 Some(id) => format!("member {id} leads (term {})", now.0),
                 None => format!("no leader (term {})", now.0),
             };
-            state.events.push(crate::events::now_ms(), EventKind::Leader, message);
+            state.events.push(now_ms(), EventKind::Leader, message);
         }
         last = Some(now);
         tokio::select! {
