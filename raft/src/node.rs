@@ -371,6 +371,18 @@ impl<V: Value> RaftNode<V> {
     }
 
     /// Whether this member's storage names it in a membership already.
+    /// Whether this member votes, as the membership config it knows says.
+    pub fn is_voter(&self) -> bool {
+        self.inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.inner.id)
+    }
+
     pub fn is_member(&self) -> bool {
         self.inner
             .raft
@@ -393,7 +405,9 @@ impl<V: Value> RaftNode<V> {
         let body = network::encode(&req).map_err(|s| Error::Raft(s.message().to_string()))?;
         let mut shutdown = self.inner.shutdown.subscribe();
         loop {
-            if self.is_member() {
+            // In as asked: a voter unless `learner_only`. A join whose answer was lost after the
+            // leader added the learner (but before it promoted it) must ask again, not stop there.
+            if self.is_member() && (learner_only || self.is_voter()) {
                 return Ok(());
             }
             for seed in seeds {
