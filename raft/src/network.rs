@@ -84,10 +84,18 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
 }
 
 /// Channels to peers, shared by openraft's replication and the application calls, one per address.
+///
+/// A call that gets no answer in time drops its channel: the next call opens a new connection. A
+/// connection that lived through a partition is stuck in TCP's retransmission backoff (seconds after
+/// a few lost tries) and would carry nothing for that long after the network heals; a new one
+/// connects at once (the chaos scenario `flapping link` found this).
 #[derive(Clone)]
 pub(crate) struct Channels {
     tls: Option<PeerTls>,
-    cache: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Per address, the channel and the generation it was made in (so that only the channel a
+    /// timed-out call used is dropped, not a newer one).
+    cache: Arc<Mutex<HashMap<String, (Channel, u64)>>>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Channels {
@@ -95,15 +103,21 @@ impl Channels {
         Self {
             tls,
             cache: Arc::default(),
+            generation: Arc::default(),
         }
     }
 
     /// A lazily connecting channel to `addr` (`host:port`).
     pub(crate) fn get(&self, addr: &str) -> Result<Channel, Status> {
+        self.get_tagged(addr).map(|(ch, _)| ch)
+    }
+
+    /// [`Channels::get`], with the channel's generation for [`Channels::drop_stale`].
+    fn get_tagged(&self, addr: &str) -> Result<(Channel, u64), Status> {
         if let Ok(cache) = self.cache.lock()
-            && let Some(ch) = cache.get(addr)
+            && let Some((ch, generation)) = cache.get(addr)
         {
-            return Ok(ch.clone());
+            return Ok((ch.clone(), *generation));
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))
@@ -118,10 +132,22 @@ impl Channels {
                 .map_err(|e| Status::internal(format!("peer TLS for {addr}: {e}")))?;
         }
         let ch = ep.connect_lazy();
+        let generation = self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(addr.to_string(), ch.clone());
+            // Two callers may race to make one; the first one cached wins.
+            let (ch, generation) = cache.entry(addr.to_string()).or_insert((ch, generation));
+            return Ok((ch.clone(), *generation));
         }
-        Ok(ch)
+        Ok((ch, generation))
+    }
+
+    /// Drops `addr`'s channel if it is still the one of `generation`.
+    fn drop_stale(&self, addr: &str, generation: u64) {
+        if let Ok(mut cache) = self.cache.lock()
+            && cache.get(addr).is_some_and(|(_, g)| *g == generation)
+        {
+            cache.remove(addr);
+        }
     }
 
     /// One unary call with a deadline.
@@ -156,7 +182,7 @@ impl Channels {
         req: Request<Bytes>,
         ttl: Duration,
     ) -> Result<Bytes, Status> {
-        let ch = self.get(addr)?;
+        let (ch, generation) = self.get_tagged(addr)?;
         let fut = async move {
             let mut grpc = ready_client(ch, addr).await?;
             let resp = grpc
@@ -166,7 +192,10 @@ impl Channels {
         };
         match tokio::time::timeout(ttl, fut).await {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(format!("{addr}: no answer in {ttl:?}"))),
+            Err(_) => {
+                self.drop_stale(addr, generation);
+                Err(Status::deadline_exceeded(format!("{addr}: no answer in {ttl:?}")))
+            }
         }
     }
 }
