@@ -4,14 +4,29 @@
 # demo.localhost to raftgate's own admin API.
 #
 #   scripts/quickstart.sh          # then keeps running until Ctrl-C
-#   scripts/quickstart.sh --once   # stops after the requests (used by CI)
+#   scripts/quickstart.sh --once   # stops after the requests
+#   scripts/quickstart.sh --once --dev   # the same with the debug build the tests
+#                                        # already made (what CI runs: no second
+#                                        # five-minute optimised build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 once=false
-[ "${1:-}" = "--once" ] && once=true
+profile=release
+for arg in "$@"; do
+  case "$arg" in
+    --once) once=true ;;
+    --dev) profile=dev ;;
+    *) echo "usage: scripts/quickstart.sh [--once] [--dev]" >&2; exit 2 ;;
+  esac
+done
 
-cargo build --release -p raftgate
-bin=target/release/raftgate
+if [ "$profile" = dev ]; then
+  cargo build -p raftgate
+  bin=target/debug/raftgate
+else
+  cargo build --release -p raftgate
+  bin=target/release/raftgate
+fi
 "$bin" run &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT

@@ -601,7 +601,7 @@ pub fn check_no_lost_config(t: &Timeline, _b: &Bounds) -> Vec<Violation> {
 fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
     matches!(
         step.fault,
-        Fault::Kill9 | Fault::Stop | Fault::CutLink | Fault::Netem { .. }
+        Fault::Kill9 | Fault::Stop | Fault::CutLink | Fault::Loss { .. }
     ) && step.targets.contains(&node)
 }
 
@@ -616,7 +616,7 @@ fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
 /// - every sample must be `ready` with a `config_version` at least that of its last ready sample
 ///   before the period (a lower version, or not ready, is "stopped serving its last state");
 /// - failed direct probes to the node number at most [`Bounds::static_error_budget`], not counting
-///   those while a fault that keeps clients off the node itself (kill -9, SIGSTOP, cut link, netem on
+///   those while a fault that keeps clients off the node itself (kill -9, SIGSTOP, cut link, packet loss on
 ///   it) is on or ended less than [`Bounds::failover_ms`] ago (a restarted process binds its
 ///   listeners). A cut between peers, a disk or clock fault, or the API server's faults excuse nothing.
 pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
@@ -746,7 +746,7 @@ pub enum Impact {
     /// A failover after its start (bounded by the faulted nodes' role) and after its end (a rejoining
     /// node may cause an election: the leader bound).
     Failover,
-    /// Failures throughout and until the leader bound after its end: netem degrades a link for as long
+    /// Failures throughout and until the leader bound after its end: packet loss degrades a link for as long
     /// as it is on, and a fault taking out a majority leaves no leader to hand out VIPs.
     Throughout,
 }
@@ -755,7 +755,7 @@ pub enum Impact {
 pub fn impact(step: &FaultStep, nodes: usize) -> Impact {
     match step.fault {
         Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410 | Fault::ClockJump { .. } => Impact::None,
-        Fault::Netem { .. } => Impact::Throughout,
+        Fault::Loss { .. } => Impact::Throughout,
         _ if step.faulted_count() > nodes.saturating_sub(1) / 2 => Impact::Throughout,
         _ => Impact::Failover,
     }
@@ -855,7 +855,7 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
 /// clock jumps; for crashes, stops, cuts and disk faults `[start, start + bound]`, the bound
 /// [`Bounds::failover_leader_ms`] if a target was the leader at the start (per the latest samples; or
 /// if no leader was known) and [`Bounds::failover_ms`] otherwise, plus `[end, end +
-/// failover_leader_ms]` (a rejoining node may force an election); for netem and majority faults
+/// failover_leader_ms]` (a rejoining node may force an election); for packet loss and majority faults
 /// `[start, end + failover_leader_ms]`. A failed VIP probe after [`Bounds::warmup_ms`] and outside
 /// every window is a violation; consecutive such failures are reported as one, with their count.
 /// [`fault_windows`] reports what was measured per fault (first to last failure), for the summary.
@@ -1454,15 +1454,7 @@ mod tests {
         let t = no_quorum_run(5, true, Fault::CutPeer { a: 1, b: 3 });
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
         // Failures while a fault keeps clients off the node itself are excused.
-        let t = no_quorum_run(
-            5,
-            false,
-            Fault::Netem {
-                loss_pct: 50,
-                delay_ms: 0,
-                reorder_pct: 0,
-            },
-        );
+        let t = no_quorum_run(5, false, Fault::Loss { pct: 50 });
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
     }
 

@@ -12,8 +12,14 @@
 //! the veth pairs). Namespace and interface names carry the process id and a per-process counter, so
 //! tests running at once, or in several processes, never share one.
 //!
+//! Network faults other than a pulled cable ([`Topology::cut_link`]) are frame filters in the switch: an
+//! nftables `bridge` table drops what one port forwards to another ([`Topology::block`]: partitions,
+//! one-way cuts) or a random share of a port's frames ([`Topology::set_loss`]). The hosts keep carrier
+//! and see only silence, as behind a broken switch or a firewall.
+//!
 //! [`ProbeLog`] reads the live output of `raftgate-test-probe` (one line per attempt).
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -234,6 +240,8 @@ pub struct Topology {
     created: Vec<String>,
     dir: tempfile::TempDir,
     children: Mutex<Vec<Spawned>>,
+    /// The switch's frame filters by key ([`Topology::block`], [`Topology::set_loss`]).
+    filters: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Topology {
@@ -263,6 +271,7 @@ impl Topology {
             created: Vec::new(),
             dir,
             children: Mutex::new(Vec::new()),
+            filters: Mutex::new(BTreeMap::new()),
         };
         // On error `topo` is dropped here, which removes whatever was created.
         topo.build()?;
@@ -420,6 +429,80 @@ impl Topology {
     pub fn set_link(&self, host: Host, up: bool) -> Result<(), NetnsError> {
         let (switch, port) = (self.switch_ns(), self.switch_port(host)?);
         ip(["-n", &switch, "link", "set", &port, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    /// Drops every frame the bridge would forward from `from` to `to` (one direction; ARP and
+    /// neighbour discovery included): the link stays up, packets vanish, as in a partition.
+    pub fn block(&self, from: Host, to: Host) -> Result<(), NetnsError> {
+        let (a, b) = (self.switch_port(from)?, self.switch_port(to)?);
+        self.set_filter(
+            format!("block {a} {b}"),
+            vec![format!("iifname \"{a}\" oifname \"{b}\" drop")],
+        )
+    }
+
+    /// Undoes [`Topology::block`].
+    pub fn unblock(&self, from: Host, to: Host) -> Result<(), NetnsError> {
+        let (a, b) = (self.switch_port(from)?, self.switch_port(to)?);
+        self.set_filter(format!("block {a} {b}"), Vec::new())
+    }
+
+    /// Drops `pct` percent of the frames to and from `host` at random (each direction on its own);
+    /// 0 ends it. (Loss is done in the switch with nftables: the test kernel has no `sch_netem`.)
+    pub fn set_loss(&self, host: Host, pct: u8) -> Result<(), NetnsError> {
+        if pct > 100 {
+            return Err(NetnsError::Invalid(format!("{pct}% loss")));
+        }
+        let port = self.switch_port(host)?;
+        let rules = if pct == 0 {
+            Vec::new()
+        } else {
+            ["iifname", "oifname"]
+                .iter()
+                .map(|dir| match pct {
+                    // `numgen random mod 100` is 0..=99: 100 is every frame.
+                    100 => format!("{dir} \"{port}\" drop"),
+                    _ => format!("{dir} \"{port}\" numgen random mod 100 < {pct} drop"),
+                })
+                .collect()
+        };
+        self.set_filter(format!("loss {port}"), rules)
+    }
+
+    /// Sets (or, with no rules, removes) the filter rules under `key`, and loads the switch's whole
+    /// table again in one nftables transaction.
+    fn set_filter(&self, key: String, rules: Vec<String>) -> Result<(), NetnsError> {
+        let mut filters = self.filters.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rules.is_empty() {
+            filters.remove(&key);
+        } else {
+            filters.insert(key, rules);
+        }
+        // `add` then `delete` empties a table whether or not it existed, in the same transaction.
+        let mut script = String::from(
+            "add table bridge raftgate_chaos\ndelete table bridge raftgate_chaos\n\
+             table bridge raftgate_chaos {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n",
+        );
+        for rule in filters.values().flatten() {
+            let _ = writeln!(script, "    {rule}");
+        }
+        script.push_str("  }\n}\n");
+        let path = self.dir().join("nft-switch.rules");
+        std::fs::write(&path, script).map_err(|source| NetnsError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let on_path = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("nft").is_file()));
+        if !on_path {
+            return Err(NetnsError::Invalid(
+                "no `nft` on PATH (Debian package nftables; scripts/test.sh installs it as root)".into(),
+            ));
+        }
+        let switch = self.switch_ns();
+        let file = path.display().to_string();
+        run_checked("ip", ["netns", "exec", &switch, "nft", "-f", &file])?;
         Ok(())
     }
 

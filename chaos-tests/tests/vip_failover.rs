@@ -31,6 +31,9 @@ use raftgate_chaos_tests::netns::Host;
 use raftgate_chaos_tests::netns::ProbeAttempt;
 use raftgate_chaos_tests::netns::ProbeLog;
 use raftgate_chaos_tests::netns::Topology;
+use raftgate_chaos_tests::schedule::Fault;
+use raftgate_chaos_tests::schedule::FaultStep;
+use raftgate_chaos_tests::schedule::Schedule;
 use serde_json::Value;
 
 const VIP4: &str = "10.99.0.100";
@@ -142,6 +145,8 @@ struct VipView {
 
 /// The topology, the backend, three raftgate nodes and (once started) the probe.
 struct Cluster {
+    /// How many nodes.
+    n: usize,
     topo: Topology,
     raftgate: PathBuf,
     /// Node `i`'s process at `[i - 1]`; `None` once killed.
@@ -151,8 +156,8 @@ struct Cluster {
 
 impl Cluster {
     /// Builds the topology and starts the backend and the nodes; `None` (after the skip line) without root.
-    fn start(setup: &Setup) -> Option<Cluster> {
-        let topo = Topology::new(NODES).expect("build the test topology")?;
+    fn start(setup: &Setup, n: usize) -> Option<Cluster> {
+        let topo = Topology::new(n).expect("build the test topology")?;
         let raftgate = raftgate_bin();
         let dir = topo.dir().to_path_buf();
         std::fs::create_dir_all(dir.join("manifests")).unwrap();
@@ -166,12 +171,13 @@ impl Cluster {
         )
         .unwrap();
         let mut cluster = Cluster {
+            n,
             topo,
             raftgate,
             nodes: Vec::new(),
             probe: None,
         };
-        for i in 1..=NODES {
+        for i in 1..=n {
             let config = dir.join(format!("n{i}.yaml"));
             std::fs::write(&config, cluster.config(i, setup)).unwrap();
             let handle = cluster
@@ -227,7 +233,7 @@ vip:
 
     /// The nodes whose process runs (1-based).
     fn live(&self) -> Vec<usize> {
-        (1..=NODES).filter(|&i| self.nodes[i - 1].is_some()).collect()
+        (1..=self.n).filter(|&i| self.nodes[i - 1].is_some()).collect()
     }
 
     /// SIGTERM (a graceful stop: VIPs and leadership handed over first), then the same command again.
@@ -345,7 +351,7 @@ vip:
             return false;
         };
         let members = cluster["members"].as_array().map(Vec::as_slice).unwrap_or_default();
-        members.len() == NODES
+        members.len() == self.n
             && members
                 .iter()
                 .all(|m| m["voter"] == Value::Bool(true) && !m["status"].is_null())
@@ -354,7 +360,7 @@ vip:
     /// Waits for the group to form (every node a voter), for every node to report `vip` owned by the
     /// same node, which alone has it on `eth0`, and for it to be served: five successful probes in a row.
     fn wait_ready(&self, vip: IpAddr) -> usize {
-        let all: Vec<usize> = (1..=NODES).collect();
+        let all: Vec<usize> = (1..=self.n).collect();
         let owner = self.wait_until(
             "every node a voter and reporting the VIP owned by one node that alone has it on eth0",
             60,
@@ -405,7 +411,7 @@ vip:
     /// probe's last attempts and every process's log.
     fn fail(&self, message: &str) -> ! {
         let mut out = format!("{message}\n");
-        for i in 1..=NODES {
+        for i in 1..=self.n {
             let state = if self.nodes[i - 1].is_some() {
                 "running"
             } else {
@@ -440,7 +446,7 @@ vip:
     /// Moves `vip` onto the Raft leader (`on_leader`) or onto a follower with `ctl drain` of its owners,
     /// then undrains them (the 30 s preemption delay keeps the VIP where it is); returns its owner.
     fn place_vip(&self, vip: IpAddr, on_leader: bool) -> usize {
-        let all: Vec<usize> = (1..=NODES).collect();
+        let all: Vec<usize> = (1..=self.n).collect();
         let mut drained: Vec<usize> = Vec::new();
         for _ in 0..8 {
             let (owner, leader) = self.wait_until("the VIP owned and on its owner's eth0 alone", 20, |c| {
@@ -619,7 +625,12 @@ fn v4_short_grace() -> Setup {
 /// Starts a cluster with `setup`, probes `vip` over HTTP from the client, and waits until it is
 /// ready; the VIP and its owner. `None` (after the skip line) without root.
 fn probing(setup: &Setup, vip: &str) -> Option<(Cluster, IpAddr, usize)> {
-    let mut c = Cluster::start(setup)?;
+    probing_n(setup, vip, NODES)
+}
+
+/// [`probing`] with `n` nodes.
+fn probing_n(setup: &Setup, vip: &str, n: usize) -> Option<(Cluster, IpAddr, usize)> {
+    let mut c = Cluster::start(setup, n)?;
     let addr = ip(vip);
     let url = if addr.is_ipv6() {
         format!("http://[{vip}]:8080/")
@@ -632,7 +643,8 @@ fn probing(setup: &Setup, vip: &str) -> Option<(Cluster, IpAddr, usize)> {
 }
 
 /// The topology alone: every host reaches the backend over IPv4 and IPv6, MACs are read right, a cut
-/// link isolates a node until healed, and children can be killed and started again.
+/// link isolates a node until healed, so do the switch's block and loss filters, and children can be
+/// killed and started again.
 #[test]
 fn topology_connects() {
     let _serial = serial();
@@ -716,6 +728,30 @@ fn topology_connects() {
     poll_until(&topo, "node 1 reaching the backend after the heal", || {
         served(&probe_once(&topo.node_ns(1), backends[0].1))
     });
+
+    // The switch's filters: a one-way block, either way, cuts node 1 from the backend (TCP needs
+    // both) and no one else; 100% loss on node 2's port cuts it; each undone, traffic flows again.
+    let reaches = |i: usize| served(&probe_once(&topo.node_ns(i), backends[0].1));
+    for (from, to) in [(Host::Node(1), Host::Backend), (Host::Backend, Host::Node(1))] {
+        topo.block(from, to).unwrap();
+        let line = probe_once(&topo.node_ns(1), backends[0].1);
+        assert!(
+            line.contains(" err "),
+            "node 1 reached the backend through a block {from:?} -> {to:?}: {line}"
+        );
+        assert!(reaches(2), "a block of node 1 stopped node 2");
+        topo.unblock(from, to).unwrap();
+        poll_until(&topo, "node 1 reaching the backend after the unblock", || reaches(1));
+    }
+    topo.set_loss(Host::Node(2), 100).unwrap();
+    let line = probe_once(&topo.node_ns(2), backends[0].1);
+    assert!(
+        line.contains(" err "),
+        "node 2 reached the backend through 100% loss: {line}"
+    );
+    assert!(reaches(3));
+    topo.set_loss(Host::Node(2), 0).unwrap();
+    poll_until(&topo, "node 2 reaching the backend with the loss off", || reaches(2));
 
     // Stop, continue, kill and start again.
     let v4 = handles[0];
@@ -1162,34 +1198,129 @@ fn status_sample(node: usize, line: &str) -> Option<(u64, raftgate_chaos_tests::
     ))
 }
 
-/// A seeded mix of kill -9 and restart, SIGSTOP and SIGCONT, and a cut and healed link, on a
-/// three-node group with one VIP, watched from outside: an ARP prober and sniffer on the client
-/// (who has the VIP every 20 ms), HTTP probes through the VIP every 20 ms, and every node's
-/// `/api/v1/status` every 200 ms. The timeline is then checked against every invariant of the
-/// chaos suite; a failure prints the seed, the schedule and the timeline. `CHAOS_SEED` and
-/// `CHAOS_STEPS` pick another run (the drill does many).
-#[test]
-fn a_seeded_fault_mix_keeps_every_invariant() {
-    use raftgate_chaos_tests::invariants;
-    use raftgate_chaos_tests::schedule::{Fault, FaultKind, FaultMix, Schedule};
-    use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
-    let _serial = serial();
-    let seed = chaos_seed(0x5eed_0007);
-    let steps = std::env::var("CHAOS_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let schedule = Schedule::random(
-        seed,
-        NODES,
+/// Who led and who owned the VIP when the cluster was ready, for a scenario to aim its faults.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    leader: usize,
+    owner: usize,
+}
+
+/// A schedule of named faults, `(start ms, duration ms, fault, targets)`, ending after the healing
+/// bound's quiet period.
+fn scenario_schedule(nodes: usize, steps: Vec<(u64, u64, Fault, Vec<usize>)>) -> Schedule {
+    let steps: Vec<FaultStep> = steps
+        .into_iter()
+        .enumerate()
+        .map(|(id, (at_ms, duration_ms, fault, targets))| FaultStep {
+            id,
+            at_ms,
+            duration_ms,
+            fault,
+            targets,
+        })
+        .collect();
+    let last_end = steps.iter().map(FaultStep::end_ms).max().unwrap_or(0);
+    Schedule {
+        seed: 0,
+        nodes,
         steps,
-        &FaultMix::only(&[FaultKind::Kill9, FaultKind::Stop, FaultKind::CutLink]),
-    )
-    .unwrap();
-    let Some((mut c, vip, _)) = probing(&v4_setup(), VIP4) else {
+        end_ms: last_end + raftgate_chaos_tests::invariants::Bounds::default().heal_ms,
+    }
+}
+
+/// Puts `step` into effect (`start`) or undoes it.
+fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) {
+    let node = Host::Node;
+    let block = |topo: &Topology, from: usize, to: usize| {
+        if start {
+            topo.block(node(from), node(to)).unwrap();
+        } else {
+            topo.unblock(node(from), node(to)).unwrap();
+        }
+    };
+    match &step.fault {
+        Fault::Kill9 => {
+            for &i in &step.targets {
+                let h = c.nodes[i - 1].unwrap();
+                if start {
+                    c.topo.kill9(h).unwrap();
+                } else {
+                    c.nodes[i - 1] = Some(c.topo.respawn(h).unwrap());
+                }
+            }
+        }
+        Fault::Stop => {
+            for &i in &step.targets {
+                let h = c.nodes[i - 1].unwrap();
+                if start {
+                    c.topo.sigstop(h).unwrap();
+                } else {
+                    c.topo.sigcont(h).unwrap();
+                }
+            }
+        }
+        Fault::CutLink => {
+            for &i in &step.targets {
+                c.topo.set_link(node(i), !start).unwrap();
+            }
+        }
+        Fault::CutPeer { a, b } => {
+            block(&c.topo, *a, *b);
+            block(&c.topo, *b, *a);
+        }
+        Fault::Asymmetric { from, to } => block(&c.topo, *from, *to),
+        Fault::Partition => {
+            for &t in &step.targets {
+                for o in (1..=c.n).filter(|o| !step.targets.contains(o)) {
+                    block(&c.topo, t, o);
+                    block(&c.topo, o, t);
+                }
+            }
+        }
+        Fault::Loss { pct } => {
+            for &i in &step.targets {
+                c.topo.set_loss(node(i), if start { *pct } else { 0 }).unwrap();
+            }
+        }
+        other => panic!("this harness cannot inject {other:?} yet (see the chaos section of the README)"),
+    }
+}
+
+/// Writes a new Ingress, `change-K.test` → the backend, into the manifests directory (atomically: a
+/// rename), for the leader's source to commit; its host.
+fn write_change(dir: &Path, k: usize) -> String {
+    let host = format!("change-{k}.test");
+    let yaml = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: change-{k}, namespace: default}}\n\
+         spec:\n  ingressClassName: raftgate\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
+         \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+    );
+    let tmp = dir.join(format!(".change-{k}.yaml"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, dir.join("manifests").join(format!("change-{k}.yaml"))).unwrap();
+    host
+}
+
+/// One chaos run, `scenario`: `nodes` nodes with one IPv4 VIP; once the cluster is ready, `plan`
+/// (told who leads and who owns the VIP) gives the faults. Observers outside the cluster: an ARP
+/// prober and sniffer on the client (who has the VIP, every 20 ms), HTTP probes through the VIP
+/// every 20 ms, HTTP probes to each node's own address every 100 ms, and every node's
+/// `/api/v1/status` every 200 ms. A config change (a new Ingress) is written as each fault starts.
+/// The timeline is then checked against every chaos invariant; a failure prints the seed, the
+/// schedule and the timeline. `CHAOS_RESULTS` (a path) collects one JSON line per run (the drill).
+fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) -> Schedule) {
+    use raftgate_chaos_tests::invariants;
+    use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
+    let Some((mut c, vip, _)) = probing_n(&v4_setup(), VIP4, nodes) else {
         return;
     };
-    println!("chaos run, seed {seed:#x}:\n{schedule}");
+    let all: Vec<usize> = (1..=nodes).collect();
+    let (owner, leader) = c.wait_until("the VIP owned, as the leader sees it", 10, |c| c.owner_of(vip, &all));
+    let schedule = plan(&c, Ready { leader, owner });
+    println!(
+        "chaos run `{scenario}` (leader n{leader}, VIP on n{owner}), seed {:#x}:\n{schedule}",
+        schedule.seed
+    );
     let dir = c.topo.dir().to_path_buf();
     let client = c.topo.client_ns();
     let arp_log = dir.join("arpwatch.log");
@@ -1202,39 +1333,47 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             &arp_log,
         )
         .unwrap();
-    let status_logs: Vec<(usize, PathBuf)> = (1..=NODES).map(|i| (i, dir.join(format!("status-n{i}.log")))).collect();
-    for (i, log) in &status_logs {
-        let url = format!("http://{}:10254/api/v1/status", c.topo.node_ip(*i));
-        c.topo
-            .spawn(
-                &client,
-                PROBE,
-                [
-                    "--url",
-                    &url,
-                    "--interval-ms",
-                    "200",
-                    "--timeout-ms",
-                    "500",
-                    "--epoch",
-                    "--json",
-                ],
-                &[],
-                log,
-            )
-            .unwrap();
+    let status_logs: Vec<(usize, PathBuf)> = all.iter().map(|&i| (i, dir.join(format!("status-n{i}.log")))).collect();
+    let direct_logs: Vec<(usize, PathBuf)> = all.iter().map(|&i| (i, dir.join(format!("direct-n{i}.log")))).collect();
+    for ((i, status), (_, direct)) in status_logs.iter().zip(&direct_logs) {
+        let ip = c.topo.node_ip(*i);
+        let status_url = format!("http://{ip}:10254/api/v1/status");
+        let args = [
+            "--url",
+            &status_url,
+            "--interval-ms",
+            "200",
+            "--timeout-ms",
+            "500",
+            "--epoch",
+            "--json",
+        ];
+        c.topo.spawn(&client, PROBE, args, &[], status).unwrap();
+        let direct_url = format!("http://{ip}:8080/");
+        let args = [
+            "--url",
+            &direct_url,
+            "--host",
+            HOST,
+            "--interval-ms",
+            "100",
+            "--timeout-ms",
+            "500",
+            "--epoch",
+        ];
+        c.topo.spawn(&client, PROBE, args, &[], direct).unwrap();
     }
     // Every observer has seen the healthy cluster before the first fault's time counts.
     c.wait_until("the observers running", 10, |_| {
         let lines = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
-        (lines(&arp_log) > 0 && status_logs.iter().all(|(_, l)| lines(l) > 0)).then_some(())
+        (lines(&arp_log) > 0 && status_logs.iter().chain(&direct_logs).all(|(_, l)| lines(l) > 0)).then_some(())
     });
     let t0 = unix_ms();
     // The client load is the cluster's own probe (a new connection to the VIP every 20 ms); its
     // times are in its own clock, which this converts.
     let t0_probe = c.probe().ms_of(Instant::now());
-    let mut timeline = Timeline::new(NODES).with_vip(vip);
-    for i in 1..=NODES {
+    let mut timeline = Timeline::new(nodes).with_vip(vip);
+    for i in 1..=nodes {
         timeline = timeline.with_mac(i, &c.topo.node_mac(i).unwrap());
     }
     let at = |ms: u64| Instant::now() + Duration::from_millis(ms.saturating_sub(unix_ms() - t0));
@@ -1255,31 +1394,13 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
                 edge: Edge::Start,
             },
         );
-        let targets = step.targets.clone();
-        for &i in &targets {
-            match &step.fault {
-                Fault::Kill9 => {
-                    let h = c.nodes[i - 1].unwrap();
-                    c.topo.kill9(h).unwrap();
-                }
-                Fault::Stop => c.topo.sigstop(c.nodes[i - 1].unwrap()).unwrap(),
-                Fault::CutLink => c.topo.cut_link(i).unwrap(),
-                other => panic!("the mix has no {other:?}"),
-            }
-        }
+        apply_fault(&mut c, step, true);
+        // A config change while the fault is on (the final quiet period stays change-free): the
+        // source on whichever member leads must commit it, whatever the fault did to the group.
+        changes.push((unix_ms() - t0, write_change(&dir, step.id)));
         wait_until(at(step.end_ms()));
         let undone_at = unix_ms() - t0;
-        for &i in &targets {
-            match &step.fault {
-                Fault::Kill9 => {
-                    let h = c.nodes[i - 1].unwrap();
-                    c.nodes[i - 1] = Some(c.topo.respawn(h).unwrap());
-                }
-                Fault::Stop => c.topo.sigcont(c.nodes[i - 1].unwrap()).unwrap(),
-                Fault::CutLink => c.topo.heal_link(i).unwrap(),
-                other => panic!("the mix has no {other:?}"),
-            }
-        }
+        apply_fault(&mut c, step, false);
         timeline.push(
             undone_at,
             Observation::Fault {
@@ -1287,21 +1408,6 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
                 edge: Edge::End,
             },
         );
-        // A config change after every fault but the last (the final quiet period stays
-        // change-free): a new Ingress the leader's source must commit, whatever the faults did.
-        if step.id + 1 < schedule.steps.len() {
-            let host = format!("change-{}.test", step.id);
-            let yaml = format!(
-                "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: change-{}, namespace: default}}\n\
-                 spec:\n  ingressClassName: raftgate\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
-                 \x20     - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n",
-                step.id
-            );
-            let tmp = dir.join(format!(".change-{}.yaml", step.id));
-            std::fs::write(&tmp, yaml).unwrap();
-            std::fs::rename(&tmp, dir.join("manifests").join(format!("change-{}.yaml", step.id))).unwrap();
-            changes.push((unix_ms() - t0, host));
-        }
     }
     // A little past the schedule's end, so that every node has answered after the healing
     // deadline (the schedule ends exactly on it).
@@ -1338,24 +1444,32 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
             _ => {}
         }
     }
-    for a in c.probe().attempts() {
-        let Some(ms) = a.at_ms.checked_sub(t0_probe) else {
-            continue;
-        };
+    let probe = |a: &ProbeAttempt, node: Option<usize>| {
         let (ok, endpoint, error) = match &a.result {
             Ok((status, body)) => (*status == 200 && body == BODY, Some(body.clone()), None),
             Err(e) => (false, None, Some(e.clone())),
         };
-        timeline.push(
-            ms,
-            Observation::Probe {
-                ok,
-                latency_ms: 0,
-                node: None,
-                endpoint,
-                error,
-            },
-        );
+        Observation::Probe {
+            ok,
+            latency_ms: 0,
+            node,
+            endpoint,
+            error,
+        }
+    };
+    for a in c.probe().attempts() {
+        if let Some(ms) = a.at_ms.checked_sub(t0_probe) {
+            timeline.push(ms, probe(&a, None));
+        }
+    }
+    for (i, log) in &direct_logs {
+        for line in std::fs::read_to_string(log).unwrap().lines() {
+            if let Some(a) = ProbeAttempt::parse(line, Instant::now())
+                && let Some(ms) = since(a.at_ms)
+            {
+                timeline.push(ms, probe(&a, Some(*i)));
+            }
+        }
     }
     // A change is acknowledged when the source's leader first reports the routing table with it
     // (more routes than before): at the config version that leader then reports.
@@ -1415,12 +1529,8 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
     // The drill (scripts/drill.sh) collects one line per run.
     if let Some(path) = std::env::var_os("CHAOS_RESULTS") {
         use std::io::Write as _;
-        let result = raftgate_chaos_tests::summary::RunResult::new(
-            "seeded mix: kill -9, SIGSTOP, cut link",
-            seed,
-            violations.clone(),
-            &windows,
-        );
+        let result =
+            raftgate_chaos_tests::summary::RunResult::new(scenario, schedule.seed, violations.clone(), &windows);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1433,5 +1543,106 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
         "{report}\n--- raftgate logs\n{}",
         c.topo.logs(Some("raftgate"), 60)
     );
-    println!("seed {seed:#x}: no violation in {} events", timeline.events().len());
+    println!(
+        "`{scenario}` seed {:#x}: no violation in {} events",
+        schedule.seed,
+        timeline.events().len()
+    );
+}
+
+/// A seeded mix of every network and process fault the harness injects (kill -9 and restart,
+/// SIGSTOP and SIGCONT, a cut link, a cut between two nodes, a one-way cut, a partitioned minority,
+/// packet loss) on a three-node group, checked by [`run_chaos`]. `CHAOS_SEED` and `CHAOS_STEPS`
+/// pick another run (the drill does many).
+#[test]
+fn a_seeded_fault_mix_keeps_every_invariant() {
+    use raftgate_chaos_tests::schedule::{FaultKind, FaultMix};
+    let _serial = serial();
+    let seed = chaos_seed(0x5eed_0007);
+    let steps = std::env::var("CHAOS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mix = FaultMix::only(&[
+        FaultKind::Kill9,
+        FaultKind::Stop,
+        FaultKind::CutLink,
+        FaultKind::CutPeer,
+        FaultKind::Asymmetric,
+        FaultKind::Partition,
+        FaultKind::Loss,
+    ]);
+    run_chaos("seeded mix", NODES, |_, _| {
+        Schedule::random(seed, NODES, steps, &mix).unwrap()
+    });
+}
+
+/// Scenario: the leader is killed and restarted.
+#[test]
+fn scenario_leader_kill() {
+    let _serial = serial();
+    run_chaos("leader kill", NODES, |_, r| {
+        scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.leader])])
+    });
+}
+
+/// Scenario: a follower (the VIP's owner if a follower owns it) is cut off from the other members
+/// while clients still reach it: it loses its quorum, keeps serving its last state to direct
+/// requests, and gives up the VIP if it held it.
+#[test]
+fn scenario_minority_partition() {
+    let _serial = serial();
+    run_chaos("minority partition", NODES, |_, r| {
+        let minority = if r.owner != r.leader {
+            r.owner
+        } else {
+            r.leader % NODES + 1
+        };
+        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![minority])])
+    });
+}
+
+/// Scenario: the leader is cut off from the other members: they elect another, it loses its quorum
+/// and its lease (and so its VIPs and its config source), and rejoins as a follower.
+#[test]
+fn scenario_isolated_leader() {
+    let _serial = serial();
+    run_chaos("isolated leader", NODES, |_, r| {
+        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![r.leader])])
+    });
+}
+
+/// Scenario: the VIP owner's link flaps, down 400 ms and up 600 ms, five times.
+#[test]
+fn scenario_flapping_link() {
+    let _serial = serial();
+    run_chaos("flapping link", NODES, |_, r| {
+        let steps = (0..5)
+            .map(|k| (1_000 + k * 1_000, 400, Fault::CutLink, vec![r.owner]))
+            .collect();
+        scenario_schedule(NODES, steps)
+    });
+}
+
+/// Scenario: every member is killed at once and started again after 2 s: the group comes back from
+/// its disks with every committed change, one leader and one VIP owner.
+#[test]
+fn scenario_full_cluster_restart() {
+    let _serial = serial();
+    run_chaos("full-cluster restart", NODES, |_, _| {
+        scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, (1..=NODES).collect())])
+    });
+}
+
+/// Scenario: a five-member group loses two members at once, the leader and the VIP's owner (or
+/// another follower): the three left keep a quorum and serve the VIP.
+#[test]
+fn scenario_five_nodes_lose_two() {
+    let _serial = serial();
+    run_chaos("5 nodes lose 2", 5, |_, r| {
+        let second = if r.owner != r.leader { r.owner } else { r.leader % 5 + 1 };
+        let mut targets = vec![r.leader, second];
+        targets.sort_unstable();
+        scenario_schedule(5, vec![(1_000, 3_000, Fault::Kill9, targets)])
+    });
 }
