@@ -34,6 +34,7 @@ use raftgate_chaos_tests::netns::Topology;
 use raftgate_chaos_tests::schedule::Fault;
 use raftgate_chaos_tests::schedule::FaultStep;
 use raftgate_chaos_tests::schedule::Schedule;
+use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
 use serde_json::Value;
 
 const VIP4: &str = "10.99.0.100";
@@ -1308,12 +1309,10 @@ fn write_change(dir: &Path, k: usize) -> String {
 /// `/api/v1/status` every 200 ms. A config change (a new Ingress) is written as each fault starts.
 /// The timeline is then checked against every chaos invariant; a failure prints the seed, the
 /// schedule and the timeline. `CHAOS_RESULTS` (a path) collects one JSON line per run (the drill).
-fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) -> Schedule) {
+fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) -> Schedule) -> Option<Timeline> {
     use raftgate_chaos_tests::invariants;
-    use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
-    let Some((mut c, vip, _)) = probing_n(&v4_setup(), VIP4, nodes) else {
-        return;
-    };
+    // Without root: the skip line, and no timeline.
+    let (mut c, vip, _) = probing_n(&v4_setup(), VIP4, nodes)?;
     let all: Vec<usize> = (1..=nodes).collect();
     let (owner, leader) = c.wait_until("the VIP owned, as the leader sees it", 10, |c| c.owner_of(vip, &all));
     let schedule = plan(&c, Ready { leader, owner });
@@ -1548,6 +1547,14 @@ fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) ->
         schedule.seed,
         timeline.events().len()
     );
+    Some(timeline)
+}
+
+/// The terms the members reported over a run, lowest and highest.
+fn term_range(t: &Timeline) -> (u64, u64) {
+    let terms = t.statuses().filter(|(_, s)| s.reachable).map(|(_, s)| s.term);
+    let (lo, hi) = terms.fold((u64::MAX, 0), |(lo, hi), term| (lo.min(term), hi.max(term)));
+    (lo, hi)
 }
 
 /// A seeded mix of every network and process fault the harness injects (kill -9 and restart,
@@ -1592,7 +1599,7 @@ fn scenario_leader_kill() {
 #[test]
 fn scenario_minority_partition() {
     let _serial = serial();
-    run_chaos("minority partition", NODES, |_, r| {
+    let timeline = run_chaos("minority partition", NODES, |_, r| {
         let minority = if r.owner != r.leader {
             r.owner
         } else {
@@ -1600,6 +1607,12 @@ fn scenario_minority_partition() {
         };
         scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![minority])])
     });
+    // Pre-vote: the cut-off member never stood for election (its pre-votes were refused), so its
+    // return deposed no one: one term throughout.
+    if let Some(t) = timeline {
+        let (lo, hi) = term_range(&t);
+        assert_eq!(lo, hi, "the term moved from {lo} to {hi}:\n{}", t.render_compact());
+    }
 }
 
 /// Scenario: the leader is cut off from the other members: they elect another, it loses its quorum

@@ -36,6 +36,17 @@ pub(crate) const WRITE: &str = "/raftgate.raft.v1.Raft/Write";
 pub const HEALTH: &str = "/raftgate.raft.v1.Raft/Health";
 pub(crate) const LEADER_CALL: &str = "/raftgate.raft.v1.Raft/LeaderCall";
 pub(crate) const CAMPAIGN: &str = "/raftgate.raft.v1.Raft/Campaign";
+pub(crate) const PRE_VOTE: &str = "/raftgate.raft.v1.Raft/PreVote";
+
+/// A pre-vote (Raft thesis §9.6): "would you vote for me?", asked before a member stands for
+/// election, so a member cut off from the group does not raise its term and, on its return,
+/// depose a leader that was fine. The answer is a JSON `bool`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PreVoteRequest {
+    pub(crate) candidate: NodeId,
+    /// The index of the candidate's last log entry.
+    pub(crate) last_log_index: Option<u64>,
+}
 
 /// Set on a call a follower forwards to the leader.
 pub(crate) const FORWARDED: &str = "x-raftgate-forwarded";

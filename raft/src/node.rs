@@ -129,7 +129,10 @@ pub(crate) struct Inner<V: Value> {
     quorum_acked: std::sync::Mutex<Option<Instant>>,
     /// While leader: its term and when this member saw itself become leader in it.
     leader_since: std::sync::Mutex<Option<(u64, Instant)>>,
+    election_timeout_min: Duration,
     election_timeout_max: Duration,
+    /// Whether this member may stand for election (false once it has handed its leadership over).
+    stands: std::sync::atomic::AtomicBool,
 }
 
 impl<V: Value> RaftNode<V> {
@@ -146,6 +149,8 @@ impl<V: Value> RaftNode<V> {
             election_timeout_max: settings.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every.max(1)),
             max_in_snapshot_log_to_keep: settings.logs_to_keep,
+            // Elections start from `elect_after_pre_vote`, which asks first.
+            enable_elect: false,
             ..Default::default()
         }
         .validate()
@@ -185,10 +190,13 @@ impl<V: Value> RaftNode<V> {
             leader_handler: std::sync::Mutex::new(None),
             quorum_acked: std::sync::Mutex::new(None),
             leader_since: std::sync::Mutex::new(None),
+            election_timeout_min: settings.election_timeout_min,
             election_timeout_max: settings.election_timeout_max,
+            stands: std::sync::atomic::AtomicBool::new(true),
         });
         server::spawn(inner.clone(), listener, settings.tls.clone(), shutdown_rx.clone())?;
-        tokio::spawn(watch_leadership(inner.clone(), settings.heartbeat, shutdown_rx));
+        tokio::spawn(watch_leadership(inner.clone(), settings.heartbeat, shutdown_rx.clone()));
+        tokio::spawn(elect_after_pre_vote(inner.clone(), settings.heartbeat, shutdown_rx));
         Ok((Self { inner }, events))
     }
 
@@ -344,6 +352,7 @@ impl<V: Value> RaftNode<V> {
             if let Ok(Ok(m)) = moved {
                 let leader = m.current_leader;
                 drop(m);
+                self.inner.stands.store(false, Ordering::Release);
                 self.inner.raft.runtime_config().elect(false);
                 tracing::info!(new_leader = ?leader, "leadership handed over");
                 return Ok(leader);
@@ -572,6 +581,31 @@ fn role(state: ServerState) -> &'static str {
 }
 
 impl<V: Value> Inner<V> {
+    /// Whether this member would vote for `req`'s candidate now (see [`elect_after_pre_vote`]): no
+    /// leader it follows has called within `election_timeout_min`, it does not lead with a quorum
+    /// heard from that recently, and the candidate's log is at least as long as its own.
+    pub(crate) fn grant_pre_vote(&self, req: &network::PreVoteRequest) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let granted = pre_vote_granted(
+            Instant::now(),
+            self.election_timeout_min,
+            PreVoteView {
+                leads: m.state == ServerState::Leader,
+                // A new leader counts from its election until a quorum's first acknowledgement.
+                quorum_acked: {
+                    let acked = self.quorum_acked.lock().ok().and_then(|a| *a);
+                    let since = self.leader_since.lock().ok().and_then(|s| *s).map(|(_, at)| at);
+                    acked.max(since)
+                },
+                leader_called: self.last_append.lock().ok().and_then(|t| *t),
+                last_log_index: m.last_log_index,
+            },
+            req.last_log_index,
+        );
+        tracing::debug!(candidate = req.candidate, granted, "pre-vote");
+        granted
+    }
+
     pub(crate) fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
@@ -856,5 +890,189 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
             _ = tokio::time::sleep(tick / 2) => false,
             _ = shutdown.changed() => return,
         };
+    }
+}
+
+/// What a member knows when asked for a pre-vote.
+#[derive(Debug, Clone, Copy)]
+struct PreVoteView {
+    /// It is the leader.
+    leads: bool,
+    /// While leader: the latest heartbeat a quorum acknowledged.
+    quorum_acked: Option<Instant>,
+    /// The latest call of a leader it follows.
+    leader_called: Option<Instant>,
+    last_log_index: Option<u64>,
+}
+
+/// The pre-vote rule: refuse while a leader is known to be alive (a leader with a quorum's
+/// acknowledgement, or a follower called by its leader, within `fresh`), otherwise grant to a
+/// candidate whose log is not shorter.
+fn pre_vote_granted(now: Instant, fresh: Duration, me: PreVoteView, candidate_last_log: Option<u64>) -> bool {
+    let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < fresh);
+    if me.leads {
+        return !recent(me.quorum_acked);
+    }
+    !recent(me.leader_called) && candidate_last_log >= me.last_log_index
+}
+
+/// A duration drawn uniformly from `[min, max)` (`min` if the range is empty), from the standard
+/// library's randomly keyed hasher: election timeouts need spread, not cryptographic randomness.
+fn draw_timeout(min: Duration, max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let span = max.saturating_sub(min).as_micros() as u64;
+    if span == 0 {
+        return min;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    min + Duration::from_micros(h.finish() % span)
+}
+
+/// The election timer, in place of openraft's (`enable_elect: false`): a voter that has heard
+/// from no leader for a timeout drawn from `[election_timeout_min, election_timeout_max)` first
+/// asks every other voter for a pre-vote, and stands for election only if, with its own, a
+/// majority would vote for it. A voter grants one when it has not heard from a leader for
+/// `election_timeout_min` itself and the candidate's log is not shorter than its own (see
+/// [`Inner::grant_pre_vote`]). A member cut off from the group so never raises its term, and does
+/// not depose the leader when it comes back, which a plain Raft member does.
+async fn elect_after_pre_vote<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let tick = (tick / 2).max(Duration::from_millis(5));
+    let mut timeout = draw_timeout(inner.election_timeout_min, inner.election_timeout_max);
+    // The start of the current wait: the latest of the start, a leader's call, a change of this
+    // member's vote or of the leader it knows (a vote it granted, an election it saw), an attempt.
+    let mut since = Instant::now();
+    let mut seen = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Instant::now();
+        if let Some(heard) = inner.last_append.lock().ok().and_then(|t| *t) {
+            since = since.max(heard);
+        }
+        let m = inner.raft.metrics().borrow().clone();
+        let now_seen = Some((m.vote, m.current_leader));
+        if seen != now_seen {
+            seen = now_seen;
+            since = now;
+        }
+        let membership = m.membership_config.membership().clone();
+        let voter = membership.voter_ids().any(|v| v == inner.id);
+        if m.state == ServerState::Leader || !voter || !inner.stands.load(Ordering::Acquire) {
+            since = now;
+            continue;
+        }
+        if now.duration_since(since) < timeout {
+            continue;
+        }
+        since = now;
+        timeout = draw_timeout(inner.election_timeout_min, inner.election_timeout_max);
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let request = network::PreVoteRequest {
+            candidate: inner.id,
+            last_log_index: m.last_log_index,
+        };
+        let Ok(body) = network::encode(&request) else { continue };
+        let mut asks: futures_util::stream::FuturesUnordered<_> = voters
+            .iter()
+            .filter(|v| **v != inner.id)
+            .filter_map(|v| {
+                let addr = membership.get_node(v)?.addr.clone();
+                let (channels, body) = (inner.channels.clone(), body.clone());
+                let ttl = inner.election_timeout_min;
+                Some(async move {
+                    let answer = channels.call(&addr, network::PRE_VOTE, body, ttl).await;
+                    answer.ok().and_then(|b| network::decode::<bool>(&b).ok()) == Some(true)
+                })
+            })
+            .collect();
+        // Counting stops at a majority: a voter that does not answer (the one that is down) is
+        // not waited for.
+        let mut granted = 1;
+        while granted * 2 <= voters.len()
+            && let Some(yes) = futures_util::StreamExt::next(&mut asks).await
+        {
+            granted += usize::from(yes);
+        }
+        drop(asks);
+        if granted * 2 <= voters.len() {
+            tracing::debug!(
+                granted,
+                voters = voters.len(),
+                term = m.current_term,
+                "pre-vote lost: not standing for election"
+            );
+            continue;
+        }
+        tracing::info!(
+            granted,
+            voters = voters.len(),
+            term = m.current_term,
+            "no leader heard from: standing for election"
+        );
+        if let Err(e) = inner.raft.trigger().elect().await {
+            tracing::warn!(error = %e, "could not start an election");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FRESH: Duration = Duration::from_millis(150);
+
+    fn follower(called_ago: Option<u64>, last: Option<u64>, now: Instant) -> PreVoteView {
+        PreVoteView {
+            leads: false,
+            quorum_acked: None,
+            leader_called: called_ago.map(|ms| now - Duration::from_millis(ms)),
+            last_log_index: last,
+        }
+    }
+
+    #[test]
+    fn a_follower_refuses_while_its_leader_calls() {
+        let now = Instant::now();
+        assert!(!pre_vote_granted(now, FRESH, follower(Some(10), Some(5), now), Some(9)));
+        assert!(!pre_vote_granted(
+            now,
+            FRESH,
+            follower(Some(149), Some(5), now),
+            Some(9)
+        ));
+        // Silent for the timeout: grants to a candidate with as long a log, not a shorter one.
+        assert!(pre_vote_granted(now, FRESH, follower(Some(150), Some(5), now), Some(5)));
+        assert!(pre_vote_granted(now, FRESH, follower(None, Some(5), now), Some(9)));
+        assert!(!pre_vote_granted(now, FRESH, follower(None, Some(5), now), Some(4)));
+        assert!(!pre_vote_granted(now, FRESH, follower(None, Some(5), now), None));
+        assert!(pre_vote_granted(now, FRESH, follower(None, None, now), None));
+    }
+
+    #[test]
+    fn a_leader_refuses_while_a_quorum_acknowledges_it() {
+        let now = Instant::now();
+        let leader = |acked_ago: Option<u64>| PreVoteView {
+            leads: true,
+            quorum_acked: acked_ago.map(|ms| now - Duration::from_millis(ms)),
+            leader_called: None,
+            last_log_index: Some(5),
+        };
+        assert!(!pre_vote_granted(now, FRESH, leader(Some(20)), Some(9)));
+        // A leader cut off from its quorum lets the others move on.
+        assert!(pre_vote_granted(now, FRESH, leader(Some(400)), Some(5)));
+        assert!(pre_vote_granted(now, FRESH, leader(None), Some(5)));
+    }
+
+    #[test]
+    fn election_timeouts_spread_over_their_range() {
+        let (min, max) = (Duration::from_millis(150), Duration::from_millis(300));
+        let drawn: Vec<Duration> = (0..200).map(|_| draw_timeout(min, max)).collect();
+        assert!(drawn.iter().all(|d| *d >= min && *d < max), "{drawn:?}");
+        let distinct: std::collections::BTreeSet<Duration> = drawn.iter().copied().collect();
+        assert!(distinct.len() > 100, "only {} distinct timeouts", distinct.len());
+        assert_eq!(draw_timeout(min, min), min);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use openraft::Snapshot;
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 use tokio::sync::watch;
 use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, NamedService};
@@ -86,6 +86,7 @@ impl<V: Value> Service<http::Request<tonic::body::Body>> for RaftService<V> {
             network::HEALTH => Some(network::HEALTH),
             network::LEADER_CALL => Some(network::LEADER_CALL),
             network::CAMPAIGN => Some(network::CAMPAIGN),
+            network::PRE_VOTE => Some(network::PRE_VOTE),
             network::SNAPSHOT => {
                 return Box::pin(async move {
                     let mut grpc = Grpc::new(BytesCodec)
@@ -135,7 +136,10 @@ impl<V: Value> Service<Request<Bytes>> for UnaryMethod<V> {
                 network::APPEND => {
                     let rpc: AppendEntriesRequest<TypeConfig<V>> = network::decode(&body)?;
                     let r = inner.raft.append_entries(rpc).await;
-                    if r.is_ok()
+                    // Contact with a leader this member follows; a deposed leader's call (answered
+                    // with the higher vote) is none.
+                    if r.as_ref()
+                        .is_ok_and(|resp| !matches!(resp, AppendEntriesResponse::HigherVote(_)))
                         && let Ok(mut t) = inner.last_append.lock()
                     {
                         *t = Some(Instant::now());
@@ -147,6 +151,7 @@ impl<V: Value> Service<Request<Bytes>> for UnaryMethod<V> {
                     network::encode(&inner.raft.vote(rpc).await)?
                 }
                 network::HEALTH => network::encode(&inner.status())?,
+                network::PRE_VOTE => network::encode(&inner.grant_pre_vote(&network::decode(&body)?))?,
                 network::LEADER_CALL => inner.leader_call(body).await?,
                 network::CAMPAIGN => {
                     tracing::info!("the leader is leaving and asks this member to stand for election");
