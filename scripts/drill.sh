@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The chaos drill: runs the seeded fault mix for many seeds and prints the summary table.
-# Root only (network namespaces). Usage: scripts/drill.sh [RUNS] [STEPS] [FIRST_SEED]
-#   RUNS        how many seeds (default 20)
-#   STEPS       faults per run (default 4)
-#   FIRST_SEED  the first seed; the others follow it (default: from the clock, printed)
+# The chaos drill: runs the seeded fault mix for many seeds, and every named scenario a few
+# times, and prints the summary table.
+# Root only (network namespaces). Usage: scripts/drill.sh [RUNS] [STEPS] [FIRST_SEED] [SCENARIO_RUNS]
+#   RUNS           how many seeds of the mix (default 20)
+#   STEPS          faults per run of the mix (default 4)
+#   FIRST_SEED     the first seed; the others follow it (default: from the clock, printed)
+#   SCENARIO_RUNS  runs of each named scenario (default 3; 0 skips them)
 # A failing run prints its seed; rerun it alone with
 #   CHAOS_SEED=<seed> CHAOS_STEPS=<steps> cargo test -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix -- --nocapture
 set -euo pipefail
@@ -11,6 +13,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-20}
 steps=${2:-4}
 first=${3:-$(date +%s)}
+scenario_runs=${4:-3}
 if [ "$(id -u)" != 0 ]; then
     echo "the drill builds network namespaces: run it as root" >&2
     exit 2
@@ -29,6 +32,19 @@ for i in $(seq 0 $((runs - 1))); do
     else
         echo "seed $seed: FAILED (see $out/seed-$seed.log)"
     fi
+done
+scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_leader scenario_flapping_link
+  scenario_full_cluster_restart scenario_five_nodes_lose_two"
+for i in $(seq 1 "$scenario_runs"); do
+    for name in $scenarios; do
+        if CHAOS_RESULTS=$results \
+            cargo test -q -p raftgate-chaos-tests --test vip_failover "$name" -- --exact --nocapture \
+            > "$out/$name-$i.log" 2>&1; then
+            echo "$name run $i: ok"
+        else
+            echo "$name run $i: FAILED (see $out/$name-$i.log)"
+        fi
+    done
 done
 echo
 target/debug/raftgate-chaos-summary "$results"
