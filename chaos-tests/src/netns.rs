@@ -1,10 +1,10 @@
 //! Root-only network topologies for multi-node tests: hosts in network namespaces on one bridged L2 segment.
 //!
 //! A [`Topology`] is a "switch" namespace holding a Linux bridge, and one namespace per host — N nodes,
-//! a client and a backend — each joined to the bridge by a veth pair whose host end is `eth0`.
+//! a client, a backend and the test API server — each joined to the bridge by a veth pair whose host end is `eth0`.
 //! Addresses: IPv4 `10.99.0.0/24` and IPv6 `fd99::/64` (`nodad`), nodes `.1`..`.N` (`fd99::1`…),
-//! the client `.201` (`fd99::201`), the backend `.202` (`fd99::202`); `lo` is up everywhere. There is
-//! no router: every host is on the one segment.
+//! the client `.201` (`fd99::201`), the backend `.202` (`fd99::202`), the test API server `.203`
+//! (`fd99::203`); `lo` is up everywhere. There is no router: every host is on the one segment.
 //!
 //! Programs run inside a namespace with `ip netns exec` (which execs the program in place, so the
 //! child's pid is the program's and signals reach it). The topology owns them: dropping it — also when
@@ -52,6 +52,8 @@ pub const SKIP_LINE: &str = "skipped: needs root (CAP_NET_ADMIN, CAP_NET_RAW) to
 pub const CLIENT_HOST: u16 = 201;
 /// The host number of the backend (`10.99.0.202`, `fd99::202`).
 pub const BACKEND_HOST: u16 = 202;
+/// The host number of the test Kubernetes API server (`10.99.0.203`, `fd99::203`).
+pub const APISERVER_HOST: u16 = 203;
 /// The most nodes a topology may have (host numbers stay below the client's).
 pub const MAX_NODES: usize = 99;
 /// The IPv4 prefix length of the segment.
@@ -128,6 +130,8 @@ pub enum Host {
     Client,
     /// The backend.
     Backend,
+    /// The test Kubernetes API server.
+    ApiServer,
 }
 
 impl Host {
@@ -137,6 +141,7 @@ impl Host {
             Host::Node(i) => u16::try_from(i).unwrap_or(u16::MAX),
             Host::Client => CLIENT_HOST,
             Host::Backend => BACKEND_HOST,
+            Host::ApiServer => APISERVER_HOST,
         }
     }
 
@@ -158,6 +163,7 @@ impl Host {
             Host::Node(i) => format!("n{i}"),
             Host::Client => "c".into(),
             Host::Backend => "b".into(),
+            Host::ApiServer => "a".into(),
         }
     }
 }
@@ -298,7 +304,7 @@ impl Topology {
         ip(["-n", &switch, "link", "set", &bridge, "up"])?;
         let hosts: Vec<Host> = (1..=self.nodes)
             .map(Host::Node)
-            .chain([Host::Client, Host::Backend])
+            .chain([Host::Client, Host::Backend, Host::ApiServer])
             .collect();
         for host in hosts {
             let ns = self.ns(host);
@@ -369,6 +375,11 @@ impl Topology {
     /// The backend's namespace.
     pub fn backend_ns(&self) -> String {
         self.ns(Host::Backend)
+    }
+
+    /// The test API server's namespace.
+    pub fn apiserver_ns(&self) -> String {
+        self.ns(Host::ApiServer)
     }
 
     /// Node `i`'s IPv4 address.

@@ -47,6 +47,10 @@ const NODES: usize = 3;
 const BACKEND: &str = env!("CARGO_BIN_EXE_raftgate-test-backend");
 const PROBE: &str = env!("CARGO_BIN_EXE_raftgate-test-probe");
 const ARPWATCH: &str = env!("CARGO_BIN_EXE_raftgate-test-arpwatch");
+const APISERVER: &str = env!("CARGO_BIN_EXE_raftgate-test-apiserver");
+/// The test API server's API and control (fault) listeners.
+const API_LISTEN: &str = "10.99.0.203:6443";
+const API_CONTROL: &str = "10.99.0.203:6444";
 
 /// One test at a time, even under `cargo test`'s parallel runner: each runs three nodes with 50 ms
 /// heartbeats and bounds outages in milliseconds, which a machine shared with other clusters would break.
@@ -133,6 +137,9 @@ struct Setup {
     grace: Option<&'static str>,
     /// The wildcard address of the client listeners: `0.0.0.0`, or `[::]` (both families) for an IPv6 VIP.
     listen: &'static str,
+    /// The config source: the test Kubernetes API server (in its own namespace, holding the objects
+    /// of [`MANIFESTS`]) instead of the manifests directory.
+    kube: bool,
 }
 
 /// One node's view of one VIP, from `raftgate ctl vips --json`.
@@ -171,6 +178,29 @@ impl Cluster {
             &dir.join("backend.log"),
         )
         .unwrap();
+        if setup.kube {
+            std::fs::write(dir.join("objects.json"), kube_objects().to_string()).unwrap();
+            let kubeconfig = dir.join("kubeconfig");
+            topo.spawn(
+                &topo.apiserver_ns(),
+                APISERVER,
+                [
+                    OsStr::new("--listen"),
+                    OsStr::new(API_LISTEN),
+                    OsStr::new("--control-listen"),
+                    OsStr::new(API_CONTROL),
+                    OsStr::new("--load"),
+                    dir.join("objects.json").as_os_str(),
+                    OsStr::new("--kubeconfig-out"),
+                    kubeconfig.as_os_str(),
+                ],
+                &[],
+                &dir.join("apiserver.log"),
+            )
+            .unwrap();
+            // It writes the kubeconfig once the objects are in.
+            poll_until(&topo, "the test API server's kubeconfig", || kubeconfig.is_file());
+        }
         let mut cluster = Cluster {
             n,
             topo,
@@ -210,11 +240,16 @@ impl Cluster {
             ));
         }
         let grace = setup.grace.map(|g| format!("  grace: {g}\n")).unwrap_or_default();
+        let source = if setup.kube {
+            format!("{{kind: kubernetes, kubeconfig: \"{dir}/kubeconfig\"}}")
+        } else {
+            format!("{{kind: manifests, path: \"{dir}/manifests\", poll_interval: 100ms}}")
+        };
         format!(
             "node_id: n{i}
 listen: {{http: \"{any}:8080\", https: \"{any}:8443\"}}
 admin: {{listen: \"0.0.0.0:10254\"}}
-source: {{kind: manifests, path: \"{dir}/manifests\", poll_interval: 100ms}}
+source: {source}
 raft:
   id: {i}
   listen: \"{ip}:7946\"
@@ -612,7 +647,33 @@ fn v4_setup() -> Setup {
         vips: vec![(VIP4, 24)],
         grace: None,
         listen: "0.0.0.0",
+        kube: false,
     }
+}
+
+/// The objects of [`MANIFESTS`], for the test API server.
+fn kube_objects() -> Value {
+    serde_json::json!([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+         "addressType": "IPv4",
+         "endpoints": [{"addresses": ["10.99.0.202"], "conditions": {"ready": true}}],
+         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]},
+        ingress_object("web", "vip.test"),
+    ])
+}
+
+/// Ingress `name` routing `host` to Service `web`.
+fn ingress_object(name: &str, host: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"ingressClassName": "raftgate", "rules": [{"host": host, "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+        ]}}]}
+    })
 }
 
 /// One IPv4 VIP with a 1 s grace, so a handover's quiet tail ends within the test.
@@ -1065,6 +1126,7 @@ fn ipv6_vip_fails_over() {
         grace: None,
         // `[::]` takes IPv6 connections (and IPv4 ones, as the kernel's default `bindv6only=0` has it).
         listen: "[::]",
+        kube: false,
     };
     let Some((mut c, vip, owner)) = probing(&setup, VIP6) else {
         return;
@@ -1283,14 +1345,85 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) {
                 c.topo.set_loss(node(i), if start { *pct } else { 0 }).unwrap();
             }
         }
+        Fault::ApiServerDown => {
+            c.api_fault("refuse-connections", start);
+            if start {
+                c.api_fault("close-watches", true);
+            }
+        }
+        Fault::ApiServerStall => c.api_fault("stall", start),
+        Fault::ApiServer410 => {
+            c.api_fault("fail-watches-410", start);
+            if start {
+                c.api_fault("close-watches", true);
+            }
+        }
         other => panic!("this harness cannot inject {other:?} yet (see the chaos section of the README)"),
     }
 }
 
+/// Whether `fault` is one of the API server's.
+fn api_fault(fault: &Fault) -> bool {
+    matches!(
+        fault,
+        Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410
+    )
+}
+
+impl Cluster {
+    /// `curl ARGS` in the API server's namespace; fails the test if it fails.
+    fn curl_in_apiserver(&self, args: &[&str]) {
+        let out = self
+            .topo
+            .run_in(&self.topo.apiserver_ns(), "curl", args)
+            .unwrap_or_else(|e| self.fail(&format!("curl {args:?}: {e}")));
+        if !out.status.success() {
+            self.fail(&format!(
+                "curl {args:?}: {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+
+    /// Turns the test API server's fault `name` on or off (`POST /_faults/NAME?enabled=BOOL` on its
+    /// control listener, which is never faulted).
+    fn api_fault(&self, name: &str, on: bool) {
+        let url = if name == "close-watches" {
+            format!("http://{API_CONTROL}/_faults/{name}")
+        } else {
+            format!("http://{API_CONTROL}/_faults/{name}?enabled={on}")
+        };
+        self.curl_in_apiserver(&["-sS", "--fail-with-body", "-X", "POST", &url]);
+    }
+}
+
 /// Writes a new Ingress, `change-K.test` → the backend, into the manifests directory (atomically: a
-/// rename), for the leader's source to commit; its host.
-fn write_change(dir: &Path, k: usize) -> String {
+/// rename) or, with `kube`, into the test API server, for the leader's source to commit; its host.
+fn write_change(c: &Cluster, kube: bool, k: usize) -> String {
+    let dir = c.topo.dir();
     let host = format!("change-{k}.test");
+    if kube {
+        let file = dir.join(format!("change-{k}.json"));
+        std::fs::write(&file, ingress_object(&format!("change-{k}"), &host).to_string()).unwrap();
+        let url = format!("http://{API_LISTEN}/apis/networking.k8s.io/v1/namespaces/default/ingresses");
+        let data = format!("@{}", file.display());
+        c.curl_in_apiserver(&[
+            "-sS",
+            "--fail-with-body",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+            &url,
+        ]);
+        return host;
+    }
     let yaml = format!(
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: change-{k}, namespace: default}}\n\
          spec:\n  ingressClassName: raftgate\n  rules:\n  - host: {host}\n    http:\n      paths:\n\
@@ -1309,10 +1442,15 @@ fn write_change(dir: &Path, k: usize) -> String {
 /// `/api/v1/status` every 200 ms. A config change (a new Ingress) is written as each fault starts.
 /// The timeline is then checked against every chaos invariant; a failure prints the seed, the
 /// schedule and the timeline. `CHAOS_RESULTS` (a path) collects one JSON line per run (the drill).
-fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) -> Schedule) -> Option<Timeline> {
+fn run_chaos(
+    scenario: &str,
+    nodes: usize,
+    setup: &Setup,
+    plan: impl FnOnce(&Cluster, Ready) -> Schedule,
+) -> Option<Timeline> {
     use raftgate_chaos_tests::invariants;
     // Without root: the skip line, and no timeline.
-    let (mut c, vip, _) = probing_n(&v4_setup(), VIP4, nodes)?;
+    let (mut c, vip, _) = probing_n(setup, VIP4, nodes)?;
     let all: Vec<usize> = (1..=nodes).collect();
     let (owner, leader) = c.wait_until("the VIP owned, as the leader sees it", 10, |c| c.owner_of(vip, &all));
     let schedule = plan(&c, Ready { leader, owner });
@@ -1383,30 +1521,56 @@ fn run_chaos(scenario: &str, nodes: usize, plan: impl FnOnce(&Cluster, Ready) ->
         }
     };
     let mut changes: Vec<(u64, String)> = Vec::new();
-    for step in &schedule.steps {
-        wait_until(at(step.at_ms));
-        // Recorded as the fault is put into effect: requests failing from here on are its doing.
-        timeline.push(
-            unix_ms() - t0,
-            Observation::Fault {
-                step: step.clone(),
-                edge: Edge::Start,
-            },
-        );
-        apply_fault(&mut c, step, true);
-        // A config change while the fault is on (the final quiet period stays change-free): the
+    // Faults may overlap: their starts and ends in time order, an end before a start at the same ms.
+    let mut edges: Vec<(u64, bool, usize)> = schedule
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| [(s.at_ms, true, i), (s.end_ms(), false, i)])
+        .collect();
+    edges.sort_unstable();
+    let mut api_down = 0usize;
+    let mut change_due = false;
+    for (edge_ms, start, i) in edges {
+        let step = &schedule.steps[i];
+        wait_until(at(edge_ms));
+        // Recorded as the fault is put into effect or undone: requests failing from its start on
+        // are its doing.
+        let edge_at = unix_ms() - t0;
+        if start {
+            timeline.push(
+                edge_at,
+                Observation::Fault {
+                    step: step.clone(),
+                    edge: Edge::Start,
+                },
+            );
+        }
+        apply_fault(&mut c, step, start);
+        if !start {
+            timeline.push(
+                edge_at,
+                Observation::Fault {
+                    step: step.clone(),
+                    edge: Edge::End,
+                },
+            );
+        }
+        if api_fault(&step.fault) {
+            api_down = if start {
+                api_down + 1
+            } else {
+                api_down.saturating_sub(1)
+            };
+        }
+        // A config change as each fault starts (the final quiet period stays change-free): the
         // source on whichever member leads must commit it, whatever the fault did to the group.
-        changes.push((unix_ms() - t0, write_change(&dir, step.id)));
-        wait_until(at(step.end_ms()));
-        let undone_at = unix_ms() - t0;
-        apply_fault(&mut c, step, false);
-        timeline.push(
-            undone_at,
-            Observation::Fault {
-                step: step.clone(),
-                edge: Edge::End,
-            },
-        );
+        // With the API server faulted, the change waits until it answers again.
+        change_due |= start;
+        if change_due && (!setup.kube || api_down == 0) {
+            changes.push((unix_ms() - t0, write_change(&c, setup.kube, changes.len())));
+            change_due = false;
+        }
     }
     // A little past the schedule's end, so that every node has answered after the healing
     // deadline (the schedule ends exactly on it).
@@ -1579,7 +1743,7 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
         FaultKind::Partition,
         FaultKind::Loss,
     ]);
-    run_chaos("seeded mix", NODES, |_, _| {
+    run_chaos("seeded mix", NODES, &v4_setup(), |_, _| {
         Schedule::random(seed, NODES, steps, &mix).unwrap()
     });
 }
@@ -1588,7 +1752,7 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
 #[test]
 fn scenario_leader_kill() {
     let _serial = serial();
-    run_chaos("leader kill", NODES, |_, r| {
+    run_chaos("leader kill", NODES, &v4_setup(), |_, r| {
         scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.leader])])
     });
 }
@@ -1599,7 +1763,7 @@ fn scenario_leader_kill() {
 #[test]
 fn scenario_minority_partition() {
     let _serial = serial();
-    let timeline = run_chaos("minority partition", NODES, |_, r| {
+    let timeline = run_chaos("minority partition", NODES, &v4_setup(), |_, r| {
         let minority = if r.owner != r.leader {
             r.owner
         } else {
@@ -1620,7 +1784,7 @@ fn scenario_minority_partition() {
 #[test]
 fn scenario_isolated_leader() {
     let _serial = serial();
-    run_chaos("isolated leader", NODES, |_, r| {
+    run_chaos("isolated leader", NODES, &v4_setup(), |_, r| {
         scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![r.leader])])
     });
 }
@@ -1629,7 +1793,7 @@ fn scenario_isolated_leader() {
 #[test]
 fn scenario_flapping_link() {
     let _serial = serial();
-    run_chaos("flapping link", NODES, |_, r| {
+    run_chaos("flapping link", NODES, &v4_setup(), |_, r| {
         let steps = (0..5)
             .map(|k| (1_000 + k * 1_000, 400, Fault::CutLink, vec![r.owner]))
             .collect();
@@ -1642,7 +1806,7 @@ fn scenario_flapping_link() {
 #[test]
 fn scenario_full_cluster_restart() {
     let _serial = serial();
-    run_chaos("full-cluster restart", NODES, |_, _| {
+    run_chaos("full-cluster restart", NODES, &v4_setup(), |_, _| {
         scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, (1..=NODES).collect())])
     });
 }
@@ -1652,10 +1816,31 @@ fn scenario_full_cluster_restart() {
 #[test]
 fn scenario_five_nodes_lose_two() {
     let _serial = serial();
-    run_chaos("5 nodes lose 2", 5, |_, r| {
+    run_chaos("5 nodes lose 2", 5, &v4_setup(), |_, r| {
         let second = if r.owner != r.leader { r.owner } else { r.leader % 5 + 1 };
         let mut targets = vec![r.leader, second];
         targets.sort_unstable();
         scenario_schedule(5, vec![(1_000, 3_000, Fault::Kill9, targets)])
+    });
+}
+
+/// Scenario: the Kubernetes API server refuses connections (its watches cut) while the leader is
+/// killed: the new leader's source starts against an API server that is down, the members keep
+/// serving what they have, and once the API server is back a new Ingress is committed and served.
+#[test]
+fn scenario_api_server_outage_during_a_leader_change() {
+    let _serial = serial();
+    let setup = Setup {
+        kube: true,
+        ..v4_setup()
+    };
+    run_chaos("API server outage during a leader change", NODES, &setup, |_, r| {
+        scenario_schedule(
+            NODES,
+            vec![
+                (1_000, 3_000, Fault::ApiServerDown, vec![]),
+                (1_500, 1_500, Fault::Kill9, vec![r.leader]),
+            ],
+        )
     });
 }
