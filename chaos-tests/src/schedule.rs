@@ -116,6 +116,18 @@ impl FaultKind {
         FaultKind::ClockJump,
     ];
 
+    /// The faults on nodes and their network, which need nothing but the network namespaces: the
+    /// seeded mix's kinds (no API server, disk or clock faults).
+    pub const NODE_AND_NETWORK: [FaultKind; 7] = [
+        FaultKind::Kill9,
+        FaultKind::Stop,
+        FaultKind::CutLink,
+        FaultKind::CutPeer,
+        FaultKind::Asymmetric,
+        FaultKind::Partition,
+        FaultKind::Loss,
+    ];
+
     /// How many distinct nodes it needs: 0 (the API server), 1 or 2 (a cut between two nodes).
     pub fn nodes_needed(self) -> usize {
         match self {

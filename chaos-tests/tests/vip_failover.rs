@@ -1268,6 +1268,17 @@ struct Ready {
     owner: usize,
 }
 
+impl Ready {
+    /// The VIP's owner if it is a follower, else the follower after the leader (of `n` nodes).
+    fn a_follower(self, n: usize) -> usize {
+        if self.owner != self.leader {
+            self.owner
+        } else {
+            self.leader % n + 1
+        }
+    }
+}
+
 /// A schedule of named faults, `(start ms, duration ms, fault, targets)`, ending after the healing
 /// bound's quiet period.
 fn scenario_schedule(nodes: usize, steps: Vec<(u64, u64, Fault, Vec<usize>)>) -> Schedule {
@@ -1734,15 +1745,7 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let mix = FaultMix::only(&[
-        FaultKind::Kill9,
-        FaultKind::Stop,
-        FaultKind::CutLink,
-        FaultKind::CutPeer,
-        FaultKind::Asymmetric,
-        FaultKind::Partition,
-        FaultKind::Loss,
-    ]);
+    let mix = FaultMix::only(&FaultKind::NODE_AND_NETWORK);
     run_chaos("seeded mix", NODES, &v4_setup(), |_, _| {
         Schedule::random(seed, NODES, steps, &mix).unwrap()
     });
@@ -1764,12 +1767,7 @@ fn scenario_leader_kill() {
 fn scenario_minority_partition() {
     let _serial = serial();
     let timeline = run_chaos("minority partition", NODES, &v4_setup(), |_, r| {
-        let minority = if r.owner != r.leader {
-            r.owner
-        } else {
-            r.leader % NODES + 1
-        };
-        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![minority])])
+        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Partition, vec![r.a_follower(NODES)])])
     });
     // Pre-vote: the cut-off member never stood for election (its pre-votes were refused), so its
     // return deposed no one: one term throughout.
@@ -1817,8 +1815,7 @@ fn scenario_full_cluster_restart() {
 fn scenario_five_nodes_lose_two() {
     let _serial = serial();
     run_chaos("5 nodes lose 2", 5, &v4_setup(), |_, r| {
-        let second = if r.owner != r.leader { r.owner } else { r.leader % 5 + 1 };
-        let mut targets = vec![r.leader, second];
+        let mut targets = vec![r.leader, r.a_follower(5)];
         targets.sort_unstable();
         scenario_schedule(5, vec![(1_000, 3_000, Fault::Kill9, targets)])
     });
