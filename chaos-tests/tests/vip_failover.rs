@@ -1494,6 +1494,7 @@ fn run_chaos(
             "--timeout-ms",
             "500",
             "--epoch",
+            "--end-time",
             "--json",
         ];
         c.topo.spawn(&client, PROBE, args, &[], status).unwrap();

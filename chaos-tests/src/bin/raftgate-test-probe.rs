@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const USAGE: &str = "usage: raftgate-test-probe --url http://IP:PORT/PATH [--host HOST] [--interval-ms 20]
-                           [--timeout-ms 200] [--count N] [--epoch] [--json]
+                           [--timeout-ms 200] [--count N] [--epoch] [--end-time] [--json]
 
 Every interval, starts an attempt on a NEW TCP connection (attempts overlap when one takes longer
 than the interval): `GET PATH HTTP/1.1` with `Host: HOST` (default: the URL's IP:PORT) and
@@ -23,7 +23,9 @@ as it ends:
   <ms> err <reason>
 where <ms> is when the attempt started, in milliseconds since the probe started (with --epoch:
 since the Unix epoch, so that several observers share one clock; lines of overlapping attempts
-may come out of order). With --json the body is read as JSON and printed whole on its line,
+may come out of order). With --end-time, <ms> is when the attempt ended instead: what a status
+poller wants, since an answer tells the state when it was given, not when it was asked for (a
+stopped server answers, once continued, requests sent long before). With --json the body is read as JSON and printed whole on its line,
 compact (a status poller). The whole attempt must end within the timeout. Runs until killed,
 or until N attempts have ended.
 ";
@@ -40,6 +42,7 @@ struct Args {
     timeout: Duration,
     count: Option<u64>,
     epoch: bool,
+    end_time: bool,
     json: bool,
 }
 
@@ -59,7 +62,7 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let (mut url, mut host, mut interval, mut timeout, mut count) = (None, None, 20, 200, None);
-    let (mut epoch, mut json) = (false, false);
+    let (mut epoch, mut end_time, mut json) = (false, false, false);
     let mut flags = Flags::from_env();
     while let Some(mut flag) = flags.next_flag() {
         match flag.name.as_str() {
@@ -70,6 +73,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--timeout-ms" => timeout = flag.number(&mut flags)?,
             "--count" => count = Some(flag.number(&mut flags)?),
             "--epoch" => epoch = true,
+            "--end-time" => end_time = true,
             "--json" => json = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -87,6 +91,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         timeout: Duration::from_millis(timeout),
         count,
         epoch,
+        end_time,
         json,
     }))
 }
@@ -146,9 +151,15 @@ async fn run(args: Args) -> Result<(), String> {
         }
         let at_ms = origin_ms + tick.saturating_duration_since(start).as_millis();
         let (tx, request, addr, deadline) = (tx.clone(), request.clone(), args.addr, tick + args.timeout);
-        let json = args.json;
+        let (json, end_time) = (args.json, args.end_time);
         tokio::spawn(async move {
-            let line = match attempt(addr, &request, deadline, json).await {
+            let result = attempt(addr, &request, deadline, json).await;
+            let at_ms = if end_time {
+                origin_ms + start.elapsed().as_millis()
+            } else {
+                at_ms
+            };
+            let line = match result {
                 Ok((status, body)) => format!("{at_ms} ok {status} {body}"),
                 Err(reason) => format!("{at_ms} err {reason}"),
             };
