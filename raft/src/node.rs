@@ -930,15 +930,21 @@ fn draw_timeout(min: Duration, max: Duration) -> Duration {
 }
 
 /// The election timer, in place of openraft's (`enable_elect: false`): a voter that has heard
-/// from no leader for a timeout drawn from `[election_timeout_min, election_timeout_max)` first
+/// from no leader for a timeout drawn from `[max, 2 max - min)` (of the election timeouts) first
 /// asks every other voter for a pre-vote, and stands for election only if, with its own, a
 /// majority would vote for it. A voter grants one when it has not heard from a leader for
 /// `election_timeout_min` itself and the candidate's log is not shorter than its own (see
 /// [`Inner::grant_pre_vote`]). A member cut off from the group so never raises its term, and does
 /// not depose the leader when it comes back, which a plain Raft member does.
+///
+/// Why not sooner than `max`: openraft voters refuse every candidate for `election_timeout_max`
+/// after a leader's heartbeat (the lease the VIP fence rests on), so an earlier attempt would
+/// only spend a term, and the two followers of a dead leader would then split their votes.
 async fn elect_after_pre_vote<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut shutdown: watch::Receiver<bool>) {
     let tick = (tick / 2).max(Duration::from_millis(5));
-    let mut timeout = draw_timeout(inner.election_timeout_min, inner.election_timeout_max);
+    let (min, max) = (inner.election_timeout_min, inner.election_timeout_max);
+    let draw = || draw_timeout(max, max + max.saturating_sub(min));
+    let mut timeout = draw();
     // The start of the current wait: the latest of the start, a leader's call, a change of this
     // member's vote or of the leader it knows (a vote it granted, an election it saw), an attempt.
     let mut since = Instant::now();
@@ -968,7 +974,7 @@ async fn elect_after_pre_vote<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mu
             continue;
         }
         since = now;
-        timeout = draw_timeout(inner.election_timeout_min, inner.election_timeout_max);
+        timeout = draw();
         let voters: Vec<NodeId> = membership.voter_ids().collect();
         let request = network::PreVoteRequest {
             candidate: inner.id,
