@@ -4,13 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The suite needs the Rust toolchain, loopback networking, for the VIP tests (root only:
 # they build network namespaces) iproute2's `ip`, util-linux's `setpriv` and, for the
-# chaos scenarios' partitions and packet loss, `nft`; and for the status page test
+# chaos scenarios' partitions and packet loss, `nft` (and `curl`, which writes to the test
+# API server inside its namespace); and for the status page test
 # Debian's headless Chromium. As root, whatever is missing is installed.
 if [ "$(id -u)" = 0 ]; then
     missing=""
     command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
     command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
     command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+    command -v curl >/dev/null 2>&1 || missing="$missing curl"
     if [ -n "$missing" ]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     fi
