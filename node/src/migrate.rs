@@ -208,10 +208,14 @@ pub const ANNOTATIONS: &[Known] = &[
     yes("session-cookie-name", "route").with(AFFINITY),
     yes("session-cookie-path", "/app").with(AFFINITY),
     yes("session-cookie-max-age", "3600").with(AFFINITY),
+    yes("session-cookie-expires", "3600").with(AFFINITY),
+    yes("session-cookie-domain", "example.com").with(AFFINITY),
+    yes("session-cookie-secure", "true").with(AFFINITY),
+    yes("session-cookie-conditional-samesite-none", "true").with(AFFINITY),
     differs(
         "session-cookie-samesite",
         "Lax",
-        "the cookie is always HttpOnly, Secure on TLS, and re-issued when its endpoint is gone",
+        "the cookie is always HttpOnly, and re-issued when its endpoint is gone",
     )
     .with(AFFINITY),
     differs(
@@ -224,16 +228,6 @@ pub const ANNOTATIONS: &[Known] = &[
         "affinity-canary-behavior",
         "not implemented; ignored (a canary keeps its own affinity)",
     ),
-    no(
-        "session-cookie-secure",
-        "not implemented; ignored (Secure is set on TLS)",
-    ),
-    no(
-        "session-cookie-expires",
-        "not implemented; ignored (use session-cookie-max-age)",
-    ),
-    no("session-cookie-domain", "not implemented; ignored (host-only cookie)"),
-    no("session-cookie-conditional-samesite-none", IGNORED),
     no(
         "session-cookie-change-on-failure",
         "not implemented; ignored (raftgate always re-issues the cookie)",
@@ -1363,7 +1357,7 @@ metadata:
     nginx.ingress.kubernetes.io/auth-type: digest
     nginx.ingress.kubernetes.io/auth-secret: basic
     nginx.ingress.kubernetes.io/proxy-read-timeout: \"60\"
-    nginx.ingress.kubernetes.io/session-cookie-secure: \"true\"
+    nginx.ingress.kubernetes.io/upstream-hash-by-subset: \"true\"
     nginx.ingress.kubernetes.io/made-up: \"1\"
 ";
 
@@ -1416,7 +1410,7 @@ metadata:
             digest.note
         );
         assert_eq!(find(&r, "auth-secret").status, Status::Supported);
-        assert_eq!(find(&r, "session-cookie-secure").status, Status::Unsupported);
+        assert_eq!(find(&r, "upstream-hash-by-subset").status, Status::Unsupported);
         let unknown = find(&r, "made-up");
         assert_eq!(unknown.status, Status::Unsupported);
         assert!(unknown.note.contains("not an ingress-nginx annotation raftgate knows"));

@@ -246,6 +246,49 @@ async fn balanced_affinity_sticks_and_moves_when_the_endpoint_goes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_affinity_cookie_attributes_of_ingress_nginx() {
+    let echo = Echo::start("a").await;
+    let h = Harness::start().await;
+    let m = service("s", "web", &[&echo])
+        + &ingress(
+            "s",
+            "attrs",
+            "attrs.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("affinity", "cookie"),
+                ("session-cookie-expires", "600"),
+                ("session-cookie-domain", ".attrs.com"),
+                ("session-cookie-secure", "true"),
+                ("session-cookie-samesite", "None"),
+                ("session-cookie-conditional-samesite-none", "true"),
+            ]),
+        );
+    h.apply("s.yaml", &m).await;
+    let issued = |ua: &str| {
+        let h = &h;
+        let ua = ua.to_string();
+        async move {
+            let r = get_with(h.http(), "attrs.com", "/", &[("user-agent", &ua)]).await;
+            set_cookie(&r, "INGRESSCOOKIE").expect("a new session gets a cookie")
+        }
+    };
+    let modern = issued("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0").await;
+    assert!(modern.contains("; Domain=attrs.com"), "{modern}");
+    assert!(modern.contains("; Expires=") && !modern.contains("Max-Age"), "{modern}");
+    assert!(
+        modern.contains("; SameSite=None; Secure; HttpOnly"),
+        "Secure on plain HTTP when session-cookie-secure says so: {modern}"
+    );
+    let ios12 =
+        issued("Mozilla/5.0 (iPhone; CPU iPhone OS 12_4 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148").await;
+    assert!(
+        !ios12.contains("SameSite") && ios12.ends_with("; Secure; HttpOnly"),
+        "iOS 12 drops SameSite=None cookies, so it gets none: {ios12}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
     let live = Echo::start("live").await;
     let dead = Echo::start("dead").await;

@@ -163,15 +163,39 @@ pub struct Affinity {
     pub cookie: String,
     /// `session-cookie-path` (default: the route's path, `/` for a regex path).
     pub path: String,
-    /// `session-cookie-max-age` in seconds: sets `Max-Age` and `Expires`. `None`: a session cookie.
-    #[serde(default)]
-    pub max_age: Option<u64>,
-    /// `session-cookie-samesite`.
-    #[serde(default)]
-    pub same_site: Option<SameSite>,
+    /// Every other attribute of the cookie.
+    #[serde(flatten)]
+    pub attributes: CookieAttributes,
     /// `affinity-mode`.
     #[serde(default)]
     pub mode: AffinityMode,
+}
+
+/// The attributes of an affinity cookie besides its name and path. All unset is a session
+/// cookie, host-only, `Secure` on TLS connections only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CookieAttributes {
+    /// `session-cookie-max-age` in seconds: sets `Max-Age`, and `Expires` too unless
+    /// `expires` is set.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+    /// `session-cookie-expires` in seconds from now: sets `Expires`.
+    #[serde(default)]
+    pub expires: Option<u64>,
+    /// `session-cookie-samesite`.
+    #[serde(default)]
+    pub same_site: Option<SameSite>,
+    /// `session-cookie-conditional-samesite-none`: leave `SameSite=None` out for the
+    /// clients known to reject such a cookie altogether.
+    #[serde(default)]
+    pub conditional_same_site_none: bool,
+    /// `session-cookie-secure`: `Some(true)` always sets `Secure`, `Some(false)` never;
+    /// `None` sets it on TLS connections.
+    #[serde(default)]
+    pub secure: Option<bool>,
+    /// `session-cookie-domain`.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// How sticky a session is (`affinity-mode`).

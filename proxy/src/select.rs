@@ -40,6 +40,7 @@ use crate::model::HashBy;
 use crate::model::HashPart;
 use crate::model::HeaderMatch;
 use crate::model::RoutePolicy;
+use crate::model::SameSite;
 use crate::router::RouteEntry;
 use crate::router::normalize_host;
 use crate::router::normalize_path;
@@ -164,6 +165,9 @@ pub enum Pick<'a> {
         sent: Option<u64>,
         /// The value designating the endpoint of the latest attempt.
         current: Option<u64>,
+        /// The client is one known to reject a `SameSite=None` cookie, and the affinity
+        /// asks for it to be left out then (`session-cookie-conditional-samesite-none`).
+        omit_same_site_none: bool,
     },
 }
 
@@ -173,10 +177,18 @@ impl<'a> Pick<'a> {
     pub fn new(choice: &Choice<'a>, headers: &HeaderMap, uri: &Uri, client: IpAddr, host: &str) -> Pick<'a> {
         if let Some(affinity) = choice.affinity {
             let sent = cookie(headers, &affinity.cookie).and_then(cookie_value);
+            let attrs = &affinity.attributes;
+            let omit_same_site_none = attrs.conditional_same_site_none
+                && attrs.same_site == Some(SameSite::None)
+                && headers
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(rejects_same_site_none);
             return Pick::Sticky {
                 affinity,
                 sent,
                 current: None,
+                omit_same_site_none,
             };
         }
         if let Some(h) = choice.hash_by {
@@ -197,6 +209,7 @@ impl<'a> Pick<'a> {
                 affinity,
                 sent,
                 current,
+                ..
             } => {
                 let (i, value) = upstream.pick_sticky(affinity.mode, *sent, now, tried, crate::id::random)?;
                 *current = value;
@@ -206,37 +219,72 @@ impl<'a> Pick<'a> {
     }
 
     /// The `Set-Cookie` to send with the response of the latest attempt, if the client's
-    /// cookie does not already designate its endpoint.
-    pub fn set_cookie(&self, secure: bool, now: SystemTime) -> Option<HeaderValue> {
+    /// cookie does not already designate its endpoint. `tls`: the client connection is TLS.
+    pub fn set_cookie(&self, tls: bool, now: SystemTime) -> Option<HeaderValue> {
         match self {
             Pick::Sticky {
                 affinity,
                 sent,
                 current: Some(v),
-            } if *sent != Some(*v) => set_cookie(affinity, *v, secure, now),
+                omit_same_site_none,
+            } if *sent != Some(*v) => set_cookie(affinity, *v, tls, *omit_same_site_none, now),
             _ => None,
         }
     }
 }
 
 /// The `Set-Cookie` value of an affinity cookie. `HttpOnly` always, as ingress-nginx;
-/// `Secure` on TLS connections.
-pub fn set_cookie(a: &Affinity, value: u64, secure: bool, now: SystemTime) -> Option<HeaderValue> {
+/// `Secure` as `session-cookie-secure` says, or on TLS connections (`tls`) when unset.
+/// `omit_same_site_none` leaves a `SameSite=None` out (see [`rejects_same_site_none`]).
+pub fn set_cookie(
+    a: &Affinity,
+    value: u64,
+    tls: bool,
+    omit_same_site_none: bool,
+    now: SystemTime,
+) -> Option<HeaderValue> {
+    let attrs = &a.attributes;
     let mut s = format!("{}={value:016x}; Path={}", a.cookie, a.path);
-    if let Some(age) = a.max_age {
+    if let Some(domain) = &attrs.domain {
+        let _ = write!(s, "; Domain={domain}");
+    }
+    if let Some(age) = attrs.max_age {
         let _ = write!(s, "; Max-Age={age}");
-        if let Some(at) = now.checked_add(Duration::from_secs(age)) {
-            let _ = write!(s, "; Expires={}", http_date(at));
+    }
+    // `Expires` for the browsers that predate `Max-Age`: from `session-cookie-expires`,
+    // else the same moment as `Max-Age`.
+    if let Some(at) = attrs
+        .expires
+        .or(attrs.max_age)
+        .and_then(|secs| now.checked_add(Duration::from_secs(secs)))
+    {
+        let _ = write!(s, "; Expires={}", http_date(at));
+    }
+    match attrs.same_site {
+        Some(SameSite::None) if omit_same_site_none => {}
+        Some(same_site) => {
+            let _ = write!(s, "; SameSite={}", same_site.as_str());
         }
+        None => {}
     }
-    if let Some(same_site) = a.same_site {
-        let _ = write!(s, "; SameSite={}", same_site.as_str());
-    }
-    if secure {
+    if attrs.secure.unwrap_or(tls) {
         s.push_str("; Secure");
     }
     s.push_str("; HttpOnly");
     HeaderValue::from_str(&s).ok()
+}
+
+/// Whether a `User-Agent` is one of the clients that drop a cookie marked `SameSite=None`
+/// altogether (Chromium's list of incompatible clients, as ingress-nginx reads it): Chrome
+/// 4x to 6x, anything on iOS or iPadOS 12, and Safari on macOS 10.14.
+pub fn rejects_same_site_none(user_agent: &str) -> bool {
+    let has = |needle: &str| user_agent.contains(needle);
+    has("Chrome/4")
+        || has("Chrome/5")
+        || has("Chrome/6")
+        || has("CPU iPhone OS 12")
+        || has("iPad; CPU OS 12")
+        || (has("Macintosh") && has("Intel Mac OS X 10_14") && has("Safari") && !has("Chrome"))
 }
 
 /// An affinity cookie's value: exactly 16 hex digits. Anything else is no cookie.
@@ -331,7 +379,7 @@ mod tests {
     use super::*;
     use crate::model::AffinityMode;
     use crate::model::CanaryHeader;
-    use crate::model::SameSite;
+    use crate::model::CookieAttributes;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -470,21 +518,105 @@ mod tests {
         let mut a = Affinity {
             cookie: "INGRESSCOOKIE".into(),
             path: "/app".into(),
-            max_age: None,
-            same_site: None,
+            attributes: CookieAttributes::default(),
             mode: AffinityMode::Balanced,
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
-            set_cookie(&a, 0xab, false, t).unwrap(),
+            set_cookie(&a, 0xab, false, false, t).unwrap(),
             "INGRESSCOOKIE=00000000000000ab; Path=/app; HttpOnly"
         );
-        a.max_age = Some(3600);
-        a.same_site = Some(SameSite::Strict);
+        a.attributes.max_age = Some(3600);
+        a.attributes.same_site = Some(SameSite::Strict);
         assert_eq!(
-            set_cookie(&a, 1, true, t).unwrap(),
+            set_cookie(&a, 1, true, false, t).unwrap(),
             "INGRESSCOOKIE=0000000000000001; Path=/app; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; SameSite=Strict; Secure; HttpOnly"
         );
+        // session-cookie-expires has its own moment; -domain; -secure both ways.
+        a.attributes.expires = Some(60);
+        a.attributes.domain = Some("example.com".into());
+        a.attributes.secure = Some(true);
+        assert_eq!(
+            set_cookie(&a, 2, false, false, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000002; Path=/app; Domain=example.com; Max-Age=3600; Expires=Tue, 14 Nov 2023 22:14:20 GMT; SameSite=Strict; Secure; HttpOnly"
+        );
+        a.attributes = CookieAttributes {
+            secure: Some(false),
+            same_site: Some(SameSite::None),
+            ..CookieAttributes::default()
+        };
+        assert_eq!(
+            set_cookie(&a, 3, true, false, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003; Path=/app; SameSite=None; HttpOnly"
+        );
+        // Left out for a client that rejects it; other SameSite values stay.
+        assert_eq!(
+            set_cookie(&a, 3, true, true, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003; Path=/app; HttpOnly"
+        );
+        a.attributes.same_site = Some(SameSite::Lax);
+        assert_eq!(
+            set_cookie(&a, 3, true, true, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003; Path=/app; SameSite=Lax; HttpOnly"
+        );
+    }
+
+    #[test]
+    fn the_clients_that_reject_same_site_none() {
+        let rejects = [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/66.0.3359.181 Safari/537.36",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/51.0.2704.103 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 12_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.1.2 Mobile/15E148 Safari/604.1",
+            "Mozilla/5.0 (iPad; CPU OS 12_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/12.1.2 Safari/605.1.15",
+        ];
+        let accepts = [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+            // Chrome on macOS 10.14 is not Safari.
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_14_6) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/90.0.4430.93 Safari/537.36",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+            "curl/8.5.0",
+        ];
+        for ua in rejects {
+            assert!(rejects_same_site_none(ua), "{ua}");
+        }
+        for ua in accepts {
+            assert!(!rejects_same_site_none(ua), "{ua}");
+        }
+    }
+
+    #[test]
+    fn conditional_same_site_none_follows_the_user_agent() {
+        let a = Affinity {
+            cookie: "c".into(),
+            path: "/".into(),
+            attributes: CookieAttributes {
+                same_site: Some(SameSite::None),
+                conditional_same_site_none: true,
+                ..CookieAttributes::default()
+            },
+            mode: AffinityMode::Balanced,
+        };
+        let choice = Choice {
+            upstream: "u",
+            affinity: Some(&a),
+            hash_by: None,
+            canary: false,
+        };
+        let uri: Uri = "/".parse().unwrap();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let old = headers(&[("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 12_4 like Mac OS X)")]);
+        let new = headers(&[("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Firefox/120.0")]);
+        let omits = |h: &HeaderMap| match Pick::new(&choice, h, &uri, ip, "h") {
+            Pick::Sticky {
+                omit_same_site_none, ..
+            } => omit_same_site_none,
+            other => panic!("{other:?}"),
+        };
+        assert!(omits(&old));
+        assert!(!omits(&new));
+        assert!(!omits(&HeaderMap::new()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use raftgate_proxy::model::Affinity;
 use raftgate_proxy::model::AffinityMode;
 use raftgate_proxy::model::Balance;
 use raftgate_proxy::model::CanaryHeader;
+use raftgate_proxy::model::CookieAttributes;
 use raftgate_proxy::model::Cors;
 use raftgate_proxy::model::HashBy;
 use raftgate_proxy::model::HashPart;
@@ -147,10 +148,9 @@ pub struct AffinityAnnotations {
     pub cookie: String,
     /// `session-cookie-path`; unset, each route uses its own path (`/` for a regex).
     pub path: Option<String>,
-    /// `session-cookie-max-age`.
-    pub max_age: Option<u64>,
-    /// `session-cookie-samesite`.
-    pub same_site: Option<SameSite>,
+    /// `session-cookie-max-age`, `-expires`, `-samesite`, `-conditional-samesite-none`,
+    /// `-secure` and `-domain`.
+    pub attributes: CookieAttributes,
     /// `affinity-mode` (default `balanced`).
     pub mode: AffinityMode,
 }
@@ -166,8 +166,7 @@ impl AffinityAnnotations {
         Affinity {
             cookie: self.cookie.clone(),
             path,
-            max_age: self.max_age,
-            same_site: self.same_site,
+            attributes: self.attributes.clone(),
             mode: self.mode,
         }
     }
@@ -188,8 +187,7 @@ struct Traffic {
     mode: AffinityMode,
     cookie_name: Option<String>,
     cookie_path: Option<String>,
-    max_age: Option<u64>,
-    same_site: Option<SameSite>,
+    attributes: CookieAttributes,
 }
 
 impl Traffic {
@@ -221,8 +219,7 @@ impl Traffic {
             a.affinity = Some(AffinityAnnotations {
                 cookie: self.cookie_name.unwrap_or_else(|| "INGRESSCOOKIE".into()),
                 path: self.cookie_path,
-                max_age: self.max_age,
-                same_site: self.same_site,
+                attributes: self.attributes,
                 mode: self.mode,
             });
         }
@@ -426,16 +423,15 @@ impl Annotations {
                     }
                     t.cookie_path = Some(v.to_string());
                 }
-                "session-cookie-max-age" => {
-                    t.max_age = Some(
-                        v.parse()
-                            .ok()
-                            .filter(|n| *n > 0)
-                            .ok_or_else(|| err("expected whole seconds above 0"))?,
-                    )
+                "session-cookie-max-age" => t.attributes.max_age = Some(secs()?.as_secs()),
+                "session-cookie-expires" => t.attributes.expires = Some(secs()?.as_secs()),
+                "session-cookie-secure" => t.attributes.secure = Some(flag()?),
+                "session-cookie-conditional-samesite-none" => t.attributes.conditional_same_site_none = flag()?,
+                "session-cookie-domain" => {
+                    t.attributes.domain = Some(cookie_domain(v).ok_or_else(|| err("expected a domain name"))?)
                 }
                 "session-cookie-samesite" => {
-                    t.same_site = Some(match v.to_ascii_lowercase().as_str() {
+                    t.attributes.same_site = Some(match v.to_ascii_lowercase().as_str() {
                         "none" => SameSite::None,
                         "lax" => SameSite::Lax,
                         "strict" => SameSite::Strict,
@@ -468,6 +464,19 @@ impl Annotations {
         }
         Ok(a)
     }
+}
+
+/// A cookie's `Domain`: DNS labels of letters, digits and `-`, a leading dot tolerated
+/// (browsers ignore it).
+fn cookie_domain(v: &str) -> Option<String> {
+    let name = v.strip_prefix('.').unwrap_or(v);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (name.len() <= 253 && name.split('.').all(label_ok)).then(|| name.to_ascii_lowercase())
 }
 
 fn boolean(v: &str) -> Option<bool> {
@@ -798,7 +807,11 @@ mod tests {
             ("session-cookie-name", "route"),
             ("session-cookie-path", "/shop"),
             ("session-cookie-max-age", "172800"),
-            ("session-cookie-samesite", "lax"),
+            ("session-cookie-expires", "86400"),
+            ("session-cookie-samesite", "None"),
+            ("session-cookie-conditional-samesite-none", "true"),
+            ("session-cookie-secure", "false"),
+            ("session-cookie-domain", ".Example.com"),
         ])
         .unwrap()
         .affinity
@@ -809,8 +822,14 @@ mod tests {
             Affinity {
                 cookie: "route".into(),
                 path: "/shop".into(),
-                max_age: Some(172_800),
-                same_site: Some(SameSite::Lax),
+                attributes: CookieAttributes {
+                    max_age: Some(172_800),
+                    expires: Some(86_400),
+                    same_site: Some(SameSite::None),
+                    conditional_same_site_none: true,
+                    secure: Some(false),
+                    domain: Some("example.com".into()),
+                },
                 mode: AffinityMode::Persistent,
             }
         );
@@ -877,6 +896,18 @@ mod tests {
             (vec![("session-cookie-name", "a b")], "session-cookie-name"),
             (vec![("session-cookie-path", "shop")], "session-cookie-path"),
             (vec![("session-cookie-path", "/a;Domain=evil")], "session-cookie-path"),
+            (vec![("session-cookie-expires", "soon")], "session-cookie-expires"),
+            (vec![("session-cookie-secure", "yes")], "session-cookie-secure"),
+            (
+                vec![("session-cookie-conditional-samesite-none", "1")],
+                "session-cookie-conditional-samesite-none",
+            ),
+            (
+                vec![("session-cookie-domain", "a.com; Secure")],
+                "session-cookie-domain",
+            ),
+            (vec![("session-cookie-domain", "")], "session-cookie-domain"),
+            (vec![("session-cookie-domain", "a..com")], "session-cookie-domain"),
         ] {
             let e = ann(&pairs).unwrap_err();
             assert_eq!(e.key, key, "{pairs:?}");

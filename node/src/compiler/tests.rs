@@ -880,7 +880,7 @@ fn affinity_and_hash_by_reach_each_routes_policy() {
     );
     let a = routes[0].policy.affinity.as_ref().unwrap();
     assert_eq!(
-        (a.cookie.as_str(), a.same_site, a.mode),
+        (a.cookie.as_str(), a.attributes.same_site, a.mode),
         (
             "INGRESSCOOKIE",
             Some(raftgate_proxy::model::SameSite::Strict),
