@@ -430,6 +430,15 @@ impl Node {
         }
     }
 
+    /// Resolves, with the reason, once this member's Raft core has stopped by itself (a full
+    /// or read-only data directory, say; see `RaftNode::failed`). Never without a cluster.
+    pub async fn raft_failed(&self) -> String {
+        match self.state.cluster() {
+            Some(c) => c.raft.failed().await,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish within the drain grace, and stops.
     /// Returns how many client connections were still open when the grace ran out.
     pub async fn shutdown(self) -> usize {
@@ -438,7 +447,11 @@ impl Node {
     }
 
     pub async fn shutdown_within(self, grace: Duration) -> usize {
-        if let Some(c) = self.state.cluster() {
+        // A member whose Raft has stopped cannot hand anything over, nor leave: its VIPs went
+        // with its member loop, and the others elect a leader without it.
+        if let Some(c) = self.state.cluster()
+            && !c.raft.has_failed()
+        {
             if let Some(v) = &c.vips {
                 v.hand_over(&c.raft).await;
                 v.stop_granting();
@@ -463,6 +476,7 @@ impl Node {
         }
         if let Some(c) = self.state.cluster()
             && c.leave_on_shutdown
+            && !c.raft.has_failed()
         {
             let id = c.raft.id();
             match c.raft.remove_member(id, false).await {

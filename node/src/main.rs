@@ -500,16 +500,32 @@ async fn ctl(admin: std::net::SocketAddr, command: Ctl) -> anyhow::Result<u8> {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    let data_dir = cfg.raft.as_ref().map(|r| r.data_dir.display().to_string());
     let node = Node::start(cfg).await?;
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("install SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        r = tokio::signal::ctrl_c() => { r.context("wait for SIGINT")?; tracing::info!("SIGINT") }
-    }
+    let failure = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM"); None }
+        r = tokio::signal::ctrl_c() => { r.context("wait for SIGINT")?; tracing::info!("SIGINT"); None }
+        // Raft cannot go on (its data directory is full or read-only, say): the member gives its
+        // VIPs up as one cut off from the group, drains, and exits non-zero so that systemd or the
+        // kubelet starts it again, which recovers from the same directory once it is writable.
+        reason = node.raft_failed() => {
+            tracing::error!(%reason, data_dir = data_dir.as_deref().unwrap_or_default(), "raft stopped on an error; stopping");
+            Some(reason)
+        }
+    };
     node.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!(
+            "raft stopped on an error (data directory {}): {reason}",
+            data_dir.as_deref().unwrap_or("?")
+        )),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]

@@ -955,7 +955,9 @@ impl Vips {
         }
         let deadline = Instant::now() + self.timing.grace + Duration::from_secs(5);
         let mut replicated = self.replicated.clone();
-        while held(self) > 0 && Instant::now() < deadline {
+        // A member loop that has ended (its Raft stopped) took its addresses down with its shell.
+        let looping = |v: &Vips| v.member_alive.load(Ordering::Acquire);
+        while held(self) > 0 && looping(self) && Instant::now() < deadline {
             tokio::select! {
                 _ = replicated.changed() => {}
                 _ = tokio::time::sleep(self.timing.refresh) => {}

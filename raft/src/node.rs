@@ -122,6 +122,8 @@ pub(crate) struct Inner<V: Value> {
     pub(crate) last_append: std::sync::Mutex<Option<Instant>>,
     leading: watch::Sender<bool>,
     contact: watch::Sender<bool>,
+    /// Why the Raft core stopped on its own (a storage error, say), once it has.
+    failure: watch::Sender<Option<String>>,
     shutdown: watch::Sender<bool>,
     lease: Duration,
     leader_handler: std::sync::Mutex<Option<LeaderHandler>>,
@@ -185,6 +187,7 @@ impl<V: Value> RaftNode<V> {
             last_append: std::sync::Mutex::new(None),
             leading: watch::channel(false).0,
             contact: watch::channel(false).0,
+            failure: watch::channel(None).0,
             shutdown,
             lease: settings.election_timeout_max / 2,
             leader_handler: std::sync::Mutex::new(None),
@@ -229,6 +232,25 @@ impl<V: Value> RaftNode<V> {
         self.inner.contact.subscribe()
     }
 
+    /// Whether the Raft core has stopped by itself (see [`RaftNode::failed`]).
+    pub fn has_failed(&self) -> bool {
+        self.inner.failure.borrow().is_some()
+    }
+
+    /// Resolves, with the reason, once the Raft core has stopped by itself: a log or state
+    /// write failed (a full or read-only disk), or the core ended without being asked to. The
+    /// member then neither leads nor has quorum contact, and cannot recover in place: its
+    /// process should stop so that a supervisor starts it again on the same data directory.
+    /// Never resolves after [`RaftNode::shutdown`].
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // `inner` owns the sender: it cannot be dropped while `self` exists.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// The instant of the latest heartbeat a quorum acknowledged, while this member is the
     /// leader (now, for a sole voter), as the leadership watch last derived it from freshly
     /// published metrics. `None` when it is not the leader.
@@ -270,6 +292,11 @@ impl<V: Value> RaftNode<V> {
     /// locally when this member leads. Fails when no leader is known, the leader does not lead
     /// (its lease lapsed) or does not answer within `ttl`.
     pub async fn ask_leader(&self, body: bytes::Bytes, ttl: Duration) -> Result<bytes::Bytes, Error> {
+        // A member whose core has stopped must not renew anything on the strength of the
+        // leader its last metrics named.
+        if let Some(reason) = self.inner.failure.borrow().as_ref() {
+            return Err(Error::Raft(format!("the raft core stopped: {reason}")));
+        }
         let (leader, addr) = self.inner.leader_addr().ok_or(Error::NoLeader)?;
         if leader == self.inner.id {
             return self.inner.leader_call(body).await.map_err(status_error);
@@ -834,6 +861,11 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
     loop {
         let now = Instant::now();
         let m = metrics.borrow_and_update().clone();
+        match &m.running_state {
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(fatal) => return core_failed(&inner, fatal.to_string()),
+            Ok(()) => {}
+        }
         let is_leader = m.state == ServerState::Leader && m.current_leader == Some(inner.id);
         let sole_voter = {
             let mut voters = m.membership_config.membership().voter_ids();
@@ -886,11 +918,25 @@ async fn watch_leadership<V: Value>(inner: Arc<Inner<V>>, tick: Duration, mut sh
             last_snapshot = m.snapshot;
         }
         fresh = tokio::select! {
-            r = metrics.changed() => if r.is_err() { return } else { true },
+            r = metrics.changed() => match r {
+                Ok(()) => true,
+                // The core's task ended without publishing why (a panic).
+                Err(_) if !*shutdown.borrow() => return core_failed(&inner, "the raft core ended".into()),
+                Err(_) => return,
+            },
             _ = tokio::time::sleep(tick / 2) => false,
             _ = shutdown.changed() => return,
         };
     }
+}
+
+/// The core stopped by itself: this member no longer leads nor hears a leader, whatever the
+/// metrics it last published said, and [`RaftNode::failed`] resolves.
+fn core_failed<V: Value>(inner: &Inner<V>, reason: String) {
+    tracing::error!(%reason, "the raft core stopped");
+    inner.leading.send_replace(false);
+    inner.contact.send_replace(false);
+    inner.failure.send_replace(Some(reason));
 }
 
 /// What a member knows when asked for a pre-vote.
