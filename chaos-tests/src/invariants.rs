@@ -630,12 +630,23 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
     }
     for (node, samples) in per_node {
         // A process restarted after kill -9 loads its state and rejoins: until its first ready
-        // sample it is starting, not a member that stopped serving for want of a quorum.
+        // sample it is starting, not a member that stopped serving for want of a quorum. A
+        // member whose disk filled up stops its process on purpose (its Raft cannot go on),
+        // and is started again as the fault ends, as by its supervisor.
+        let restarted = |f: &Fault| matches!(f, Fault::Kill9 | Fault::DiskFull | Fault::DiskReadOnly);
         let restarts: Vec<Ms> = faults
             .iter()
-            .filter(|(step, _, _)| matches!(step.fault, Fault::Kill9) && step.targets.contains(&node))
+            .filter(|(step, _, _)| restarted(&step.fault) && step.targets.contains(&node))
             .filter_map(|(_, _, e)| *e)
             .collect();
+        let disk_failed = |at: Ms| {
+            faults.iter().any(|(step, s, e)| {
+                matches!(step.fault, Fault::DiskFull | Fault::DiskReadOnly)
+                    && step.targets.contains(&node)
+                    && *s <= at
+                    && e.is_none_or(|e| at <= e)
+            })
+        };
         let starting = |at: Ms| {
             restarts.iter().any(|&r| {
                 r <= at
@@ -663,7 +674,7 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
                     break;
                 }
                 let behind = last_version.is_some_and(|v| s2.config_version < v);
-                if (!s2.ready && !starting(at2) || s2.ready && behind) && !stopped_serving {
+                if (!s2.ready && !starting(at2) || s2.ready && behind) && !stopped_serving && !disk_failed(at2) {
                     stopped_serving = true;
                     out.push(violation(
                         inv,

@@ -248,6 +248,8 @@ pub struct Topology {
     children: Mutex<Vec<Spawned>>,
     /// The switch's frame filters by key ([`Topology::block`], [`Topology::set_loss`]).
     filters: Mutex<BTreeMap<String, Vec<String>>>,
+    /// File systems mounted by [`Topology::mount_tmpfs`], unmounted on drop.
+    mounts: Mutex<Vec<PathBuf>>,
 }
 
 impl Topology {
@@ -264,8 +266,10 @@ impl Topology {
         if nodes == 0 || nodes > MAX_NODES {
             return Err(NetnsError::Invalid(format!("{nodes} nodes: must be 1..={MAX_NODES}")));
         }
+        remove_leftovers();
+        // The pid in the name lets a later run tell this directory's mounts for leftovers.
         let dir = tempfile::Builder::new()
-            .prefix("raftgate-netns-")
+            .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
             .tempdir()
             .map_err(|source| NetnsError::Io {
                 path: std::env::temp_dir(),
@@ -278,6 +282,7 @@ impl Topology {
             dir,
             children: Mutex::new(Vec::new()),
             filters: Mutex::new(BTreeMap::new()),
+            mounts: Mutex::new(Vec::new()),
         };
         // On error `topo` is dropped here, which removes whatever was created.
         topo.build()?;
@@ -335,6 +340,68 @@ impl Topology {
         ip(["netns", "add", ns])?;
         self.created.push(ns.to_string());
         Ok(())
+    }
+
+    /// Mounts a tmpfs of `bytes` at `path` (made if missing): a small disk of its own for a
+    /// node's data directory, which [`Topology::fill_disk`] can fill. Unmounted on drop.
+    pub fn mount_tmpfs(&self, path: &Path, bytes: u64) -> Result<(), NetnsError> {
+        std::fs::create_dir_all(path).map_err(|source| NetnsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let size = format!("size={bytes},mode=0700");
+        run_checked(
+            "mount",
+            [
+                OsStr::new("-t"),
+                OsStr::new("tmpfs"),
+                OsStr::new("-o"),
+                OsStr::new(&size),
+                OsStr::new("tmpfs"),
+                path.as_os_str(),
+            ],
+        )?;
+        self.mounts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Fills the file system holding `dir` to the last byte with the file `dir/.fill`, so that
+    /// every other write that needs space fails with ENOSPC. Returns the bytes it took.
+    pub fn fill_disk(&self, dir: &Path) -> Result<u64, NetnsError> {
+        use std::io::Write as _;
+        let path = dir.join(FILL_FILE);
+        let io = |source| NetnsError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        // Megabytes while they fit, then pages for the last bit.
+        for size in [chunk.len(), 4096] {
+            loop {
+                match f.write(&chunk[..size]) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                    Err(e) => return Err(io(e)),
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Gives back what [`Topology::fill_disk`] took.
+    pub fn free_disk(&self, dir: &Path) -> Result<(), NetnsError> {
+        let path = dir.join(FILL_FILE);
+        std::fs::remove_file(&path).map_err(|source| NetnsError::Io { path, source })
     }
 
     /// How many nodes there are; they are numbered `1..=nodes()`.
@@ -863,6 +930,10 @@ impl Drop for Topology {
             let _ = s.child.kill();
             let _ = s.child.wait();
         }
+        let mounts = self.mounts.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for path in mounts.iter().rev() {
+            unmount(path);
+        }
         for ns in self.created.iter().rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
@@ -872,6 +943,77 @@ impl Drop for Topology {
                 .status();
         }
     }
+}
+
+/// The start of a topology's work directory name, followed by the pid that made it.
+const DIR_PREFIX: &str = "raftgate-netns-";
+
+/// The file [`Topology::fill_disk`] fills a disk with.
+const FILL_FILE: &str = ".fill";
+
+/// Unmounts `path`, lazily: a process that still has a file open there does not keep it.
+fn unmount(path: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether process `pid` is alive.
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what topologies of processes that no longer run left behind when they were killed
+/// before their drop could run: their namespaces (`rgt-<pid>-…`, and with them their bridges,
+/// veths and filters) and the tmpfs mounts under their work directories. Once per process.
+fn remove_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let listed = Command::new("ip")
+            .args(["netns", "list"])
+            .stderr(Stdio::null())
+            .output();
+        let listed = listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for ns in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+            let pid = ns
+                .strip_prefix("rgt-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse().ok());
+            if pid.is_some_and(|pid| !alive(pid)) {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let tmp = std::env::temp_dir();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split_whitespace().nth(1)) {
+            // The topology directory the mount is in: `<tmp>/raftgate-netns-<pid>-<random>`.
+            let Some(top) = Path::new(point)
+                .strip_prefix(&tmp)
+                .ok()
+                .and_then(|rest| rest.components().next())
+                .and_then(|c| c.as_os_str().to_str())
+            else {
+                continue;
+            };
+            let pid = top
+                .strip_prefix(DIR_PREFIX)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse().ok());
+            if pid.is_some_and(|pid| !alive(pid)) {
+                unmount(Path::new(point));
+                let _ = std::fs::remove_dir_all(tmp.join(top));
+            }
+        }
+    });
 }
 
 fn entry(children: &mut [Spawned], handle: ChildHandle) -> Result<&mut Spawned, NetnsError> {

@@ -44,6 +44,8 @@ const HOST: &str = "vip.test";
 /// What the backend answers, and so what a successful probe reads.
 const BODY: &str = "backend";
 const NODES: usize = 3;
+/// The size of each node's disk (a tmpfs): room for a test's Raft log and state many times over.
+const DISK_BYTES: u64 = 64 << 20;
 const BACKEND: &str = env!("CARGO_BIN_EXE_raftgate-test-backend");
 const PROBE: &str = env!("CARGO_BIN_EXE_raftgate-test-probe");
 const ARPWATCH: &str = env!("CARGO_BIN_EXE_raftgate-test-arpwatch");
@@ -209,6 +211,8 @@ impl Cluster {
             probe: None,
         };
         for i in 1..=n {
+            // Each node's data on a small disk of its own, which a fault can fill.
+            cluster.topo.mount_tmpfs(&cluster.disk(i), DISK_BYTES).unwrap();
             let config = dir.join(format!("n{i}.yaml"));
             std::fs::write(&config, cluster.config(i, setup)).unwrap();
             let handle = cluster
@@ -253,7 +257,7 @@ source: {source}
 raft:
   id: {i}
   listen: \"{ip}:7946\"
-  data_dir: \"{dir}/n{i}-data\"
+  data_dir: \"{disk}/data\"
   insecure: true
   join: {join}
   heartbeat: 50ms
@@ -264,7 +268,28 @@ vip:
 ",
             ip = self.topo.node_ip(i),
             any = setup.listen,
+            disk = self.disk(i).display(),
         )
+    }
+
+    /// Node `i`'s disk: the tmpfs its data directory is on.
+    fn disk(&self, i: usize) -> PathBuf {
+        self.topo.dir().join(format!("n{i}-disk"))
+    }
+
+    /// Starts node `i` again if its process has exited by itself, as systemd's `Restart=always`
+    /// or the kubelet would: a note on how it had exited (with its last error line), if it had.
+    fn restart_if_exited(&mut self, i: usize) -> Option<String> {
+        let handle = self.nodes[i - 1]?;
+        let status = self.topo.exit_status(handle).unwrap()?;
+        let log = std::fs::read_to_string(self.topo.dir().join(format!("n{i}.log"))).unwrap_or_default();
+        let error = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("Error:"))
+            .unwrap_or("(no error line)");
+        self.nodes[i - 1] = Some(self.topo.respawn(handle).unwrap());
+        Some(format!("n{i} had exited ({status}): {}; started again", error.trim()))
     }
 
     /// The nodes whose process runs (1-based).
@@ -1303,8 +1328,10 @@ fn scenario_schedule(nodes: usize, steps: Vec<(u64, u64, Fault, Vec<usize>)>) ->
 }
 
 /// Puts `step` into effect (`start`) or undoes it.
-fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) {
+/// Puts `step` into effect (`start`) or undoes it; returns notes for the timeline.
+fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
     let node = Host::Node;
+    let mut notes = Vec::new();
     let block = |topo: &Topology, from: usize, to: usize| {
         if start {
             topo.block(node(from), node(to)).unwrap();
@@ -1369,8 +1396,19 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) {
                 c.api_fault("close-watches", true);
             }
         }
+        Fault::DiskFull => {
+            for &i in &step.targets {
+                if start {
+                    c.topo.fill_disk(&c.disk(i)).unwrap();
+                } else {
+                    c.topo.free_disk(&c.disk(i)).unwrap();
+                    notes.extend(c.restart_if_exited(i));
+                }
+            }
+        }
         other => panic!("this harness cannot inject {other:?} yet (see the chaos section of the README)"),
     }
+    notes
 }
 
 /// Whether `fault` is one of the API server's.
@@ -1558,7 +1596,10 @@ fn run_chaos(
                 },
             );
         }
-        apply_fault(&mut c, step, start);
+        for text in apply_fault(&mut c, step, start) {
+            println!("{text}");
+            timeline.push(unix_ms() - t0, Observation::Note { text });
+        }
         if !start {
             timeline.push(
                 edge_at,
@@ -1750,6 +1791,35 @@ fn a_seeded_fault_mix_keeps_every_invariant() {
     run_chaos("seeded mix", NODES, &v4_setup(), |_, _| {
         Schedule::random(seed, NODES, steps, &mix).unwrap()
     });
+}
+
+/// Scenario: the leader's data directory fills up. The config change written as the fault starts
+/// fails to reach its log, which stops its Raft core: it must stop leading at once (no VIP grants,
+/// no source) so that the others elect a leader and move the VIP, give its own VIPs up as one cut
+/// off, and exit with an error that names the disk, for its supervisor to start it again; started
+/// again on the freed disk, it recovers from its directory and rejoins.
+#[test]
+fn scenario_disk_full_on_the_leader() {
+    let _serial = serial();
+    let Some(timeline) = run_chaos("disk full on the leader", NODES, &v4_setup(), |_, r| {
+        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::DiskFull, vec![r.leader])])
+    }) else {
+        return;
+    };
+    let notes: Vec<String> = timeline
+        .events()
+        .iter()
+        .filter_map(|e| match &e.obs {
+            Observation::Note { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("had exited") && n.contains("raft stopped on an error") && n.contains("No space left")),
+        "the leader should have exited on its full disk, naming it: notes {notes:?}"
+    );
 }
 
 /// Scenario: the leader is killed and restarted.
