@@ -116,9 +116,10 @@ impl FaultKind {
         FaultKind::ClockJump,
     ];
 
-    /// The faults on nodes and their network, which need nothing but the network namespaces: the
-    /// seeded mix's kinds (no API server, disk or clock faults).
-    pub const NODE_AND_NETWORK: [FaultKind; 7] = [
+    /// The faults on nodes, their network and their disks, which need nothing but the network
+    /// namespaces and a tmpfs per node: the seeded mix's kinds (no API server or clock faults,
+    /// and no read-only disk, which a running process's open files cannot be given).
+    pub const NODE_AND_NETWORK: [FaultKind; 8] = [
         FaultKind::Kill9,
         FaultKind::Stop,
         FaultKind::CutLink,
@@ -126,6 +127,7 @@ impl FaultKind {
         FaultKind::Asymmetric,
         FaultKind::Partition,
         FaultKind::Loss,
+        FaultKind::DiskFull,
     ];
 
     /// How many distinct nodes it needs: 0 (the API server), 1 or 2 (a cut between two nodes).

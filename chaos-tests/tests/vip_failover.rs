@@ -1774,9 +1774,9 @@ fn term_range(t: &Timeline) -> (u64, u64) {
     (lo, hi)
 }
 
-/// A seeded mix of every network and process fault the harness injects (kill -9 and restart,
+/// A seeded mix of every network, process and disk fault the harness injects (kill -9 and restart,
 /// SIGSTOP and SIGCONT, a cut link, a cut between two nodes, a one-way cut, a partitioned minority,
-/// packet loss) on a three-node group, checked by [`run_chaos`]. `CHAOS_SEED` and `CHAOS_STEPS`
+/// packet loss, a full disk) on a three-node group, checked by [`run_chaos`]. `CHAOS_SEED` and `CHAOS_STEPS`
 /// pick another run (the drill does many).
 #[test]
 fn a_seeded_fault_mix_keeps_every_invariant() {
