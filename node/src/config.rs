@@ -291,6 +291,9 @@ pub struct RouteDefaults {
     pub ssl_protocols: String,
     /// Idle keep-alive connections kept per upstream endpoint. Default 320.
     pub upstream_keepalive_connections: u32,
+    /// Statuses (4xx, 5xx) the error backend answers on every route whose Ingress has no
+    /// `custom-http-errors` annotation of its own (ingress-nginx's ConfigMap key). Default none.
+    pub custom_http_errors: Vec<u16>,
 }
 
 impl Default for RouteDefaults {
@@ -316,6 +319,7 @@ impl Default for RouteDefaults {
             hsts_preload: false,
             ssl_protocols: "TLSv1.2 TLSv1.3".into(),
             upstream_keepalive_connections: 320,
+            custom_http_errors: Vec::new(),
         }
     }
 }
@@ -604,6 +608,14 @@ impl Config {
         }
         if let Err(e) = parse_ssl_protocols(&self.defaults.ssl_protocols) {
             return bad(&format!("defaults.ssl_protocols: {e}"));
+        }
+        if let Some(c) = self
+            .defaults
+            .custom_http_errors
+            .iter()
+            .find(|c| !(400..=599).contains(*c))
+        {
+            return bad(&format!("defaults.custom_http_errors: {c} is not a 4xx or 5xx status"));
         }
         for c in &self.defaults.proxy_real_ip_cidr {
             if let Err(e) = raftgate_proxy::limit::IpNet::parse(c) {

@@ -103,6 +103,11 @@ const CANARY: &[(&str, &str)] = &[("canary", "true")];
 const CANARY_HEADER: &[(&str, &str)] = &[("canary", "true"), ("canary-by-header", "X-Canary")];
 const AFFINITY: &[(&str, &str)] = &[("affinity", "cookie")];
 const CORS: &[(&str, &str)] = &[("enable-cors", "true")];
+const HASH_BY: &[(&str, &str)] = &[("upstream-hash-by", "$request_uri")];
+const HASH_SUBSET: &[(&str, &str)] = &[
+    ("upstream-hash-by", "$request_uri"),
+    ("upstream-hash-by-subset", "true"),
+];
 const IGNORED: &str = "not implemented; ignored";
 const SNIPPET: &str = "never executed (raftgate has no nginx configuration); the rest of the object serves";
 
@@ -232,11 +237,13 @@ pub const ANNOTATIONS: &[Known] = &[
         "session-cookie-change-on-failure",
         "not implemented; ignored (raftgate always re-issues the cookie)",
     ),
-    no(
+    differs(
         "upstream-hash-by-subset",
-        "not implemented; ignored (hashes over all endpoints)",
-    ),
-    no("upstream-hash-by-subset-size", "not implemented; ignored"),
+        "true",
+        "a key's subset is the endpoints that rank first for it (rendezvous), so scaling moves few keys",
+    )
+    .with(HASH_BY),
+    yes("upstream-hash-by-subset-size", "5").with(HASH_SUBSET),
     no(
         "auth-url",
         "external auth not implemented; ignored: requests reach the backend unauthenticated",
@@ -442,10 +449,7 @@ pub const CONFIGMAP_KEYS: &[Known] = &[
         "allow-snippet-annotations",
         "ignored: snippet annotations are never executed, whatever this says",
     ),
-    no(
-        "custom-http-errors",
-        "the ConfigMap-wide list is not implemented; ignored (the annotation works per Ingress)",
-    ),
+    yes("custom-http-errors", "404,503"),
     no(
         "worker-processes",
         "raftgate has no nginx workers (see worker_threads in its config); ignored",
@@ -1357,7 +1361,7 @@ metadata:
     nginx.ingress.kubernetes.io/auth-type: digest
     nginx.ingress.kubernetes.io/auth-secret: basic
     nginx.ingress.kubernetes.io/proxy-read-timeout: \"60\"
-    nginx.ingress.kubernetes.io/upstream-hash-by-subset: \"true\"
+    nginx.ingress.kubernetes.io/session-cookie-change-on-failure: \"true\"
     nginx.ingress.kubernetes.io/made-up: \"1\"
 ";
 
@@ -1410,7 +1414,7 @@ metadata:
             digest.note
         );
         assert_eq!(find(&r, "auth-secret").status, Status::Supported);
-        assert_eq!(find(&r, "upstream-hash-by-subset").status, Status::Unsupported);
+        assert_eq!(find(&r, "session-cookie-change-on-failure").status, Status::Unsupported);
         let unknown = find(&r, "made-up");
         assert_eq!(unknown.status, Status::Unsupported);
         assert!(unknown.note.contains("not an ingress-nginx annotation raftgate knows"));

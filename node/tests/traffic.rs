@@ -383,6 +383,41 @@ async fn failed_balanced_session_falls_back_and_gets_a_new_cookie() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_hash_by_subset_spreads_each_key_over_its_subset() {
+    let echos = [
+        Echo::start("a").await,
+        Echo::start("b").await,
+        Echo::start("c").await,
+        Echo::start("d").await,
+        Echo::start("e").await,
+    ];
+    let h = Harness::start().await;
+    let m = service("h", "web", &echos.iter().collect::<Vec<_>>())
+        + &ingress(
+            "h",
+            "subset",
+            "subset.com",
+            &[("/", "Prefix", "web")],
+            &ann(&[
+                ("upstream-hash-by", "$request_uri"),
+                ("upstream-hash-by-subset", "true"),
+                ("upstream-hash-by-subset-size", "2"),
+            ]),
+        );
+    h.apply("h.yaml", &m).await;
+    let mut subsets = BTreeSet::new();
+    for key in ["/k1", "/k2", "/k3", "/k4", "/k5", "/k6"] {
+        let mut served = BTreeSet::new();
+        for _ in 0..40 {
+            served.insert(get(h.http(), "subset.com", key).await.backend().unwrap().to_string());
+        }
+        assert_eq!(served.len(), 2, "{key} is served by its two endpoints: {served:?}");
+        subsets.insert(served);
+    }
+    assert!(subsets.len() > 1, "keys have subsets of their own: {subsets:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_hash_by_keeps_each_key_on_one_backend() {
     let echos = [Echo::start("a").await, Echo::start("b").await, Echo::start("c").await];
     let h = Harness::start().await;

@@ -234,6 +234,10 @@ impl SameSite {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HashBy {
     pub parts: Vec<HashPart>,
+    /// `upstream-hash-by-subset` with `-subset-size`: a key goes to any of the endpoints of its
+    /// subset (the `n` that rank first for it) rather than to its one endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<u32>,
 }
 
 /// One piece of an `upstream-hash-by` key: literal text or an nginx variable.
@@ -949,6 +953,7 @@ mod tests {
                             affinity: None,
                             hash_by: Some(HashBy {
                                 parts: vec![HashPart::Header("x-user".into())],
+                                subset: None,
                             }),
                             source: "ns/canary".into(),
                         }),

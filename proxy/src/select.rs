@@ -156,8 +156,9 @@ pub fn choose<'a>(
 pub enum Pick<'a> {
     /// The upstream's balancer.
     Balance,
-    /// `upstream-hash-by`: the hash of the request's key.
-    Hash(u64),
+    /// `upstream-hash-by`: the hash of the request's key, and the subset size with
+    /// `upstream-hash-by-subset`.
+    Hash { key: u64, subset: Option<usize> },
     /// Cookie affinity.
     Sticky {
         affinity: &'a Affinity,
@@ -194,7 +195,10 @@ impl<'a> Pick<'a> {
         if let Some(h) = choice.hash_by {
             let key = hash_key(h, headers, uri, client, host);
             if !key.is_empty() {
-                return Pick::Hash(hash64(&key));
+                return Pick::Hash {
+                    key: hash64(&key),
+                    subset: h.subset.map(|n| n as usize),
+                };
             }
         }
         Pick::Balance
@@ -204,7 +208,11 @@ impl<'a> Pick<'a> {
     pub fn next(&mut self, upstream: &UpstreamState, now: Instant, tried: &[usize]) -> Option<usize> {
         match self {
             Pick::Balance => upstream.pick(now, tried),
-            Pick::Hash(key) => upstream.pick_hash(*key, now, tried),
+            Pick::Hash { key, subset: None } => upstream.pick_hash(*key, now, tried),
+            Pick::Hash {
+                key,
+                subset: Some(size),
+            } => upstream.pick_hash_subset(*key, *size, now, tried, crate::id::random()),
             Pick::Sticky {
                 affinity,
                 sent,
@@ -494,7 +502,7 @@ mod tests {
         let uri: Uri = "/a/../b?x=1&y=2".parse().unwrap();
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         let key = |parts: Vec<HashPart>| {
-            String::from_utf8(hash_key(&HashBy { parts }, &h, &uri, ip, "Shop.COM:8080")).unwrap()
+            String::from_utf8(hash_key(&HashBy { parts, subset: None }, &h, &uri, ip, "Shop.COM:8080")).unwrap()
         };
         assert_eq!(key(vec![HashPart::RemoteAddr]), "10.1.2.3");
         assert_eq!(

@@ -204,6 +204,33 @@ impl UpstreamState {
         rendezvous(key, pool.iter().map(|&i| (i, self.endpoints[i].hash)))
     }
 
+    /// `upstream-hash-by-subset`: the key's subset is the `size` endpoints that rank first for
+    /// it among all current endpoints (so it stays put while they do); the request goes to
+    /// the eligible one of them that `draw` picks (random per request, as ingress-nginx).
+    /// With none of the subset eligible (all tried, or ejected while others are not), to the
+    /// key's next-ranked eligible endpoint, as [`Self::pick_hash`].
+    pub fn pick_hash_subset(&self, key: u64, size: usize, now: Instant, tried: &[usize], draw: u64) -> Option<usize> {
+        let mut ranked: Vec<(u64, u64, usize)> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (mix64(key ^ e.hash), e.hash, i))
+            .collect();
+        // Highest score first, ties as `rendezvous` breaks them.
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        let pool = self.eligible(now, tried);
+        let subset: Vec<usize> = ranked
+            .iter()
+            .take(size.max(1))
+            .map(|&(_, _, i)| i)
+            .filter(|i| pool.contains(i))
+            .collect();
+        match subset.len() {
+            0 => self.pick_hash(key, now, tried),
+            n => subset.get(usize::try_from(draw % n as u64).unwrap_or(0)).copied(),
+        }
+    }
+
     /// Cookie affinity. `cookie` is the request's affinity cookie, already parsed. Returns the
     /// endpoint and the cookie value that designates it: the request's own when honoured, a
     /// new one when a new session starts, `None` when no value could be found.
@@ -329,6 +356,7 @@ pub fn rendezvous(key: u64, endpoints: impl IntoIterator<Item = (usize, u64)>) -
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::net::SocketAddr;
 
     use super::*;
@@ -527,6 +555,81 @@ mod tests {
         let later = now + Duration::from_millis(s.upstream_fail_timeout_ms + 1);
         assert_eq!(u.pick_hash(key, later, &[]), Some(first));
         assert_eq!(u.pick_hash(key, now, &[0, 1, 2, 3]), None);
+    }
+
+    #[test]
+    fn hash_subsets_spread_a_key_over_its_own_endpoints() {
+        let u = upstream(6, Balance::RoundRobin);
+        let now = Instant::now();
+        let key = hash64(b"/video/42");
+        let seen = |u: &UpstreamState, tried: &[usize]| -> BTreeSet<usize> {
+            (0..64)
+                .filter_map(|d| u.pick_hash_subset(key, 3, now, tried, d))
+                .collect()
+        };
+        let subset = seen(&u, &[]);
+        assert_eq!(
+            subset.len(),
+            3,
+            "every draw lands in the key's three endpoints: {subset:?}"
+        );
+        // The subset is led by the key's plain hash choice, and size 1 is plain hashing.
+        let first = u.pick_hash(key, now, &[]).unwrap();
+        assert!(subset.contains(&first));
+        assert_eq!(seen_one(&u, key, now), BTreeSet::from([first]));
+        // Another key has a subset of its own (not all keys share one).
+        let other: BTreeSet<usize> = (0..64)
+            .filter_map(|d| u.pick_hash_subset(hash64(b"/video/7"), 3, now, &[], d))
+            .collect();
+        let keys: BTreeSet<BTreeSet<usize>> = (0..20u32)
+            .map(|k| {
+                (0..64)
+                    .filter_map(|d| u.pick_hash_subset(hash64(&k.to_be_bytes()), 3, now, &[], d))
+                    .collect()
+            })
+            .collect();
+        assert!(keys.len() > 1, "{keys:?} {other:?}");
+        // A retry stays in the subset while some of it is untried, then takes the next-ranked.
+        let tried: Vec<usize> = subset.iter().copied().take(2).collect();
+        assert_eq!(seen(&u, &tried).len(), 1);
+        let all: Vec<usize> = subset.iter().copied().collect();
+        let next = seen(&u, &all);
+        assert_eq!(next.len(), 1);
+        assert!(next.is_disjoint(&subset));
+        assert_eq!(next.into_iter().next(), u.pick_hash(key, now, &all));
+        // An ejected member is skipped while the rest of the subset is healthy.
+        let s = GlobalSettings::default();
+        u.endpoints[first].record_failure(now, &s);
+        let healthy = seen(&u, &[]);
+        assert_eq!(healthy.len(), 2);
+        assert!(!healthy.contains(&first) && healthy.is_subset(&subset));
+    }
+
+    #[test]
+    fn a_new_endpoint_changes_a_subset_by_one_at_most() {
+        let (six, seven) = (upstream(6, Balance::RoundRobin), upstream(7, Balance::RoundRobin));
+        let now = Instant::now();
+        let subset = |u: &UpstreamState, key: u64| -> BTreeSet<usize> {
+            (0..64)
+                .filter_map(|d| u.pick_hash_subset(key, 3, now, &[], d))
+                .collect()
+        };
+        let mut moved = 0;
+        for k in 0..200u32 {
+            let key = hash64(&k.to_be_bytes());
+            let (before, after) = (subset(&six, key), subset(&seven, key));
+            let lost = before.difference(&after).count();
+            assert!(lost <= 1, "key {k}: {before:?} -> {after:?}");
+            moved += lost;
+        }
+        // About 3/7 of the keys take the new endpoint into their subset.
+        assert!((40..=130).contains(&moved), "{moved} of 200 subsets changed");
+    }
+
+    fn seen_one(u: &UpstreamState, key: u64, now: Instant) -> BTreeSet<usize> {
+        (0..16)
+            .filter_map(|d| u.pick_hash_subset(key, 1, now, &[], d))
+            .collect()
     }
 
     #[test]

@@ -237,6 +237,8 @@ impl Annotations {
         let mut permanent_code = None;
         let mut temporal_code = None;
         let mut t = Traffic::default();
+        // `upstream-hash-by-subset` and its size, applied to `upstream-hash-by` once all are read.
+        let (mut subset, mut subset_size) = (false, None);
         for (full, value) in all {
             let Some(key) = full.strip_prefix(PREFIX) else {
                 continue;
@@ -369,14 +371,7 @@ impl Annotations {
                 }
                 "default-backend" => a.default_backend = Some(text()?),
                 "service-upstream" => a.service_upstream = flag()?,
-                "custom-http-errors" => {
-                    a.custom_http_errors = v
-                        .split(',')
-                        .map(|c| c.trim().parse::<u16>().ok().filter(|c| (400..=599).contains(c)))
-                        .collect::<Option<Vec<_>>>()
-                        .filter(|c| !c.is_empty())
-                        .ok_or_else(|| err("expected a comma-separated list of 4xx/5xx statuses"))?;
-                }
+                "custom-http-errors" => a.custom_http_errors = error_statuses(v).map_err(|r| err(&r))?,
                 "canary" => t.canary = flag()?,
                 "canary-by-header" => {
                     t.header = optional(v, header_name).ok_or_else(|| err("expected a header name"))?
@@ -439,6 +434,8 @@ impl Annotations {
                     })
                 }
                 "upstream-hash-by" => a.upstream_hash_by = Some(hash_by(v).map_err(|r| err(&r))?),
+                "upstream-hash-by-subset" => subset = flag()?,
+                "upstream-hash-by-subset-size" => subset_size = Some(count()?),
                 k if k.ends_with("-snippet") => a.ignored_snippets.push(k.to_string()),
                 _ => {
                     tracing::debug!(annotation = %full, "annotation not supported by raftgate; ignored")
@@ -455,6 +452,10 @@ impl Annotations {
             a.cors = Some(cors);
         }
         t.finish(&mut a)?;
+        // As ingress-nginx: without `upstream-hash-by` the subset means nothing.
+        if subset && let Some(h) = a.upstream_hash_by.as_mut() {
+            h.subset = Some(subset_size.unwrap_or(3));
+        }
         if a.auth_basic && a.auth_secret.is_none() {
             return Err(AnnotationError {
                 key: "auth-type".into(),
@@ -477,6 +478,15 @@ fn cookie_domain(v: &str) -> Option<String> {
             && !l.ends_with('-')
     };
     (name.len() <= 253 && name.split('.').all(label_ok)).then(|| name.to_ascii_lowercase())
+}
+
+/// `custom-http-errors`, the annotation's and the ConfigMap key's: `404,503`.
+pub(super) fn error_statuses(v: &str) -> Result<Vec<u16>, String> {
+    v.split(',')
+        .map(|c| c.trim().parse::<u16>().ok().filter(|c| (400..=599).contains(c)))
+        .collect::<Option<Vec<_>>>()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| "expected a comma-separated list of 4xx/5xx statuses".to_string())
 }
 
 fn boolean(v: &str) -> Option<bool> {
@@ -578,7 +588,7 @@ fn hash_by(v: &str) -> Result<HashBy, String> {
     if !text.is_empty() {
         parts.push(HashPart::Text(text));
     }
-    Ok(HashBy { parts })
+    Ok(HashBy { parts, subset: None })
 }
 
 fn positive(v: &str) -> Option<u32> {
@@ -834,6 +844,36 @@ mod tests {
             }
         );
         assert_eq!(ann(&[("session-cookie-name", "x")]).unwrap().affinity, None);
+    }
+
+    #[test]
+    fn upstream_hash_by_subset_and_its_size() {
+        let subset = |pairs: &[(&str, &str)]| ann(pairs).unwrap().upstream_hash_by.map(|h| h.subset);
+        let by = ("upstream-hash-by", "$request_uri");
+        assert_eq!(subset(&[by]), Some(None));
+        assert_eq!(subset(&[by, ("upstream-hash-by-subset", "true")]), Some(Some(3)));
+        assert_eq!(
+            subset(&[
+                ("upstream-hash-by-subset-size", "5"),
+                ("upstream-hash-by-subset", "true"),
+                by
+            ]),
+            Some(Some(5)),
+            "in any order"
+        );
+        assert_eq!(subset(&[by, ("upstream-hash-by-subset", "false")]), Some(None));
+        assert_eq!(
+            subset(&[("upstream-hash-by-subset", "true")]),
+            None,
+            "nothing to subset"
+        );
+        let e = ann(&[
+            by,
+            ("upstream-hash-by-subset", "true"),
+            ("upstream-hash-by-subset-size", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "upstream-hash-by-subset-size");
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub(super) fn overlay<'a>(d: &mut RouteDefaults, data: impl Iterator<Item = (&'a
             "ssl-protocols" => parse_ssl_protocols(v).map(|_| d.ssl_protocols = v.to_string()),
             "upstream-keepalive-connections" => count().map(|n| d.upstream_keepalive_connections = n),
             "disable-access-log" => flag().map(|b| d.access_log = !b),
+            "custom-http-errors" => super::annotations::error_statuses(v).map(|s| d.custom_http_errors = s),
             _ => {
                 tracing::debug!(key = %key, "ConfigMap key not used by raftgate; ignored");
                 Ok(())
@@ -122,6 +123,7 @@ mod tests {
             ("hsts", "false"),
             ("ssl-protocols", "TLSv1.3"),
             ("upstream-keepalive-connections", "64"),
+            ("custom-http-errors", "404,503"),
             ("worker-processes", "auto"),
         ]);
         assert!(overlay(&mut d, data.iter()).is_empty());
@@ -133,14 +135,20 @@ mod tests {
         assert_eq!(s.hsts, None);
         assert!(!s.tls_versions.tls12 && s.tls_versions.tls13);
         assert_eq!(s.upstream_keepalive_connections, 64);
+        assert_eq!(d.custom_http_errors, vec![404, 503]);
     }
 
     #[test]
     fn bad_values_are_reported_and_keep_the_previous_value() {
         let mut d = RouteDefaults::default();
-        let data = cm(&[("proxy-body-size", "huge"), ("ssl-protocols", "TLSv1"), ("hsts", "yes")]);
+        let data = cm(&[
+            ("proxy-body-size", "huge"),
+            ("ssl-protocols", "TLSv1"),
+            ("hsts", "yes"),
+            ("custom-http-errors", "200,404"),
+        ]);
         let problems = overlay(&mut d, data.iter());
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(
             problems
                 .iter()

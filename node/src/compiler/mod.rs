@@ -847,7 +847,12 @@ fn policy(d: &RouteDefaults, ann: &Annotations) -> RoutePolicy {
         basic_auth: None,
         cors: ann.cors.clone(),
         fallback: None,
-        custom_errors: ann.custom_http_errors.clone(),
+        // The Ingress's own list, else the controller-wide one.
+        custom_errors: if ann.custom_http_errors.is_empty() {
+            d.custom_http_errors.clone()
+        } else {
+            ann.custom_http_errors.clone()
+        },
         // Set per route: the cookie path defaults to the route's.
         affinity: None,
         hash_by: ann.upstream_hash_by.clone(),

@@ -1069,3 +1069,43 @@ fn every_problem_says_how_to_fix_it() {
     let json = serde_json::to_value(&out.problems[0]).unwrap();
     assert!(json["fix"].as_str().is_some_and(|f| !f.is_empty()), "{json}");
 }
+
+#[test]
+fn the_controller_configmap_custom_http_errors_apply_where_the_ingress_sets_none() {
+    let own = ingress("own", "2024-01-01T00:00:00Z", &rule("own.com", "/", "Prefix", "web")).replace(
+        "namespace: app,",
+        "namespace: app, annotations: {nginx.ingress.kubernetes.io/custom-http-errors: \"502\"},",
+    );
+    let plain = ingress(
+        "plain",
+        "2024-01-01T00:00:00Z",
+        &rule("plain.com", "/", "Prefix", "web"),
+    );
+    let cm = r#"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ingress-nginx-controller, namespace: ingress-nginx}
+data: {custom-http-errors: "404, 503"}
+"#;
+    let mut c = Compiler::new(Options {
+        class: "nginx".into(),
+        controller_configmap: Some("ingress-nginx/ingress-nginx-controller".into()),
+        ..Options::default()
+    });
+    let out = c.compile(&objects(&(svc("web", "10.0.0.1") + &own + &plain + cm)));
+    let errors = |host: &str| out.table.vhosts[host].routes[0].policy.custom_errors.clone();
+    assert_eq!(errors("plain.com"), vec![404, 503], "the ConfigMap's list");
+    assert_eq!(errors("own.com"), vec![502], "the Ingress's own list wins");
+    // A bad value is reported and leaves the previous (here: none).
+    let bad = cm.replace("404, 503", "200");
+    let out = c.compile(&objects(&(svc("web", "10.0.0.1") + &plain + &bad)));
+    assert!(out.table.vhosts["plain.com"].routes[0].policy.custom_errors.is_empty());
+    assert!(
+        out.problems
+            .iter()
+            .any(|p| p.kind == "ConfigMap" && p.reason.contains("custom-http-errors")),
+        "{:?}",
+        out.problems
+    );
+}
