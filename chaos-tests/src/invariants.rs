@@ -598,10 +598,11 @@ pub fn check_no_lost_config(t: &Timeline, _b: &Bounds) -> Vec<Violation> {
 // 4. Static stability
 
 /// Whether `step` keeps clients off `node` by itself (so a failed direct request proves nothing).
+/// A full disk does: the member exits, and is started again as the fault ends.
 fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
     matches!(
         step.fault,
-        Fault::Kill9 | Fault::Stop | Fault::CutLink | Fault::Loss { .. }
+        Fault::Kill9 | Fault::Stop | Fault::CutLink | Fault::Loss { .. } | Fault::DiskFull | Fault::DiskReadOnly
     ) && step.targets.contains(&node)
 }
 
@@ -1464,9 +1465,48 @@ mod tests {
     fn static_stability_passes_when_a_member_without_quorum_keeps_serving() {
         let t = no_quorum_run(5, true, Fault::CutPeer { a: 1, b: 3 });
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
-        // Failures while a fault keeps clients off the node itself are excused.
+        // Failures while a fault keeps clients off the node itself are excused: packet loss,
+        // and a full disk (the member exits, and is started again as the fault ends).
         let t = no_quorum_run(5, false, Fault::Loss { pct: 50 });
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
+        let t = no_quorum_run(5, false, Fault::DiskFull);
+        assert_eq!(check_static_stability(&t, &Bounds::default()), []);
+    }
+
+    #[test]
+    fn static_stability_lets_a_member_stop_while_its_disk_is_full() {
+        let not_ready = |at: Ms, t: &mut Timeline| {
+            t.push(
+                at,
+                Observation::Status(Status {
+                    reachable: true,
+                    term: 2,
+                    leader: Some(1),
+                    ..Status::unreachable(2)
+                }),
+            )
+        };
+        let mut t = base();
+        fault(&mut t, &step(0, Fault::DiskFull, &[2]), 2000, Some(3000));
+        t.push(1900, status(2, 2, 1, 5, false, &[], true));
+        // Its Raft stopped: no quorum, draining (not ready), then gone until the restart.
+        not_ready(2100, &mut t);
+        t.push(2200, Observation::Status(Status::unreachable(2)));
+        not_ready(3100, &mut t);
+        t.push(3200, status(2, 2, 1, 5, false, &[], true));
+        assert_eq!(check_static_stability(&t, &Bounds::default()), []);
+        // The same without the fault is a member that stopped serving.
+        let mut t = base();
+        t.push(1900, status(2, 2, 1, 5, false, &[], true));
+        not_ready(2100, &mut t);
+        assert_eq!(
+            only(
+                check_static_stability(&t, &Bounds::default()),
+                Invariant::StaticStability
+            )
+            .len(),
+            1
+        );
     }
 
     #[test]

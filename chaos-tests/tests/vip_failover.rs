@@ -44,6 +44,9 @@ const HOST: &str = "vip.test";
 /// What the backend answers, and so what a successful probe reads.
 const BODY: &str = "backend";
 const NODES: usize = 3;
+/// libfaketime, from Debian's `faketime` package (scripts/test.sh installs it as root).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
 /// The size of each node's disk (a tmpfs): room for a test's Raft log and state many times over.
 const DISK_BYTES: u64 = 64 << 20;
 const BACKEND: &str = env!("CARGO_BIN_EXE_raftgate-test-backend");
@@ -142,6 +145,9 @@ struct Setup {
     /// The config source: the test Kubernetes API server (in its own namespace, holding the objects
     /// of [`MANIFESTS`]) instead of the manifests directory.
     kube: bool,
+    /// Each node's wall clock can jump ([`Fault::ClockJump`]): the nodes run with libfaketime
+    /// preloaded, reading their offset from a file of their own; their monotonic clocks are real.
+    clock: bool,
 }
 
 /// One node's view of one VIP, from `raftgate ctl vips --json`.
@@ -215,13 +221,31 @@ impl Cluster {
             cluster.topo.mount_tmpfs(&cluster.disk(i), DISK_BYTES).unwrap();
             let config = dir.join(format!("n{i}.yaml"));
             std::fs::write(&config, cluster.config(i, setup)).unwrap();
+            let mut env = vec![("RUST_LOG", "info".to_string()), ("NO_COLOR", "1".to_string())];
+            if setup.clock {
+                assert!(
+                    Path::new(LIBFAKETIME).is_file(),
+                    "no {LIBFAKETIME}: the clock faults need Debian's faketime package (scripts/test.sh installs it as root)"
+                );
+                let offset = cluster.clock_file(i);
+                std::fs::write(&offset, "+0\n").unwrap();
+                env.extend([
+                    ("LD_PRELOAD", LIBFAKETIME.to_string()),
+                    ("FAKETIME_TIMESTAMP_FILE", offset.display().to_string()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+                    // Read at every clock call, so a jump is seen at once (a test's nodes read
+                    // the wall clock for little more than log lines).
+                    ("FAKETIME_NO_CACHE", "1".to_string()),
+                ]);
+            }
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let handle = cluster
                 .topo
                 .spawn(
                     &cluster.topo.node_ns(i),
                     &cluster.raftgate,
                     [OsStr::new("run"), OsStr::new("--config"), config.as_os_str()],
-                    &[("RUST_LOG", "info"), ("NO_COLOR", "1")],
+                    &env,
                     &dir.join(format!("n{i}.log")),
                 )
                 .unwrap();
@@ -270,6 +294,25 @@ vip:
             any = setup.listen,
             disk = self.disk(i).display(),
         )
+    }
+
+    /// Node `i`'s wall-clock offset for libfaketime (`+0`, `+3600`, `-600`: seconds).
+    fn clock_file(&self, i: usize) -> PathBuf {
+        self.topo.dir().join(format!("n{i}.clock"))
+    }
+
+    /// How far ahead of the real clock node `i`'s log is: the newest line that says it applied a
+    /// routing table (each member does for each config change), minus now. At most the time since
+    /// that line was written below the node's true offset.
+    fn log_clock_skew_s(&self, i: usize) -> Option<i64> {
+        let log = std::fs::read_to_string(self.topo.dir().join(format!("n{i}.log"))).ok()?;
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("replicated routing table applied"))?;
+        let at: k8s_openapi::jiff::Timestamp = line.split_whitespace().next()?.parse().ok()?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Some(at.as_second() - now.as_second())
     }
 
     /// Node `i`'s disk: the tmpfs its data directory is on.
@@ -673,6 +716,7 @@ fn v4_setup() -> Setup {
         grace: None,
         listen: "0.0.0.0",
         kube: false,
+        clock: false,
     }
 }
 
@@ -1152,6 +1196,7 @@ fn ipv6_vip_fails_over() {
         // `[::]` takes IPv6 connections (and IPv4 ones, as the kernel's default `bindv6only=0` has it).
         listen: "[::]",
         kube: false,
+        clock: false,
     };
     let Some((mut c, vip, owner)) = probing(&setup, VIP6) else {
         return;
@@ -1403,6 +1448,20 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
                 } else {
                     c.topo.free_disk(&c.disk(i)).unwrap();
                     notes.extend(c.restart_if_exited(i));
+                }
+            }
+        }
+        Fault::ClockJump { ms } => {
+            for &i in &step.targets {
+                if start {
+                    std::fs::write(c.clock_file(i), format!("{:+}\n", ms / 1000)).unwrap();
+                } else {
+                    let skew = c.log_clock_skew_s(i);
+                    notes.push(format!(
+                        "n{i}'s log clock at {} s from real time as its jump ends",
+                        skew.map_or("?".to_string(), |s| format!("{s:+}"))
+                    ));
+                    std::fs::write(c.clock_file(i), "+0\n").unwrap();
                 }
             }
         }
@@ -1822,6 +1881,49 @@ fn scenario_disk_full_on_the_leader() {
     );
 }
 
+/// Scenario: wall clocks jump, as an NTP step or a bad RTC does: the leader's an hour ahead,
+/// then a follower's ten minutes back. raftgate times leases, elections and timeouts on the
+/// monotonic clock, so nothing may fail (the invariants' `Impact::None`). Each node's log shows
+/// the jump took (its timestamps are wall-clock), or the test fails.
+#[test]
+fn scenario_clock_jumps() {
+    let _serial = serial();
+    let setup = Setup {
+        clock: true,
+        ..v4_setup()
+    };
+    let Some(timeline) = run_chaos("clock jumps", NODES, &setup, |_, r| {
+        scenario_schedule(
+            NODES,
+            vec![
+                (1_000, 2_500, Fault::ClockJump { ms: 3_600_000 }, vec![r.leader]),
+                (
+                    5_000,
+                    2_500,
+                    Fault::ClockJump { ms: -600_000 },
+                    vec![r.a_follower(NODES)],
+                ),
+            ],
+        )
+    }) else {
+        return;
+    };
+    let skews: Vec<i64> = timeline
+        .events()
+        .iter()
+        .filter_map(|e| match &e.obs {
+            Observation::Note { text } if text.contains("log clock at") => text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix('+').or(Some(w)).and_then(|w| w.parse::<i64>().ok())),
+            _ => None,
+        })
+        .collect();
+    // The line was written after the jump and before its end (2.5 s later).
+    assert_eq!(skews.len(), 2, "{skews:?}");
+    assert!((3_596..=3_601).contains(&skews[0]), "the leader's log clock: {skews:?}");
+    assert!((-604..=-599).contains(&skews[1]), "the follower's log clock: {skews:?}");
+}
+
 /// Scenario: the leader is killed and restarted.
 #[test]
 fn scenario_leader_kill() {
@@ -1900,6 +2002,7 @@ fn scenario_api_server_outage_during_a_leader_change() {
     let _serial = serial();
     let setup = Setup {
         kube: true,
+        clock: false,
         ..v4_setup()
     };
     run_chaos("API server outage during a leader change", NODES, &setup, |_, r| {
