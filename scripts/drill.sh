@@ -35,7 +35,7 @@ for i in $(seq 0 $((runs - 1))); do
 done
 scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_leader scenario_flapping_link
   scenario_full_cluster_restart scenario_five_nodes_lose_two scenario_api_server_outage_during_a_leader_change
-  scenario_disk_full_on_the_leader scenario_clock_jumps"
+  scenario_disk_full_on_the_leader scenario_clock_jumps scenario_ipv6_owner_kill"
 for i in $(seq 1 "$scenario_runs"); do
     for name in $scenarios; do
         if CHAOS_RESULTS=$results \

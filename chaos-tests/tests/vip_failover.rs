@@ -15,6 +15,7 @@
 //! `raftgate` binary must be built (`cargo build -p raftgate`; `cargo test --workspace` builds it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::Path;
@@ -1558,7 +1559,10 @@ fn run_chaos(
 ) -> Option<Timeline> {
     use raftgate_chaos_tests::invariants;
     // Without root: the skip line, and no timeline.
-    let (mut c, vip, _) = probing_n(setup, VIP4, nodes)?;
+    // The setup's first VIP, IPv4 or IPv6: the probe, the ARP or neighbour-discovery observer
+    // and the invariants follow it.
+    let vip_text = setup.vips.first().map_or(VIP4, |(v, _)| *v);
+    let (mut c, vip, _) = probing_n(setup, vip_text, nodes)?;
     let all: Vec<usize> = (1..=nodes).collect();
     let (owner, leader) = c.wait_until("the VIP owned, as the leader sees it", 10, |c| c.owner_of(vip, &all));
     let schedule = plan(&c, Ready { leader, owner });
@@ -1573,7 +1577,7 @@ fn run_chaos(
         .spawn(
             &client,
             ARPWATCH,
-            ["--interface", HOST_IF, "--vip", VIP4, "--interval-ms", "20"],
+            ["--interface", HOST_IF, "--vip", vip_text, "--interval-ms", "20"],
             &[],
             &arp_log,
         )
@@ -1922,6 +1926,41 @@ fn scenario_clock_jumps() {
     assert_eq!(skews.len(), 2, "{skews:?}");
     assert!((3_596..=3_601).contains(&skews[0]), "the leader's log clock: {skews:?}");
     assert!((-604..=-599).contains(&skews[1]), "the follower's log clock: {skews:?}");
+}
+
+/// Scenario: the IPv6 VIP's owner is killed and restarted, watched on the wire by neighbour
+/// discovery (a solicitation every 20 ms, every advertisement recorded) instead of ARP: one MAC
+/// answers at a time, the new owner's unsolicited advertisement moves the client's neighbour
+/// entry, and the failover stays within its bound.
+#[test]
+fn scenario_ipv6_owner_kill() {
+    let _serial = serial();
+    let setup = Setup {
+        vips: vec![(VIP6, 64)],
+        grace: None,
+        // `[::]` takes IPv6 connections (and the IPv4 ones of the direct probes).
+        listen: "[::]",
+        kube: false,
+        clock: false,
+    };
+    let Some(timeline) = run_chaos("IPv6 owner kill", NODES, &setup, |_, r| {
+        scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.owner])])
+    }) else {
+        return;
+    };
+    // The observer saw the owners answer: before the kill, and the new one after it.
+    let answered: BTreeSet<String> = timeline
+        .events()
+        .iter()
+        .filter_map(|e| match &e.obs {
+            Observation::ArpSeen { vip, mac, .. } if vip.is_ipv6() => Some(mac.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        answered.len() >= 2,
+        "neighbour advertisements from the old and new owner: {answered:?}"
+    );
 }
 
 /// Scenario: the leader is killed and restarted.
