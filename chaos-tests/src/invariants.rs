@@ -1473,19 +1473,19 @@ mod tests {
         assert_eq!(check_static_stability(&t, &Bounds::default()), []);
     }
 
+    /// n2 answers, without a quorum and not ready (term 2, n1 leading).
+    fn not_ready_n2() -> Observation {
+        Observation::Status(Status {
+            reachable: true,
+            term: 2,
+            leader: Some(1),
+            ..Status::unreachable(2)
+        })
+    }
+
     #[test]
     fn static_stability_lets_a_member_stop_while_its_disk_is_full() {
-        let not_ready = |at: Ms, t: &mut Timeline| {
-            t.push(
-                at,
-                Observation::Status(Status {
-                    reachable: true,
-                    term: 2,
-                    leader: Some(1),
-                    ..Status::unreachable(2)
-                }),
-            )
-        };
+        let not_ready = |at: Ms, t: &mut Timeline| t.push(at, not_ready_n2());
         let mut t = base();
         fault(&mut t, &step(0, Fault::DiskFull, &[2]), 2000, Some(3000));
         t.push(1900, status(2, 2, 1, 5, false, &[], true));
@@ -1537,14 +1537,7 @@ mod tests {
 
     #[test]
     fn static_stability_lets_a_restarted_process_start() {
-        let not_ready = || {
-            Observation::Status(Status {
-                reachable: true,
-                term: 2,
-                leader: Some(1),
-                ..Status::unreachable(2)
-            })
-        };
+        let not_ready = not_ready_n2;
         let mut t = base();
         fault(&mut t, &step(0, Fault::Kill9, &[2]), 2000, Some(3000));
         t.push(1900, status(2, 2, 1, 5, false, &[], true));

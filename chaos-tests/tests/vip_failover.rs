@@ -316,6 +316,12 @@ vip:
         Some(at.as_second() - now.as_second())
     }
 
+    /// How many times node `i` has said its Raft stopped on an error, in its log (all its runs).
+    fn raft_stops(&self, i: usize) -> usize {
+        std::fs::read_to_string(self.topo.dir().join(format!("n{i}.log")))
+            .map_or(0, |log| log.matches("raft stopped on an error; stopping").count())
+    }
+
     /// Node `i`'s disk: the tmpfs its data directory is on.
     fn disk(&self, i: usize) -> PathBuf {
         self.topo.dir().join(format!("n{i}-disk"))
@@ -718,6 +724,17 @@ fn v4_setup() -> Setup {
         listen: "0.0.0.0",
         kube: false,
         clock: false,
+    }
+}
+
+/// The IPv6 VIP alone.
+fn v6_setup() -> Setup {
+    Setup {
+        vips: vec![(VIP6, 64)],
+        // `[::]` takes IPv6 connections (and IPv4 ones, as the kernel's default `bindv6only=0`
+        // has it: the direct probes to each node's own IPv4 address).
+        listen: "[::]",
+        ..v4_setup()
     }
 }
 
@@ -1191,15 +1208,7 @@ fn rolling_restart_fails_no_request() {
 #[test]
 fn ipv6_vip_fails_over() {
     let _serial = serial();
-    let setup = Setup {
-        vips: vec![(VIP6, 64)],
-        grace: None,
-        // `[::]` takes IPv6 connections (and IPv4 ones, as the kernel's default `bindv6only=0` has it).
-        listen: "[::]",
-        kube: false,
-        clock: false,
-    };
-    let Some((mut c, vip, owner)) = probing(&setup, VIP6) else {
+    let Some((mut c, vip, owner)) = probing(&v6_setup(), VIP6) else {
         return;
     };
     println!("VIP {VIP6} owned by n{owner} ({})", c.topo.node_mac(owner).unwrap());
@@ -1684,8 +1693,23 @@ fn run_chaos(
         // With the API server faulted, the change waits until it answers again.
         change_due |= start;
         if change_due && (!setup.kube || api_down == 0) {
+            // Before the change, how often each target's Raft had stopped.
+            let stops: Vec<usize> = step.targets.iter().map(|&i| c.raft_stops(i)).collect();
             changes.push((unix_ms() - t0, write_change(&c, setup.kube, changes.len())));
             change_due = false;
+            // A full disk may still take a write or two, into room its files already had, as a
+            // real one may: more changes, as a busy cluster would make, until every target's
+            // Raft has stopped on it (or the fault is nearly over).
+            if start && matches!(step.fault, Fault::DiskFull) {
+                let until = at(step.end_ms().saturating_sub(500));
+                let stopped = |c: &Cluster| step.targets.iter().zip(&stops).all(|(&i, &n)| c.raft_stops(i) > n);
+                while !stopped(&c) && Instant::now() < until {
+                    pause(Duration::from_millis(250));
+                    if !stopped(&c) {
+                        changes.push((unix_ms() - t0, write_change(&c, setup.kube, changes.len())));
+                    }
+                }
+            }
         }
     }
     // A little past the schedule's end, so that every node has answered after the healing
@@ -1935,15 +1959,7 @@ fn scenario_clock_jumps() {
 #[test]
 fn scenario_ipv6_owner_kill() {
     let _serial = serial();
-    let setup = Setup {
-        vips: vec![(VIP6, 64)],
-        grace: None,
-        // `[::]` takes IPv6 connections (and the IPv4 ones of the direct probes).
-        listen: "[::]",
-        kube: false,
-        clock: false,
-    };
-    let Some(timeline) = run_chaos("IPv6 owner kill", NODES, &setup, |_, r| {
+    let Some(timeline) = run_chaos("IPv6 owner kill", NODES, &v6_setup(), |_, r| {
         scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.owner])])
     }) else {
         return;
