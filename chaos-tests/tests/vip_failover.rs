@@ -1605,6 +1605,7 @@ fn run_chaos(
             "500",
             "--epoch",
             "--end-time",
+            "--serial",
             "--json",
         ];
         c.topo.spawn(&client, PROBE, args, &[], status).unwrap();

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 const USAGE: &str = "usage: raftgate-test-probe --url http://IP:PORT/PATH [--host HOST] [--interval-ms 20]
-                           [--timeout-ms 200] [--count N] [--epoch] [--end-time] [--json]
+                           [--timeout-ms 200] [--count N] [--epoch] [--end-time] [--serial] [--json]
 
 Every interval, starts an attempt on a NEW TCP connection (attempts overlap when one takes longer
 than the interval): `GET PATH HTTP/1.1` with `Host: HOST` (default: the URL's IP:PORT) and
@@ -25,7 +25,10 @@ where <ms> is when the attempt started, in milliseconds since the probe started 
 since the Unix epoch, so that several observers share one clock; lines of overlapping attempts
 may come out of order). With --end-time, <ms> is when the attempt ended instead: what a status
 poller wants, since an answer tells the state when it was given, not when it was asked for (a
-stopped server answers, once continued, requests sent long before). With --json the body is read as JSON and printed whole on its line,
+stopped server answers, once continued, requests sent long before). With --serial, an attempt
+starts only once the one before has ended (ticks missed meanwhile are skipped): every answer was
+given after the previous one was received, so two answers are never in doubt about their order
+(a status poller, whose versions must not seem to go back). With --json the body is read as JSON and printed whole on its line,
 compact (a status poller). The whole attempt must end within the timeout. Runs until killed,
 or until N attempts have ended.
 ";
@@ -43,6 +46,7 @@ struct Args {
     count: Option<u64>,
     epoch: bool,
     end_time: bool,
+    serial: bool,
     json: bool,
 }
 
@@ -62,7 +66,7 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String, String), String> {
 
 fn parse_args() -> Result<Option<Args>, String> {
     let (mut url, mut host, mut interval, mut timeout, mut count) = (None, None, 20, 200, None);
-    let (mut epoch, mut end_time, mut json) = (false, false, false);
+    let (mut epoch, mut end_time, mut serial, mut json) = (false, false, false, false);
     let mut flags = Flags::from_env();
     while let Some(mut flag) = flags.next_flag() {
         match flag.name.as_str() {
@@ -74,6 +78,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--count" => count = Some(flag.number(&mut flags)?),
             "--epoch" => epoch = true,
             "--end-time" => end_time = true,
+            "--serial" => serial = true,
             "--json" => json = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -92,6 +97,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         count,
         epoch,
         end_time,
+        serial,
         json,
     }))
 }
@@ -152,7 +158,7 @@ async fn run(args: Args) -> Result<(), String> {
         let at_ms = origin_ms + tick.saturating_duration_since(start).as_millis();
         let (tx, request, addr, deadline) = (tx.clone(), request.clone(), args.addr, tick + args.timeout);
         let (json, end_time) = (args.json, args.end_time);
-        tokio::spawn(async move {
+        let one = async move {
             let result = attempt(addr, &request, deadline, json).await;
             let at_ms = if end_time {
                 origin_ms + start.elapsed().as_millis()
@@ -164,7 +170,12 @@ async fn run(args: Args) -> Result<(), String> {
                 Err(reason) => format!("{at_ms} err {reason}"),
             };
             let _ = tx.send(line);
-        });
+        };
+        if args.serial {
+            one.await;
+        } else {
+            tokio::spawn(one);
+        }
         started += 1;
     }
     // The printer ends once every attempt has sent its line and dropped its sender.
