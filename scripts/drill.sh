@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The chaos drill: runs the seeded fault mix for many seeds, and every named scenario a few
+# The chaos drill: runs both seeded fault mixes for many seeds, and every named scenario a few
 # times, and prints the summary table.
 # Root only (network namespaces). Usage: scripts/drill.sh [RUNS] [STEPS] [FIRST_SEED] [SCENARIO_RUNS]
-#   RUNS           how many seeds of the mix (default 20)
+#   RUNS           how many seeds of each mix (default 20)
 #   STEPS          faults per run of the mix (default 4)
 #   FIRST_SEED     the first seed; the others follow it (default: from the clock, printed)
 #   SCENARIO_RUNS  runs of each named scenario (default 3; 0 skips them)
@@ -23,15 +23,20 @@ results="$out/results.jsonl"
 echo "drill: $runs runs of $steps faults, seeds $first..$((first + runs - 1)); logs in $out"
 cargo build -q -p raftgate -p raftgate-chaos-tests --bins
 cargo test -q -p raftgate-chaos-tests --test vip_failover --no-run
-for i in $(seq 0 $((runs - 1))); do
-    seed=$((first + i))
-    if CHAOS_SEED=$seed CHAOS_STEPS=$steps CHAOS_RESULTS=$results \
-        cargo test -q -p raftgate-chaos-tests --test vip_failover a_seeded_fault_mix_keeps_every_invariant -- --exact --nocapture \
-        > "$out/seed-$seed.log" 2>&1; then
-        echo "seed $seed: ok"
-    else
-        echo "seed $seed: FAILED (see $out/seed-$seed.log)"
-    fi
+# Each seed twice: the mix of node, network and disk faults on a manifests-fed group, and the
+# mix of every fault (API server and clock ones too) on a group fed by the test API server.
+for mix in a_seeded_fault_mix_keeps_every_invariant a_seeded_kubernetes_fault_mix_keeps_every_invariant; do
+    for i in $(seq 0 $((runs - 1))); do
+        seed=$((first + i))
+        log="$out/$mix-$seed.log"
+        if CHAOS_SEED=$seed CHAOS_STEPS=$steps CHAOS_RESULTS=$results \
+            cargo test -q -p raftgate-chaos-tests --test vip_failover "$mix" -- --exact --nocapture \
+            > "$log" 2>&1; then
+            echo "$mix seed $seed: ok"
+        else
+            echo "$mix seed $seed: FAILED (see $log)"
+        fi
+    done
 done
 scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_leader scenario_flapping_link
   scenario_full_cluster_restart scenario_five_nodes_lose_two scenario_api_server_outage_during_a_leader_change

@@ -1980,6 +1980,29 @@ fn scenario_ipv6_owner_kill() {
     );
 }
 
+/// The seeded mix with every fault the harness injects, the API server's and clock jumps
+/// included, on a group whose source is the test Kubernetes API server. `CHAOS_SEED` and
+/// `CHAOS_STEPS` as for [`a_seeded_fault_mix_keeps_every_invariant`].
+#[test]
+fn a_seeded_kubernetes_fault_mix_keeps_every_invariant() {
+    use raftgate_chaos_tests::schedule::{FaultKind, FaultMix};
+    let _serial = serial();
+    let seed = chaos_seed(0x5eed_0008);
+    let steps = std::env::var("CHAOS_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let setup = Setup {
+        kube: true,
+        clock: true,
+        ..v4_setup()
+    };
+    let mix = FaultMix::only(&FaultKind::INJECTABLE);
+    run_chaos("seeded mix, Kubernetes source", NODES, &setup, |_, _| {
+        Schedule::random(seed, NODES, steps, &mix).unwrap()
+    });
+}
+
 /// Scenario: the leader is killed and restarted.
 #[test]
 fn scenario_leader_kill() {
