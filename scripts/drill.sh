@@ -25,17 +25,21 @@ cargo build -q -p raftgate -p raftgate-chaos-tests --bins
 cargo test -q -p raftgate-chaos-tests --test vip_failover --no-run
 # Each seed twice: the mix of node, network and disk faults on a manifests-fed group, and the
 # mix of every fault (API server and clock ones too) on a group fed by the test API server.
+# run LABEL LOG TEST [VAR=VALUE...]: one test of vip_failover, its result line, its output in LOG.
+run() {
+    local label=$1 log=$2 name=$3
+    shift 3
+    if env "$@" CHAOS_RESULTS="$results" \
+        cargo test -q -p raftgate-chaos-tests --test vip_failover "$name" -- --exact --nocapture > "$log" 2>&1; then
+        echo "$label: ok"
+    else
+        echo "$label: FAILED (see $log)"
+    fi
+}
 for mix in a_seeded_fault_mix_keeps_every_invariant a_seeded_kubernetes_fault_mix_keeps_every_invariant; do
     for i in $(seq 0 $((runs - 1))); do
         seed=$((first + i))
-        log="$out/$mix-$seed.log"
-        if CHAOS_SEED=$seed CHAOS_STEPS=$steps CHAOS_RESULTS=$results \
-            cargo test -q -p raftgate-chaos-tests --test vip_failover "$mix" -- --exact --nocapture \
-            > "$log" 2>&1; then
-            echo "$mix seed $seed: ok"
-        else
-            echo "$mix seed $seed: FAILED (see $log)"
-        fi
+        run "$mix seed $seed" "$out/$mix-$seed.log" "$mix" CHAOS_SEED=$seed CHAOS_STEPS=$steps
     done
 done
 scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_leader scenario_flapping_link
@@ -43,13 +47,7 @@ scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_le
   scenario_disk_full_on_the_leader scenario_clock_jumps scenario_ipv6_owner_kill"
 for i in $(seq 1 "$scenario_runs"); do
     for name in $scenarios; do
-        if CHAOS_RESULTS=$results \
-            cargo test -q -p raftgate-chaos-tests --test vip_failover "$name" -- --exact --nocapture \
-            > "$out/$name-$i.log" 2>&1; then
-            echo "$name run $i: ok"
-        else
-            echo "$name run $i: FAILED (see $out/$name-$i.log)"
-        fi
+        run "$name run $i" "$out/$name-$i.log" "$name"
     done
 done
 echo

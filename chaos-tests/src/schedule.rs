@@ -132,20 +132,12 @@ impl FaultKind {
 
     /// Every kind the harness injects, for a group fed by the test API server whose nodes' wall
     /// clocks can move: all but [`FaultKind::DiskReadOnly`].
-    pub const INJECTABLE: [FaultKind; 12] = [
-        FaultKind::Kill9,
-        FaultKind::Stop,
-        FaultKind::CutLink,
-        FaultKind::CutPeer,
-        FaultKind::Asymmetric,
-        FaultKind::Partition,
-        FaultKind::Loss,
-        FaultKind::DiskFull,
-        FaultKind::ApiServerDown,
-        FaultKind::ApiServerStall,
-        FaultKind::ApiServer410,
-        FaultKind::ClockJump,
-    ];
+    pub fn injectable() -> Vec<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|k| *k != FaultKind::DiskReadOnly)
+            .collect()
+    }
 
     /// How many distinct nodes it needs: 0 (the API server), 1 or 2 (a cut between two nodes).
     pub fn nodes_needed(self) -> usize {

@@ -194,6 +194,14 @@ impl Timeline {
         })
     }
 
+    /// The runner's notes, in time order.
+    pub fn notes(&self) -> impl Iterator<Item = &str> {
+        self.events.iter().filter_map(|e| match &e.obs {
+            Observation::Note { text } => Some(text.as_str()),
+            _ => None,
+        })
+    }
+
     /// Every fault, as `(step, start, end)`: starts paired with the first later end of the same step id.
     pub fn faults(&self) -> Vec<(&FaultStep, Ms, Option<Ms>)> {
         let mut out: Vec<(&FaultStep, Ms, Option<Ms>)> = Vec::new();

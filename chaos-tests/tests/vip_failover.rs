@@ -33,6 +33,8 @@ use raftgate_chaos_tests::netns::ProbeAttempt;
 use raftgate_chaos_tests::netns::ProbeLog;
 use raftgate_chaos_tests::netns::Topology;
 use raftgate_chaos_tests::schedule::Fault;
+use raftgate_chaos_tests::schedule::FaultKind;
+use raftgate_chaos_tests::schedule::FaultMix;
 use raftgate_chaos_tests::schedule::FaultStep;
 use raftgate_chaos_tests::schedule::Schedule;
 use raftgate_chaos_tests::timeline::{ArpKind, Edge, Observation, Timeline};
@@ -1868,15 +1870,20 @@ fn term_range(t: &Timeline) -> (u64, u64) {
 /// pick another run (the drill does many).
 #[test]
 fn a_seeded_fault_mix_keeps_every_invariant() {
-    use raftgate_chaos_tests::schedule::{FaultKind, FaultMix};
     let _serial = serial();
-    let seed = chaos_seed(0x5eed_0007);
+    seeded_mix("seeded mix", 0x5eed_0007, &v4_setup(), &FaultKind::NODE_AND_NETWORK);
+}
+
+/// A seeded mix of `kinds` on three nodes set up as `setup`, checked by [`run_chaos`]: seed
+/// `CHAOS_SEED` (else `default_seed`), `CHAOS_STEPS` faults (else 3).
+fn seeded_mix(name: &str, default_seed: u64, setup: &Setup, kinds: &[FaultKind]) {
+    let seed = chaos_seed(default_seed);
     let steps = std::env::var("CHAOS_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let mix = FaultMix::only(&FaultKind::NODE_AND_NETWORK);
-    run_chaos("seeded mix", NODES, &v4_setup(), |_, _| {
+    let mix = FaultMix::only(kinds);
+    run_chaos(name, NODES, setup, |_, _| {
         Schedule::random(seed, NODES, steps, &mix).unwrap()
     });
 }
@@ -1894,14 +1901,7 @@ fn scenario_disk_full_on_the_leader() {
     }) else {
         return;
     };
-    let notes: Vec<String> = timeline
-        .events()
-        .iter()
-        .filter_map(|e| match &e.obs {
-            Observation::Note { text } => Some(text.clone()),
-            _ => None,
-        })
-        .collect();
+    let notes: Vec<&str> = timeline.notes().collect();
     assert!(
         notes
             .iter()
@@ -1938,14 +1938,9 @@ fn scenario_clock_jumps() {
         return;
     };
     let skews: Vec<i64> = timeline
-        .events()
-        .iter()
-        .filter_map(|e| match &e.obs {
-            Observation::Note { text } if text.contains("log clock at") => text
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix('+').or(Some(w)).and_then(|w| w.parse::<i64>().ok())),
-            _ => None,
-        })
+        .notes()
+        .filter(|text| text.contains("log clock at"))
+        .filter_map(|text| text.split_whitespace().find_map(|w| w.parse::<i64>().ok()))
         .collect();
     // The line was written after the jump and before its end (2.5 s later).
     assert_eq!(skews.len(), 2, "{skews:?}");
@@ -1985,23 +1980,14 @@ fn scenario_ipv6_owner_kill() {
 /// `CHAOS_STEPS` as for [`a_seeded_fault_mix_keeps_every_invariant`].
 #[test]
 fn a_seeded_kubernetes_fault_mix_keeps_every_invariant() {
-    use raftgate_chaos_tests::schedule::{FaultKind, FaultMix};
     let _serial = serial();
-    // Seed 4001 draws a full disk, watches answered with 410 Gone and packet loss.
-    let seed = chaos_seed(4001);
-    let steps = std::env::var("CHAOS_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
     let setup = Setup {
         kube: true,
         clock: true,
         ..v4_setup()
     };
-    let mix = FaultMix::only(&FaultKind::INJECTABLE);
-    run_chaos("seeded mix, Kubernetes source", NODES, &setup, |_, _| {
-        Schedule::random(seed, NODES, steps, &mix).unwrap()
-    });
+    // Seed 4001 draws a full disk, watches answered with 410 Gone and packet loss.
+    seeded_mix("seeded mix, Kubernetes source", 4001, &setup, &FaultKind::injectable());
 }
 
 /// Scenario: the leader is killed and restarted.

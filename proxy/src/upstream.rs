@@ -216,15 +216,15 @@ impl UpstreamState {
             .enumerate()
             .map(|(i, e)| (mix64(key ^ e.hash), e.hash, i))
             .collect();
-        // Highest score first, ties as `rendezvous` breaks them.
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        // The `size` highest scores (ties as `rendezvous` breaks them) to the front, unsorted:
+        // linear, and the pick among them is random anyway.
+        let size = size.max(1);
+        if size < ranked.len() {
+            ranked.select_nth_unstable_by(size - 1, |a, b| b.cmp(a));
+            ranked.truncate(size);
+        }
         let pool = self.eligible(now, tried);
-        let subset: Vec<usize> = ranked
-            .iter()
-            .take(size.max(1))
-            .map(|&(_, _, i)| i)
-            .filter(|i| pool.contains(i))
-            .collect();
+        let subset: Vec<usize> = ranked.iter().map(|&(_, _, i)| i).filter(|i| pool.contains(i)).collect();
         match subset.len() {
             0 => self.pick_hash(key, now, tried),
             n => subset.get(usize::try_from(draw % n as u64).unwrap_or(0)).copied(),
