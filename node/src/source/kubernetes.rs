@@ -11,8 +11,8 @@
 //!
 //! Nothing is compiled until every watcher has listed once, so a leader that just took over
 //! never withdraws routes it has not seen yet. A failing watch keeps the store as it was (the
-//! watcher retries with backoff and relists after 410 Gone), so an API server outage changes
-//! nothing that is served. Secrets are watched by metadata only; the data of a Secret is
+//! watcher retries with [`WatchBackoff`] and relists after 410 Gone), so an API server outage changes
+//! nothing that is served, and what changed meanwhile is seen within seconds of its end. Secrets are watched by metadata only; the data of a Secret is
 //! fetched, and held, only while an Ingress of our class refers to it.
 
 use std::collections::BTreeMap;
@@ -130,12 +130,71 @@ fn map_event<K, T>(ev: Event<K>, f: impl Fn(K) -> T) -> Event<T> {
     }
 }
 
+/// How long a failing watch waits before it tries again: 250 ms doubling up to 5 s, each delay drawn from the
+/// upper half of its step so that watchers which failed together do not retry together. Any event resets it.
+///
+/// client-go (and kube-rs's default) wait 800 ms doubling up to 30 s with up to 100 % jitter, so after an API
+/// server outage a reflector can take a minute to notice the server is back (one failed retry and the 410 of
+/// its stale watch each cost a full step). Only the leader watches, so this is a handful of requests every few
+/// seconds at worst; in exchange the changes made during an outage are served within ~10 s of its end.
+#[derive(Debug, Clone)]
+struct WatchBackoff {
+    attempt: u32,
+    seed: u64,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        // A per-process random seed; the std hasher is randomly keyed, which is all the jitter needs.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+        Self::seeded(seed)
+    }
+
+    fn seeded(seed: u64) -> Self {
+        Self { attempt: 0, seed }
+    }
+
+    /// The `attempt`th delay (from 0), before jitter.
+    fn step(attempt: u32) -> Duration {
+        Self::FIRST.saturating_mul(1 << attempt.min(16)).min(Self::MAX)
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let step = Self::step(self.attempt);
+        // splitmix64 of (seed, attempt): independent draws without keeping an RNG around.
+        let mut z = self
+            .seed
+            .wrapping_add((u64::from(self.attempt) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        self.attempt = self.attempt.saturating_add(1);
+        let half = step / 2;
+        let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        Some(half + Duration::from_millis(z % (half_ms + 1)))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
 fn watch_objects<K>(api: Api<K>, wc: watcher::Config, wrap: fn(K) -> Object) -> Updates
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     watcher(api, wc)
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .map(move |r| (0, r.map(|ev| Update::Object(map_event(ev, wrap)))))
         .boxed()
 }
@@ -216,7 +275,7 @@ fn watchers(client: &Client, cfg: &KubeSource, config_maps: &[Key]) -> (Vec<Scop
 
 fn secret_metadata(api: Api<PartialObjectMeta<Secret>>) -> Updates {
     watcher(api, watcher::Config::default())
-        .default_backoff()
+        .backoff(WatchBackoff::new())
         .map(|r| {
             let f = |m: PartialObjectMeta<Secret>| {
                 (
@@ -1014,6 +1073,32 @@ pub(crate) fn config_map_key(name: &str) -> Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut b = WatchBackoff::seeded(7);
+        let delays: Vec<Duration> = b.by_ref().take(12).collect();
+        for (i, d) in delays.iter().enumerate() {
+            let step = WatchBackoff::step(u32::try_from(i).unwrap());
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "attempt {i}: {d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+        }
+        assert_eq!(WatchBackoff::step(0), Duration::from_millis(250));
+        assert_eq!(WatchBackoff::step(3), Duration::from_secs(2));
+        assert_eq!(WatchBackoff::step(5), WatchBackoff::MAX);
+        assert_eq!(WatchBackoff::step(u32::MAX), WatchBackoff::MAX);
+        assert!(delays.iter().all(|d| *d <= WatchBackoff::MAX));
+        // Jittered: the capped delays are not all the same, and another seed draws other delays.
+        assert!(delays[6..].windows(2).any(|w| w[0] != w[1]), "{delays:?}");
+        let other: Vec<Duration> = WatchBackoff::seeded(8).take(12).collect();
+        assert_ne!(delays, other);
+        b.reset();
+        assert!(b.next().unwrap() <= Duration::from_millis(250));
+    }
 
     fn ingress(ns: &str, name: &str, host: &str, class: &str) -> Ingress {
         serde_json::from_value(serde_json::json!({
