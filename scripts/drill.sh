@@ -42,9 +42,13 @@ for mix in a_seeded_fault_mix_keeps_every_invariant a_seeded_kubernetes_fault_mi
         run "$mix seed $seed" "$out/$mix-$seed.log" "$mix" CHAOS_SEED=$seed CHAOS_STEPS=$steps
     done
 done
-scenarios="scenario_leader_kill scenario_minority_partition scenario_isolated_leader scenario_flapping_link
-  scenario_full_cluster_restart scenario_five_nodes_lose_two scenario_api_server_outage_during_a_leader_change
-  scenario_disk_full_on_the_leader scenario_clock_jumps scenario_ipv6_owner_kill"
+# Every named scenario: the tests called scenario_*, as the test binary lists them.
+scenarios=$(cargo test -q -p raftgate-chaos-tests --test vip_failover -- --list 2>/dev/null |
+    sed -n 's/^\(scenario_[a-z0-9_]*\): test$/\1/p')
+if [ -z "$scenarios" ]; then
+    echo "no scenario_* test listed" >&2
+    exit 1
+fi
 for i in $(seq 1 "$scenario_runs"); do
     for name in $scenarios; do
         run "$name run $i" "$out/$name-$i.log" "$name"

@@ -159,6 +159,11 @@ pub struct Bounds {
     /// timeout): a request started that long before the fault may still fail because of it, as a
     /// connection reset by a killed owner. Default 200 ms.
     pub in_flight_ms: u64,
+    /// Connections a planned operation (a graceful restart or a drain) may reset, per node it
+    /// operates on. Default 2: a connection open at the instant the client's neighbour entry moves to
+    /// the new owner is reset by the new owner's kernel, which does not know the flow (no L2 handover
+    /// avoids that); with a request every 20 ms taking a few ms, one is the most ever open then.
+    pub resets_at_switch: usize,
 }
 
 impl Default for Bounds {
@@ -173,6 +178,7 @@ impl Default for Bounds {
             static_error_budget: 0,
             spread_after_ms: Some(35_000),
             in_flight_ms: 200,
+            resets_at_switch: 2,
         }
     }
 }
@@ -602,7 +608,13 @@ pub fn check_no_lost_config(t: &Timeline, _b: &Bounds) -> Vec<Violation> {
 fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
     matches!(
         step.fault,
-        Fault::Kill9 | Fault::Stop | Fault::CutLink | Fault::Loss { .. } | Fault::DiskFull | Fault::DiskReadOnly
+        Fault::Kill9
+            | Fault::Stop
+            | Fault::CutLink
+            | Fault::Loss { .. }
+            | Fault::DiskFull
+            | Fault::DiskReadOnly
+            | Fault::Restart
     ) && step.targets.contains(&node)
 }
 
@@ -634,7 +646,7 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
         // sample it is starting, not a member that stopped serving for want of a quorum. A
         // member whose disk filled up stops its process on purpose (its Raft cannot go on),
         // and is started again as the fault ends, as by its supervisor.
-        let restarted = |f: &Fault| matches!(f, Fault::Kill9 | Fault::DiskFull | Fault::DiskReadOnly);
+        let restarted = |f: &Fault| matches!(f, Fault::Kill9 | Fault::DiskFull | Fault::DiskReadOnly | Fault::Restart);
         let restarts: Vec<Ms> = faults
             .iter()
             .filter(|(step, _, _)| restarted(&step.fault) && step.targets.contains(&node))
@@ -761,6 +773,10 @@ pub enum Impact {
     /// Failures throughout and until the leader bound after its end: packet loss degrades a link for as long
     /// as it is on, and a fault taking out a majority leaves no leader to hand out VIPs.
     Throughout,
+    /// None may fail but for [`Bounds::resets_at_switch`] connection resets per node operated on: an
+    /// operator's graceful restart or drain hands VIPs over make-before-break, and leadership over
+    /// before the leader stops.
+    Graceful,
 }
 
 /// How `step` may hurt clients in a cluster of `nodes`.
@@ -769,6 +785,7 @@ pub fn impact(step: &FaultStep, nodes: usize) -> Impact {
         Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410 | Fault::ClockJump { .. } => Impact::None,
         Fault::Loss { .. } => Impact::Throughout,
         _ if step.faulted_count() > nodes.saturating_sub(1) / 2 => Impact::Throughout,
+        Fault::Restart | Fault::Drain => Impact::Graceful,
         _ => Impact::Failover,
     }
 }
@@ -812,7 +829,7 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
             let until = end.unwrap_or(run_end);
             let early = |at: Ms| at.saturating_sub(b.in_flight_ms);
             let allowed = match impact(step, t.nodes()) {
-                Impact::None => Vec::new(),
+                Impact::None | Impact::Graceful => Vec::new(),
                 Impact::Throughout => vec![(early(start), until + b.failover_leader_ms)],
                 Impact::Failover => {
                     let bound = if hit_leader {
@@ -868,9 +885,12 @@ pub fn fault_windows(t: &Timeline, b: &Bounds) -> Vec<FaultWindow> {
 /// [`Bounds::failover_leader_ms`] if a target was the leader at the start (per the latest samples; or
 /// if no leader was known) and [`Bounds::failover_ms`] otherwise, plus `[end, end +
 /// failover_leader_ms]` (a rejoining node may force an election); for packet loss and majority faults
-/// `[start, end + failover_leader_ms]`. A failed VIP probe after [`Bounds::warmup_ms`] and outside
-/// every window is a violation; consecutive such failures are reported as one, with their count.
-/// [`fault_windows`] reports what was measured per fault (first to last failure), for the summary.
+/// `[start, end + failover_leader_ms]`; for an operator's graceful restart or drain none, but up to
+/// [`Bounds::resets_at_switch`] connections reset per node operated on, from its start to
+/// `failover_leader_ms` after its end. A failed VIP probe after [`Bounds::warmup_ms`] and outside
+/// every window (and not an allowed reset) is a violation; consecutive such failures are reported as
+/// one, with their count. [`fault_windows`] reports what was measured per fault (first to last
+/// failure), for the summary.
 pub fn check_availability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
     let inv = Invariant::Availability;
     let windows = fault_windows(t, b);
@@ -878,6 +898,34 @@ pub fn check_availability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
         windows
             .iter()
             .any(|w| w.allowed.iter().any(|(from, to)| at >= *from && at <= *to))
+    };
+    // Per graceful operation: where it may reset connections, and how many more it may.
+    let mut resets: Vec<(Ms, Ms, usize)> = windows
+        .iter()
+        .filter(|w| impact(&w.step, t.nodes()) == Impact::Graceful)
+        .map(|w| {
+            let until = w.end_ms.unwrap_or(t.end_ms());
+            (
+                w.start_ms.saturating_sub(b.in_flight_ms),
+                until + b.failover_leader_ms,
+                b.resets_at_switch * w.step.targets.len(),
+            )
+        })
+        .collect();
+    let mut reset_allowed = |at: Ms, error: Option<&str>| {
+        if !error.is_some_and(|e| e.contains("reset by peer")) {
+            return false;
+        }
+        match resets
+            .iter_mut()
+            .find(|(from, to, left)| at >= *from && at <= *to && *left > 0)
+        {
+            Some(budget) => {
+                budget.2 -= 1;
+                true
+            }
+            None => false,
+        }
     };
     let mut out = Vec::new();
     // An open burst: (first, last, count, first error).
@@ -910,7 +958,7 @@ pub fn check_availability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
         };
         if *ok {
             close(&mut burst, &mut out);
-        } else if e.at_ms >= b.warmup_ms && !allowed(e.at_ms) {
+        } else if e.at_ms >= b.warmup_ms && !allowed(e.at_ms) && !reset_allowed(e.at_ms, error.as_deref()) {
             match &mut burst {
                 Some(open) => {
                     open.1 = e.at_ms;
@@ -1643,6 +1691,54 @@ mod tests {
         fault(&mut t, &step(0, Fault::Stop, &[1, 2]), 2000, Some(6000));
         t = with_failures(t, 2000, 7900);
         assert_eq!(check_availability(&t, &Bounds::default()), []);
+    }
+
+    #[test]
+    fn availability_allows_a_graceful_operation_only_resets_at_the_switch() {
+        let reset = |t: &mut Timeline, at: Ms| {
+            t.push(
+                at,
+                Observation::Probe {
+                    ok: false,
+                    latency_ms: 2,
+                    node: None,
+                    endpoint: None,
+                    error: Some("read: Connection reset by peer (os error 104)".into()),
+                },
+            );
+        };
+        let b = Bounds::default();
+        for fault_kind in [Fault::Restart, Fault::Drain] {
+            // Two resets on one node's drain or restart: the neighbour switch.
+            let mut t = base();
+            fault(&mut t, &step(0, fault_kind.clone(), &[2]), 2000, Some(4000));
+            reset(&mut t, 2100);
+            reset(&mut t, 2120);
+            assert_eq!(check_availability(&t, &b), [], "{fault_kind:?}");
+            // A third is one too many.
+            reset(&mut t, 2140);
+            let v = only(check_availability(&t, &b), Invariant::Availability);
+            assert_eq!(v.len(), 1, "{fault_kind:?}: {v:#?}");
+            assert_eq!(v[0].at_ms, 2140);
+            // A timeout is a gap in make-before-break, never allowed: where a kill -9 of a follower
+            // would be excused, a graceful operation is not.
+            let mut t = base();
+            fault(&mut t, &step(0, fault_kind.clone(), &[2]), 2000, Some(4000));
+            t = with_failures(t, 2100, 2100);
+            let v = only(check_availability(&t, &b), Invariant::Availability);
+            assert_eq!(v.len(), 1, "{fault_kind:?}: {v:#?}");
+            assert!(v[0].detail.contains("timeout (connect)"), "{}", v[0].detail);
+            // Nor is a reset long after the operation ended.
+            let mut t = base();
+            fault(&mut t, &step(0, fault_kind.clone(), &[2]), 2000, Some(4000));
+            reset(&mut t, 6100);
+            assert_eq!(only(check_availability(&t, &b), Invariant::Availability).len(), 1);
+        }
+        // Restarting a majority at once is not graceful: it may fail throughout.
+        let mut t = base();
+        fault(&mut t, &step(0, Fault::Restart, &[1, 2]), 2000, Some(4000));
+        t = with_failures(t, 2000, 5900);
+        assert_eq!(check_availability(&t, &b), []);
     }
 
     // 6 ------------------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ pub struct Topology {
     children: Mutex<Vec<Spawned>>,
     /// The switch's frame filters by key ([`Topology::block`], [`Topology::set_loss`]).
     filters: Mutex<BTreeMap<String, Vec<String>>>,
-    /// File systems mounted by [`Topology::mount_tmpfs`], unmounted on drop.
+    /// File systems mounted by [`Topology::mount_disk`], unmounted on drop.
     mounts: Mutex<Vec<PathBuf>>,
 }
 
@@ -342,30 +342,94 @@ impl Topology {
         Ok(())
     }
 
-    /// Mounts a tmpfs of `bytes` at `path` (made if missing): a small disk of its own for a
-    /// node's data directory, which [`Topology::fill_disk`] can fill. Unmounted on drop.
-    pub fn mount_tmpfs(&self, path: &Path, bytes: u64) -> Result<(), NetnsError> {
-        std::fs::create_dir_all(path).map_err(|source| NetnsError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let size = format!("size={bytes},mode=0700");
+    /// Mounts a disk of `bytes` at `path` (made if missing): an ext4 file system of its own, in an
+    /// image file beside it on a loop device, for a node's data directory. [`Topology::fill_disk`]
+    /// can fill it and [`Topology::fail_disk`] can turn it read-only under a running process.
+    /// Unmounted on drop (a loop device mounted this way detaches itself once unmounted).
+    pub fn mount_disk(&self, path: &Path, bytes: u64) -> Result<(), NetnsError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NetnsError::Io { path, source }
+        };
+        std::fs::create_dir_all(path).map_err(io(path))?;
+        let image = disk_image(path);
+        let file = std::fs::File::create(&image).map_err(io(&image))?;
+        file.set_len(bytes).map_err(io(&image))?;
+        drop(file);
+        // No journal: the smallest disk, and nothing to replay; no blocks reserved for root (the
+        // nodes run as root, and a full disk must be full for them).
         run_checked(
-            "mount",
+            "mkfs.ext4",
             [
-                OsStr::new("-t"),
-                OsStr::new("tmpfs"),
-                OsStr::new("-o"),
-                OsStr::new(&size),
-                OsStr::new("tmpfs"),
-                path.as_os_str(),
+                OsStr::new("-q"),
+                OsStr::new("-F"),
+                OsStr::new("-O"),
+                OsStr::new("^has_journal"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                image.as_os_str(),
             ],
         )?;
+        mount_image(&image, path)?;
         self.mounts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(path.to_path_buf());
         Ok(())
+    }
+
+    /// Makes the disk mounted at `dir` (by [`Topology::mount_disk`]) fail as a real one does: ext4
+    /// records an error (through its `trigger_fs_error` knob) and, mounted `errors=remount-ro`,
+    /// turns read-only at once, open files included. Reads go on working; every write fails with
+    /// EROFS until [`Topology::repair_disk`].
+    pub fn fail_disk(&self, dir: &Path) -> Result<(), NetnsError> {
+        let device = mount_source(dir)?;
+        let name = Path::new(&device)
+            .file_name()
+            .and_then(OsStr::to_str)
+            .ok_or_else(|| NetnsError::Invalid(format!("{} is mounted from {device:?}", dir.display())))?;
+        let knob = PathBuf::from(format!("/sys/fs/ext4/{name}/trigger_fs_error"));
+        std::fs::write(&knob, "raftgate chaos test: disk failed\n").map_err(|source| NetnsError::Io {
+            path: knob.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// What an operator does after [`Topology::fail_disk`], with the node stopped: unmount, check
+    /// with `e2fsck -fy`, mount again, writable.
+    ///
+    /// The check and the mount are of a copy of the image, on a loop device of its own: every
+    /// process started since the disk was mounted (the other nodes, the observers) runs in a mount
+    /// namespace of its own, made by `ip netns exec`, that still holds the failed file system,
+    /// and mounting the same image again would get that read-only file system back.
+    pub fn repair_disk(&self, dir: &Path) -> Result<(), NetnsError> {
+        let failed = backing_file(&mount_source(dir)?)?;
+        run_checked("umount", [dir.as_os_str()])?;
+        let image = next_image(dir);
+        std::fs::copy(&failed, &image).map_err(|source| NetnsError::Io {
+            path: image.clone(),
+            source,
+        })?;
+        let command = format!("e2fsck -fy {}", image.display());
+        let out = Command::new("e2fsck")
+            .arg("-fy")
+            .arg(&image)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| NetnsError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        // 0: clean; 1: errors corrected. Anything else leaves the disk unfit to mount.
+        if !matches!(out.status.code(), Some(0 | 1)) {
+            return Err(NetnsError::Failed {
+                command,
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            });
+        }
+        mount_image(&image, dir)
     }
 
     /// Fills the file system holding `dir` to the last byte with the file `dir/.fill`, so that
@@ -951,6 +1015,67 @@ const DIR_PREFIX: &str = "raftgate-netns-";
 /// The file [`Topology::fill_disk`] fills a disk with.
 const FILL_FILE: &str = ".fill";
 
+/// The first image file of the disk mounted at `dir`: `dir.img`.
+fn disk_image(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_os_string();
+    name.push(".img");
+    PathBuf::from(name)
+}
+
+/// A name for the next image of the disk at `dir` (after a repair): `dir.K.img`, the first unused.
+fn next_image(dir: &Path) -> PathBuf {
+    (1u32..)
+        .map(|k| {
+            let mut name = dir.as_os_str().to_os_string();
+            name.push(format!(".{k}.img"));
+            PathBuf::from(name)
+        })
+        .find(|p| !p.exists())
+        .unwrap_or_else(|| disk_image(dir))
+}
+
+/// The file behind loop `device` (`/dev/loopN`).
+fn backing_file(device: &str) -> Result<PathBuf, NetnsError> {
+    let name = Path::new(device)
+        .file_name()
+        .and_then(OsStr::to_str)
+        .ok_or_else(|| NetnsError::Invalid(format!("{device:?} is not a loop device")))?;
+    let knob = PathBuf::from(format!("/sys/block/{name}/loop/backing_file"));
+    let text = std::fs::read_to_string(&knob).map_err(|source| NetnsError::Io { path: knob, source })?;
+    Ok(PathBuf::from(text.trim_end()))
+}
+
+/// Mounts the ext4 `image` at `dir` through a loop device, turning read-only on an error.
+fn mount_image(image: &Path, dir: &Path) -> Result<(), NetnsError> {
+    run_checked(
+        "mount",
+        [
+            OsStr::new("-o"),
+            OsStr::new("loop,errors=remount-ro"),
+            image.as_os_str(),
+            dir.as_os_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The device mounted at `dir` (the last mount there), from `/proc/self/mountinfo`.
+fn mount_source(dir: &Path) -> Result<String, NetnsError> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(|source| NetnsError::Io {
+        path: info.to_path_buf(),
+        source,
+    })?;
+    let want = dir.to_string_lossy();
+    // `id parent major:minor root mount-point options… - fstype source super-options`
+    text.lines()
+        .rev()
+        .filter(|l| l.split_whitespace().nth(4) == Some(want.as_ref()))
+        .find_map(|l| l.split_once(" - ").and_then(|(_, rest)| rest.split_whitespace().nth(1)))
+        .map(str::to_string)
+        .ok_or_else(|| NetnsError::Invalid(format!("nothing is mounted at {}", dir.display())))
+}
+
 /// Unmounts `path`, lazily: a process that still has a file open there does not keep it.
 fn unmount(path: &Path) {
     let _ = Command::new("umount")
@@ -969,7 +1094,7 @@ fn alive(pid: u32) -> bool {
 
 /// Removes what topologies of processes that no longer run left behind when they were killed
 /// before their drop could run: their namespaces (`rgt-<pid>-…`, and with them their bridges,
-/// veths and filters) and the tmpfs mounts under their work directories. Once per process.
+/// veths and filters) and the disks mounted under their work directories. Once per process.
 fn remove_leftovers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

@@ -78,6 +78,12 @@ pub enum Fault {
     DiskReadOnly,
     /// Each target's wall clock jumps by `ms` (may be negative); monotonic clocks do not move.
     ClockJump { ms: i64 },
+    /// An operator's planned restart, not a failure: SIGTERM each target (it hands its VIPs and
+    /// its leadership over, then exits); the end starts it again.
+    Restart,
+    /// An operator drains each target (`raftgate ctl drain`): its VIPs move off, make-before-break;
+    /// the end undrains it.
+    Drain,
 }
 
 /// The kinds of [`Fault`], without parameters, for weighting in a [`FaultMix`].
@@ -96,11 +102,13 @@ pub enum FaultKind {
     DiskFull,
     DiskReadOnly,
     ClockJump,
+    Restart,
+    Drain,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 13] = [
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Kill9,
         FaultKind::Stop,
         FaultKind::CutLink,
@@ -114,12 +122,14 @@ impl FaultKind {
         FaultKind::DiskFull,
         FaultKind::DiskReadOnly,
         FaultKind::ClockJump,
+        FaultKind::Restart,
+        FaultKind::Drain,
     ];
 
-    /// The faults on nodes, their network and their disks, which need nothing but the network
-    /// namespaces and a tmpfs per node: the seeded mix's kinds (no API server or clock faults,
-    /// and no read-only disk, which a running process's open files cannot be given).
-    pub const NODE_AND_NETWORK: [FaultKind; 8] = [
+    /// The faults on nodes, their network and their disks, and an operator's restarts and drains,
+    /// which need nothing but the network namespaces and a disk per node: the first seeded mix's
+    /// kinds (no API server or clock faults). [`FaultKind::ALL`] is the second mix's.
+    pub const NODE_AND_NETWORK: [FaultKind; 11] = [
         FaultKind::Kill9,
         FaultKind::Stop,
         FaultKind::CutLink,
@@ -128,16 +138,10 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::Loss,
         FaultKind::DiskFull,
+        FaultKind::DiskReadOnly,
+        FaultKind::Restart,
+        FaultKind::Drain,
     ];
-
-    /// Every kind the harness injects, for a group fed by the test API server whose nodes' wall
-    /// clocks can move: all but [`FaultKind::DiskReadOnly`].
-    pub fn injectable() -> Vec<FaultKind> {
-        FaultKind::ALL
-            .into_iter()
-            .filter(|k| *k != FaultKind::DiskReadOnly)
-            .collect()
-    }
 
     /// How many distinct nodes it needs: 0 (the API server), 1 or 2 (a cut between two nodes).
     pub fn nodes_needed(self) -> usize {
@@ -171,6 +175,8 @@ impl Fault {
             Fault::DiskFull => FaultKind::DiskFull,
             Fault::DiskReadOnly => FaultKind::DiskReadOnly,
             Fault::ClockJump { .. } => FaultKind::ClockJump,
+            Fault::Restart => FaultKind::Restart,
+            Fault::Drain => FaultKind::Drain,
         }
     }
 }
@@ -224,6 +230,8 @@ impl FaultStep {
             Fault::DiskFull => format!("disk full {n}"),
             Fault::DiskReadOnly => format!("disk read-only {n}"),
             Fault::ClockJump { ms } => format!("clock jump {n} {ms:+}ms"),
+            Fault::Restart => format!("SIGTERM {n} (planned restart)"),
+            Fault::Drain => format!("drain {n}"),
         }
     }
 
@@ -241,6 +249,8 @@ impl FaultStep {
             Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410 => "API server healthy".to_string(),
             Fault::DiskFull | Fault::DiskReadOnly => format!("disk writable {n}"),
             Fault::ClockJump { .. } => format!("clock back to NTP {n}"),
+            Fault::Restart => format!("start {n}"),
+            Fault::Drain => format!("undrain {n}"),
         }
     }
 }
@@ -446,6 +456,8 @@ fn draw(rng: &mut SplitMix64, kind: FaultKind, nodes: usize, max_faulted: usize)
                 ms: if rng.below(2) == 0 { ms } else { -ms },
             }
         }
+        FaultKind::Restart => Fault::Restart,
+        FaultKind::Drain => Fault::Drain,
     };
     if !matches!(kind, FaultKind::Asymmetric) {
         targets.sort_unstable();

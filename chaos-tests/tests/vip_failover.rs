@@ -7,9 +7,10 @@
 //! addresses (`ip -j addr`) and the client's neighbour table. Every wait polls with a deadline and, on
 //! timeout, fails with the state of every node and the logs of every raftgate process.
 //!
-//! Two more use the same cluster: the status page in headless Chromium following a failover, and a
-//! seeded fault mix watched by outside observers (ARP, HTTP, status pollers) whose timeline is
-//! checked against every chaos invariant (`raftgate_chaos_tests::invariants`).
+//! The rest use the same cluster: the status page in headless Chromium following a failover, and the
+//! chaos runs (`run_chaos`: the named `scenario_*` tests and two seeded fault mixes), watched by
+//! outside observers (ARP and neighbour discovery, HTTP, status pollers) whose timeline is checked
+//! against every chaos invariant (`raftgate_chaos_tests::invariants`).
 //!
 //! Without root (and `CAP_NET_ADMIN`, `CAP_NET_RAW`) every test prints the skip line and passes. The
 //! `raftgate` binary must be built (`cargo build -p raftgate`; `cargo test --workspace` builds it).
@@ -50,7 +51,7 @@ const NODES: usize = 3;
 /// libfaketime, from Debian's `faketime` package (scripts/test.sh installs it as root).
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
-/// The size of each node's disk (a tmpfs): room for a test's Raft log and state many times over.
+/// The size of each node's disk (ext4 on a loop device): room for a test's Raft log and state many times over.
 const DISK_BYTES: u64 = 64 << 20;
 const BACKEND: &str = env!("CARGO_BIN_EXE_raftgate-test-backend");
 const PROBE: &str = env!("CARGO_BIN_EXE_raftgate-test-probe");
@@ -220,8 +221,8 @@ impl Cluster {
             probe: None,
         };
         for i in 1..=n {
-            // Each node's data on a small disk of its own, which a fault can fill.
-            cluster.topo.mount_tmpfs(&cluster.disk(i), DISK_BYTES).unwrap();
+            // Each node's data on a small disk of its own, which a fault can fill or fail.
+            cluster.topo.mount_disk(&cluster.disk(i), DISK_BYTES).unwrap();
             let config = dir.join(format!("n{i}.yaml"));
             std::fs::write(&config, cluster.config(i, setup)).unwrap();
             let mut env = vec![("RUST_LOG", "info".to_string()), ("NO_COLOR", "1".to_string())];
@@ -324,7 +325,7 @@ vip:
             .map_or(0, |log| log.matches("raft stopped on an error; stopping").count())
     }
 
-    /// Node `i`'s disk: the tmpfs its data directory is on.
+    /// Node `i`'s disk: the file system its data directory is on.
     fn disk(&self, i: usize) -> PathBuf {
         self.topo.dir().join(format!("n{i}-disk"))
     }
@@ -347,16 +348,6 @@ vip:
     /// The nodes whose process runs (1-based).
     fn live(&self) -> Vec<usize> {
         (1..=self.n).filter(|&i| self.nodes[i - 1].is_some()).collect()
-    }
-
-    /// SIGTERM (a graceful stop: VIPs and leadership handed over first), then the same command again.
-    fn restart(&mut self, i: usize) {
-        let handle = self.nodes[i - 1].take().expect("the node runs");
-        if let Err(e) = self.topo.terminate(handle, Duration::from_secs(20)) {
-            self.fail(&format!("n{i} did not stop on SIGTERM: {e}"));
-        }
-        let again = self.topo.respawn(handle).unwrap();
-        self.nodes[i - 1] = Some(again);
     }
 
     fn kill9(&mut self, i: usize) {
@@ -383,6 +374,28 @@ vip:
     }
 
     /// `ctl ARGS` on node `i`, failing the test (with diagnostics) if it fails.
+    /// `raftgate ctl ARGS` through the first running member that takes it (it forwards to the
+    /// leader), tried for up to 5 s: what happened, for the timeline. A command no member took is a
+    /// note, not a test failure: under another fault there may be no leader to take it.
+    fn ctl_anywhere(&self, args: &[&str]) -> String {
+        let command = args.join(" ");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut errors = Vec::new();
+        loop {
+            for i in self.live() {
+                match self.ctl(i, args) {
+                    Ok(_) => return format!("`ctl {command}` taken by n{i}"),
+                    Err(e) => errors.push(format!("n{i}: {e}")),
+                }
+            }
+            if Instant::now() >= deadline {
+                return format!("`ctl {command}` refused by every member: {}", errors.join("; "));
+            }
+            errors.clear();
+            pause(Duration::from_millis(100));
+        }
+    }
+
     fn must_ctl(&self, i: usize, args: &[&str]) -> String {
         match self.ctl(i, args) {
             Ok(out) => out,
@@ -955,7 +968,7 @@ fn owner_kill9_fails_over() {
         return;
     };
     // The first owner is always the leader (node 1 bootstraps the group and takes the VIP at once);
-    // `leader_owner_kill9_fails_over` covers that case, so here the VIP is moved to a follower.
+    // `scenario_leader_owning_the_vip_killed` covers that case, so here the VIP is moved to a follower.
     let owner = c.place_vip(vip, false);
     let all: Vec<usize> = (1..=NODES).collect();
     let leader = c.wait_until("a leader", 10, |c| c.owner_of(vip, &all).map(|(_, l)| l));
@@ -965,19 +978,6 @@ fn owner_kill9_fails_over() {
         if owner == leader { "is" } else { "is not" }
     );
     c.kill_owner_and_check(vip, owner, Duration::from_millis(1000));
-}
-
-/// SIGKILL of an owner that is also the Raft leader: the election and then the lease fence,
-/// within 2 s (no failover over 2 s is the target; ~0.8–0.95 s is usual).
-#[test]
-fn leader_owner_kill9_fails_over() {
-    let _serial = serial();
-    let Some((mut c, vip, _)) = probing(&v4_short_grace(), VIP4) else {
-        return;
-    };
-    let owner = c.place_vip(vip, true);
-    println!("VIP owned by the leader n{owner}; killing it");
-    c.kill_owner_and_check(vip, owner, Duration::from_millis(2000));
 }
 
 /// A cut link: the isolated owner drops the VIP once its lease runs out, another node takes it, and
@@ -1037,11 +1037,6 @@ fn isolated_owner_drops_vip() {
     );
 }
 
-/// At most this many probe connections may be reset by the neighbour switch of a drain (see
-/// [`drain_fails_no_request`]); with 20 ms between attempts that each take a few ms, one is the most
-/// that is ever open at that instant, two leaves room for a slow machine.
-const RESETS_AT_SWITCH: usize = 2;
-
 /// Draining the owner moves the VIP without a failed request, and the drained node keeps the address
 /// (quietly, on `lo`) through the 1 s grace and lets it go after it.
 ///
@@ -1049,7 +1044,7 @@ const RESETS_AT_SWITCH: usize = 2;
 /// instant the client's neighbour entry moves to the new owner is reset by the new owner's kernel
 /// (it does not know the flow; the old owner keeps the address, but no longer gets the packets).
 /// So an attempt may fail with a reset if it started between the drain command and 100 ms after the
-/// new owner was seen, [`RESETS_AT_SWITCH`] at most. Any other failure — a connect timeout or refusal,
+/// new owner was seen, `Bounds::resets_at_switch` (2) at most. Any other failure — a connect timeout or refusal,
 /// which is what a gap in make-before-break looks like — fails the test.
 #[test]
 fn drain_fails_no_request() {
@@ -1057,6 +1052,9 @@ fn drain_fails_no_request() {
     let Some((c, vip, owner)) = probing(&v4_short_grace(), VIP4) else {
         return;
     };
+    // With 20 ms between attempts that each take a few ms, one is the most ever open at the
+    // switch; two leave room for a slow machine.
+    let resets_allowed = raftgate_chaos_tests::invariants::Bounds::default().resets_at_switch;
     let ready_at = Instant::now();
     let all: Vec<usize> = (1..=NODES).collect();
     let via = all.iter().copied().find(|&i| i != owner).unwrap();
@@ -1115,7 +1113,7 @@ fn drain_fails_no_request() {
         .filter(|a| !a.is_ok_with(BODY))
         .partition(|a| at_switch(a));
     println!(
-        "{} probe attempts across the drain, {} failed, {} reset at the neighbour switch (allowed: {RESETS_AT_SWITCH})",
+        "{} probe attempts across the drain, {} failed, {} reset at the neighbour switch (allowed: {resets_allowed})",
         window.len(),
         failed.len(),
         reset.len()
@@ -1127,7 +1125,7 @@ fn drain_fails_no_request() {
             window.len()
         ));
     }
-    if !failed.is_empty() || reset.len() > RESETS_AT_SWITCH {
+    if !failed.is_empty() || reset.len() > resets_allowed {
         let list = |l: &[&ProbeAttempt]| {
             l.iter()
                 .map(|a| format!("{} {:?}", a.at_ms, a.result))
@@ -1142,79 +1140,6 @@ fn drain_fails_no_request() {
         ));
     }
     assert_eq!(c.holders(&all, vip), [new_owner]);
-}
-
-/// A rolling restart (SIGTERM, start again) of every member, the VIP owner and the Raft leader
-/// included, fails no request: the owner hands its VIP over first and the leader its leadership,
-/// so no lease ever lapses. Resets at a neighbour switch are allowed as in
-/// [`drain_fails_no_request`], [`RESETS_AT_SWITCH`] per restart; any other failure fails the test.
-#[test]
-fn rolling_restart_fails_no_request() {
-    let _serial = serial();
-    let Some((mut c, vip, _)) = probing(&v4_short_grace(), VIP4) else {
-        return;
-    };
-    let started = Instant::now();
-    for i in 1..=NODES {
-        let all: Vec<usize> = (1..=NODES).collect();
-        let (owner, leader) = c.wait_until("an owner and a leader", 10, |c| c.owner_of(vip, &all));
-        let t = Instant::now();
-        c.restart(i);
-        println!(
-            "n{i} restarted ({}{}) in {} ms",
-            if i == owner { "the VIP owner" } else { "not the owner" },
-            if i == leader { ", the leader" } else { "" },
-            t.elapsed().as_millis()
-        );
-        c.wait_ready(vip);
-    }
-    // Probe a little longer, then look at every attempt since the first restart.
-    let probe = c.probe().clone();
-    let end_ms = probe.ms_of(Instant::now() + Duration::from_millis(500));
-    c.wait_until("the probe's attempts up to the end of the window", 10, |_| {
-        probe.attempts().iter().any(|a| a.at_ms > end_ms + 250).then_some(())
-    });
-    let start_ms = probe.ms_of(started);
-    let window: Vec<ProbeAttempt> = probe
-        .attempts()
-        .into_iter()
-        .filter(|a| (start_ms..=end_ms).contains(&a.at_ms))
-        .collect();
-    let (reset, failed): (Vec<&ProbeAttempt>, Vec<&ProbeAttempt>) = window
-        .iter()
-        .filter(|a| !a.is_ok_with(BODY))
-        .partition(|a| matches!(&a.result, Err(e) if e.contains("reset by peer")));
-    println!(
-        "{} probe attempts across the rolling restart, {} failed, {} reset at a neighbour switch",
-        window.len(),
-        failed.len(),
-        reset.len()
-    );
-    if !failed.is_empty() || reset.len() > RESETS_AT_SWITCH * NODES {
-        let list = |l: &[&ProbeAttempt]| {
-            l.iter()
-                .map(|a| format!("{} {:?}", a.at_ms, a.result))
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        c.fail(&format!(
-            "probe attempts failed across the rolling restart: failed: [{}]; reset: [{}]",
-            list(&failed),
-            list(&reset)
-        ));
-    }
-}
-
-/// The IPv6 VIP alone: SIGKILL of its owner, the probe resumes and the client's neighbour cache
-/// (updated by an unsolicited neighbour advertisement) points at the new owner.
-#[test]
-fn ipv6_vip_fails_over() {
-    let _serial = serial();
-    let Some((mut c, vip, owner)) = probing(&v6_setup(), VIP6) else {
-        return;
-    };
-    println!("VIP {VIP6} owned by n{owner} ({})", c.topo.node_mac(owner).unwrap());
-    c.kill_owner_and_check(vip, owner, Duration::from_millis(2000));
 }
 
 /// The status page of a surviving member, in headless Chromium inside that member's namespace,
@@ -1463,6 +1388,23 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
                 }
             }
         }
+        Fault::DiskReadOnly => {
+            for &i in &step.targets {
+                if start {
+                    c.topo.fail_disk(&c.disk(i)).unwrap();
+                } else {
+                    // The repair needs the disk unmounted: a member still running on it (its Raft
+                    // had nothing to write) is stopped first, as an operator would.
+                    let h = c.nodes[i - 1].unwrap();
+                    if c.topo.is_running(h).unwrap() {
+                        c.topo.kill9(h).unwrap();
+                        notes.push(format!("n{i} still ran on its read-only disk: stopped for the repair"));
+                    }
+                    c.topo.repair_disk(&c.disk(i)).unwrap();
+                    notes.extend(c.restart_if_exited(i));
+                }
+            }
+        }
         Fault::ClockJump { ms } => {
             for &i in &step.targets {
                 if start {
@@ -1477,7 +1419,29 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
                 }
             }
         }
-        other => panic!("this harness cannot inject {other:?} yet (see the chaos section of the README)"),
+        Fault::Restart => {
+            for &i in &step.targets {
+                let h = c.nodes[i - 1].unwrap();
+                if start {
+                    let t = Instant::now();
+                    match c.topo.terminate(h, Duration::from_secs(20)) {
+                        Ok(status) => notes.push(format!(
+                            "n{i} stopped on SIGTERM in {} ms ({status})",
+                            t.elapsed().as_millis()
+                        )),
+                        Err(e) => c.fail(&format!("n{i} did not stop on SIGTERM: {e}")),
+                    }
+                } else {
+                    c.nodes[i - 1] = Some(c.topo.respawn(h).unwrap());
+                }
+            }
+        }
+        Fault::Drain => {
+            let verb = if start { "drain" } else { "undrain" };
+            for &i in &step.targets {
+                notes.push(c.ctl_anywhere(&[verb, &i.to_string()]));
+            }
+        }
     }
     notes
 }
@@ -1568,12 +1532,27 @@ fn run_chaos(
     setup: &Setup,
     plan: impl FnOnce(&Cluster, Ready) -> Schedule,
 ) -> Option<Timeline> {
+    run_chaos_placed(scenario, nodes, setup, None, plan)
+}
+
+/// [`run_chaos`], with the VIP first moved (by drains) to the leader (`Some(true)`) or to a
+/// follower (`Some(false)`).
+fn run_chaos_placed(
+    scenario: &str,
+    nodes: usize,
+    setup: &Setup,
+    place_on_leader: Option<bool>,
+    plan: impl FnOnce(&Cluster, Ready) -> Schedule,
+) -> Option<Timeline> {
     use raftgate_chaos_tests::invariants;
     // Without root: the skip line, and no timeline.
     // The setup's first VIP, IPv4 or IPv6: the probe, the ARP or neighbour-discovery observer
     // and the invariants follow it.
     let vip_text = setup.vips.first().map_or(VIP4, |(v, _)| *v);
     let (mut c, vip, _) = probing_n(setup, vip_text, nodes)?;
+    if let Some(on_leader) = place_on_leader {
+        c.place_vip(vip, on_leader);
+    }
     let all: Vec<usize> = (1..=nodes).collect();
     let (owner, leader) = c.wait_until("the VIP owned, as the leader sees it", 10, |c| c.owner_of(vip, &all));
     let schedule = plan(&c, Ready { leader, owner });
@@ -1701,9 +1680,10 @@ fn run_chaos(
             changes.push((unix_ms() - t0, write_change(&c, setup.kube, changes.len())));
             change_due = false;
             // A full disk may still take a write or two, into room its files already had, as a
-            // real one may: more changes, as a busy cluster would make, until every target's
-            // Raft has stopped on it (or the fault is nearly over).
-            if start && matches!(step.fault, Fault::DiskFull) {
+            // real one may (and a failed one has nothing to refuse until a write comes): more
+            // changes, as a busy cluster would make, until every target's Raft has stopped on it
+            // (or the fault is nearly over).
+            if start && matches!(step.fault, Fault::DiskFull | Fault::DiskReadOnly) {
                 let until = at(step.end_ms().saturating_sub(500));
                 let stopped = |c: &Cluster| step.targets.iter().zip(&stops).all(|(&i, &n)| c.raft_stops(i) > n);
                 while !stopped(&c) && Instant::now() < until {
@@ -1847,7 +1827,7 @@ fn run_chaos(
     assert!(
         violations.is_empty(),
         "{report}\n--- raftgate logs\n{}",
-        c.topo.logs(Some("raftgate"), 60)
+        c.topo.logs(Some("raftgate"), 120)
     );
     println!(
         "`{scenario}` seed {:#x}: no violation in {} events",
@@ -1907,6 +1887,30 @@ fn scenario_disk_full_on_the_leader() {
             .iter()
             .any(|n| n.contains("had exited") && n.contains("raft stopped on an error") && n.contains("No space left")),
         "the leader should have exited on its full disk, naming it: notes {notes:?}"
+    );
+}
+
+/// Scenario: a follower's disk fails and its file system turns read-only under it (ext4's
+/// `errors=remount-ro`). The next entry it must store fails with EROFS, which stops its Raft: it
+/// exits with an error that names the disk, the others go on without it; once the disk is repaired
+/// (fsck) it is started again, recovers from its directory and rejoins.
+#[test]
+fn scenario_read_only_disk_on_a_follower() {
+    let _serial = serial();
+    let Some(timeline) = run_chaos("read-only disk on a follower", NODES, &v4_setup(), |_, r| {
+        scenario_schedule(
+            NODES,
+            vec![(1_000, 3_000, Fault::DiskReadOnly, vec![r.a_follower(NODES)])],
+        )
+    }) else {
+        return;
+    };
+    let notes: Vec<&str> = timeline.notes().collect();
+    assert!(
+        notes.iter().any(|n| n.contains("had exited")
+            && n.contains("raft stopped on an error")
+            && n.contains("Read-only file system")),
+        "the follower should have exited on its read-only disk, naming it: notes {notes:?}"
     );
 }
 
@@ -1986,15 +1990,67 @@ fn a_seeded_kubernetes_fault_mix_keeps_every_invariant() {
         clock: true,
         ..v4_setup()
     };
-    // Seed 4001 draws a full disk, watches answered with 410 Gone and packet loss.
-    seeded_mix("seeded mix, Kubernetes source", 4001, &setup, &FaultKind::injectable());
+    // Seed 4001 draws watches answered with 410 Gone, a full disk and a stalled API server.
+    seeded_mix("seeded mix, Kubernetes source", 4001, &setup, &FaultKind::ALL);
 }
 
-/// Scenario: the leader is killed and restarted.
+/// Scenario: the VIP's owner, a follower, is killed and restarted: another member takes the VIP
+/// within the follower bound, with no election.
+#[test]
+fn scenario_vip_owner_kill() {
+    let _serial = serial();
+    let timeline = run_chaos_placed("VIP-owner kill", NODES, &v4_setup(), Some(false), |_, r| {
+        assert_ne!(r.owner, r.leader, "the VIP was placed on a follower");
+        scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.owner])])
+    });
+    if let Some(t) = timeline {
+        let (lo, hi) = term_range(&t);
+        assert_eq!(lo, hi, "a follower's kill moved the term:\n{}", t.render_compact());
+    }
+}
+
+/// Scenario: the leader, which also owns the VIP, is killed and restarted: an election, then the
+/// lease fence, then the new owner, within the leader bound.
+#[test]
+fn scenario_leader_owning_the_vip_killed() {
+    let _serial = serial();
+    run_chaos_placed("leader-and-owner kill", NODES, &v4_setup(), Some(true), |_, r| {
+        assert_eq!(r.owner, r.leader, "the VIP was placed on the leader");
+        scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.leader])])
+    });
+}
+
+/// Scenario: a rolling restart under load: each member in turn is stopped with SIGTERM (handing
+/// its VIP and leadership over first) and started again 1 s later, 6 s apart. No request may fail
+/// but for resets at a neighbour switch.
+#[test]
+fn scenario_rolling_restart() {
+    let _serial = serial();
+    run_chaos("rolling restart", NODES, &v4_short_grace(), |_, _| {
+        let steps = (0..NODES as u64)
+            .map(|k| (1_000 + k * 6_000, 1_000, Fault::Restart, vec![k as usize + 1]))
+            .collect();
+        scenario_schedule(NODES, steps)
+    });
+}
+
+/// Scenario: a drain under load: the VIP's owner is drained (its VIP moves, make-before-break) and
+/// undrained 3 s later. No request may fail but for resets at the neighbour switch.
+#[test]
+fn scenario_drain() {
+    let _serial = serial();
+    run_chaos("drain", NODES, &v4_short_grace(), |_, r| {
+        scenario_schedule(NODES, vec![(1_000, 3_000, Fault::Drain, vec![r.owner])])
+    });
+}
+
+/// Scenario: the leader, not the VIP's owner, is killed and restarted: an election; the owner keeps
+/// serving the VIP throughout or loses it for at most the leader bound.
 #[test]
 fn scenario_leader_kill() {
     let _serial = serial();
-    run_chaos("leader kill", NODES, &v4_setup(), |_, r| {
+    run_chaos_placed("leader kill", NODES, &v4_setup(), Some(false), |_, r| {
+        assert_ne!(r.owner, r.leader, "the VIP was placed on a follower");
         scenario_schedule(NODES, vec![(1_000, 2_000, Fault::Kill9, vec![r.leader])])
     });
 }
