@@ -1422,7 +1422,9 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
         Fault::Restart => {
             for &i in &step.targets {
                 let h = c.nodes[i - 1].unwrap();
-                if start {
+                if start && !c.topo.is_running(h).unwrap() {
+                    notes.push(format!("n{i} was not running: nothing to stop"));
+                } else if start {
                     let t = Instant::now();
                     match c.topo.terminate(h, Duration::from_secs(20)) {
                         Ok(status) => notes.push(format!(
@@ -1431,7 +1433,7 @@ fn apply_fault(c: &mut Cluster, step: &FaultStep, start: bool) -> Vec<String> {
                         )),
                         Err(e) => c.fail(&format!("n{i} did not stop on SIGTERM: {e}")),
                     }
-                } else {
+                } else if !c.topo.is_running(h).unwrap() {
                     c.nodes[i - 1] = Some(c.topo.respawn(h).unwrap());
                 }
             }
