@@ -1637,12 +1637,17 @@ fn run_chaos_placed(
     edges.sort_unstable();
     let mut api_down = 0usize;
     let mut change_due = false;
+    // How late the last edge was put into effect: a fault can take a while to apply (a graceful
+    // stop waits out the VIP grace), and the quiet period after it must still be whole.
+    let last_edge_ms = edges.last().map_or(0, |e| e.0);
+    let mut last_edge_at = 0;
     for (edge_ms, start, i) in edges {
         let step = &schedule.steps[i];
         wait_until(at(edge_ms));
         // Recorded as the fault is put into effect or undone: requests failing from its start on
         // are its doing.
         let edge_at = unix_ms() - t0;
+        last_edge_at = last_edge_at.max(edge_at);
         if start {
             timeline.push(
                 edge_at,
@@ -1699,7 +1704,8 @@ fn run_chaos_placed(
     }
     // A little past the schedule's end, so that every node has answered after the healing
     // deadline (the schedule ends exactly on it).
-    wait_until(at(schedule.end_ms + 1_000));
+    let quiet_ms = schedule.end_ms.saturating_sub(last_edge_ms);
+    wait_until(at(schedule.end_ms.max(last_edge_at + quiet_ms) + 1_000));
     let neighbour = c.topo.neigh(&client, vip).unwrap().and_then(|n| n.mac);
     timeline.push(unix_ms() - t0, Observation::NeighbourCache { vip, mac: neighbour });
 
@@ -1796,8 +1802,9 @@ fn run_chaos_placed(
     }
     assert!(
         acked.iter().all(Option::is_some),
-        "a config change was never committed: {changes:?} acked {acked:?}\n{}",
-        c.topo.logs(Some("raftgate"), 60)
+        "a config change was never committed: {changes:?} acked {acked:?}\n{}\n--- raftgate logs\n{}",
+        timeline.render_compact(),
+        c.topo.logs(Some("raftgate"), 150)
     );
     let bounds = invariants::Bounds::default();
     let violations = invariants::check_all(&timeline, &bounds);

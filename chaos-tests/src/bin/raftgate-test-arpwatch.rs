@@ -148,8 +148,11 @@ fn run(args: &Args) -> Result<(), String> {
         let mut next = Instant::now();
         loop {
             for (vip, frame) in &requests {
+                // Stamped before it is sent: a reply, stamped by the other thread as it comes in,
+                // must never seem to precede its request.
+                let at = now_ms();
                 match tx.send_to(frame, None) {
-                    Some(Ok(())) => say(&sender_out, &format!("{} whohas {vip}", now_ms()))?,
+                    Some(Ok(())) => say(&sender_out, &format!("{at} whohas {vip}"))?,
                     Some(Err(e)) => eprintln!("raftgate-test-arpwatch: send: {e}"),
                     None => return Err("the channel cannot send".into()),
                 }

@@ -580,7 +580,12 @@ pub(crate) async fn run(
                 let Some((idx, r)) = item else { return };
                 match r {
                     Ok(u) => {
+                        errors.restored(idx, store.scopes.get(idx).map_or("?", |s| s.kind));
+                        let was_synced = store.synced();
                         let d = store.apply(idx, u);
+                        if !was_synced && store.synced() {
+                            tracing::info!(watchers = store.scopes.len(), "every watcher has listed; compiling from the API");
+                        }
                         if d.any() && due.is_none() {
                             due = Some(tokio::time::Instant::now() + cfg.debounce.max(last_cost));
                         }
@@ -670,6 +675,13 @@ struct ErrorLog {
 }
 
 impl ErrorLog {
+    /// Watcher `idx` delivered again: says so once if its failure was reported.
+    fn restored(&mut self, idx: usize, kind: &str) {
+        if self.last.remove(&idx).is_some() {
+            tracing::info!(kind, "watch restored");
+        }
+    }
+
     fn report(&mut self, idx: usize, kind: &str, e: &watcher::Error) {
         let now = Instant::now();
         if self
