@@ -612,6 +612,7 @@ fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
             | Fault::Stop
             | Fault::CutLink
             | Fault::Loss { .. }
+            | Fault::Delay { .. }
             | Fault::DiskFull
             | Fault::DiskReadOnly
             | Fault::Restart
@@ -770,8 +771,9 @@ pub enum Impact {
     /// A failover after its start (bounded by the faulted nodes' role) and after its end (a rejoining
     /// node may cause an election: the leader bound).
     Failover,
-    /// Failures throughout and until the leader bound after its end: packet loss degrades a link for as long
-    /// as it is on, and a fault taking out a majority leaves no leader to hand out VIPs.
+    /// Failures throughout and until the leader bound after its end: packet loss or delay degrades a link
+    /// for as long as it is on (a request through a delayed owner may outlast the client's timeout), and a
+    /// fault taking out a majority leaves no leader to hand out VIPs.
     Throughout,
     /// None may fail but for [`Bounds::resets_at_switch`] connection resets per node operated on: an
     /// operator's graceful restart or drain hands VIPs over make-before-break, and leadership over
@@ -783,7 +785,7 @@ pub enum Impact {
 pub fn impact(step: &FaultStep, nodes: usize) -> Impact {
     match step.fault {
         Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410 | Fault::ClockJump { .. } => Impact::None,
-        Fault::Loss { .. } => Impact::Throughout,
+        Fault::Loss { .. } | Fault::Delay { .. } => Impact::Throughout,
         _ if step.faulted_count() > nodes.saturating_sub(1) / 2 => Impact::Throughout,
         Fault::Restart | Fault::Drain => Impact::Graceful,
         _ => Impact::Failover,

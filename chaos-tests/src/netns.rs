@@ -574,6 +574,120 @@ impl Topology {
         Ok(())
     }
 
+    /// Delays every frame to and from `host` by `delay_ms` plus up to `jitter_ms` (a seeded draw
+    /// per frame, so they reorder), each way, until [`Topology::clear_delay`]: the netem fault,
+    /// built without netem (the test kernel has none). In the switch, `host`'s bridge port is
+    /// renamed aside and left off the bridge, a new veth pair takes the port's name on the bridge
+    /// (so the switch's filters, which match port names, still apply), and `relay` (the
+    /// `raftgate-test-delay` binary) relays between the two, logging to `log`. Frames in flight
+    /// while the ports are swapped are lost.
+    pub fn set_delay(
+        &self,
+        host: Host,
+        delay_ms: u64,
+        jitter_ms: u64,
+        seed: u64,
+        relay: &Path,
+        log: &Path,
+    ) -> Result<ChildHandle, NetnsError> {
+        let switch = self.switch_ns();
+        let bridge = self.names.interface("br")?;
+        let port = self.switch_port(host)?;
+        let parked = self.names.interface(&format!("{}o", host.role()))?;
+        let relay_end = self.names.interface(&format!("{}r", host.role()))?;
+        let mac = self.mac(host)?;
+        // The relay copies frames as they are: a checksum left to the NIC (on veths, never filled
+        // in) or a segment larger than the MTU would not survive the copy. Every host computes its
+        // own checksums and segments from now on.
+        let hosts: Vec<Host> = (1..=self.nodes)
+            .map(Host::Node)
+            .chain([Host::Client, Host::Backend, Host::ApiServer])
+            .collect();
+        for h in hosts {
+            run_checked(
+                "ip",
+                [
+                    "netns",
+                    "exec",
+                    &self.ns(h),
+                    "ethtool",
+                    "-K",
+                    HOST_IF,
+                    "tx",
+                    "off",
+                    "tso",
+                    "off",
+                    "gso",
+                    "off",
+                ],
+            )?;
+        }
+        let link = |args: &[&str]| -> Result<(), NetnsError> {
+            let mut all = vec!["-n", switch.as_str(), "link"];
+            all.extend_from_slice(args);
+            ip(all).map(drop)
+        };
+        link(&["set", &port, "nomaster"])?;
+        link(&["set", &port, "down"])?;
+        link(&["set", &port, "name", &parked])?;
+        link(&["add", &port, "type", "veth", "peer", "name", &relay_end])?;
+        link(&["set", &port, "master", &bridge, "up"])?;
+        link(&["set", &relay_end, "up"])?;
+        link(&["set", &parked, "up"])?;
+        let args = [
+            "--node-side".to_string(),
+            parked,
+            "--switch-side".to_string(),
+            relay_end,
+            "--mac".to_string(),
+            mac,
+            "--delay-ms".to_string(),
+            delay_ms.to_string(),
+            "--jitter-ms".to_string(),
+            jitter_ms.to_string(),
+            "--seed".to_string(),
+            seed.to_string(),
+        ];
+        let handle = self.spawn(&switch, relay, args, &[], log)?;
+        // Relaying once it says so (both sockets open), or failed if it exits first.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if std::fs::read_to_string(log).is_ok_and(|t| t.contains("relaying")) {
+                return Ok(handle);
+            }
+            if let Some(status) = self.exit_status(handle)? {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(NetnsError::Invalid(format!(
+                    "the delay relay exited ({status}): {text}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(NetnsError::Invalid("the delay relay did not start within 5 s".into()));
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Undoes [`Topology::set_delay`]: stops the relay and puts `host`'s own port back on the bridge.
+    pub fn clear_delay(&self, host: Host, relay: ChildHandle) -> Result<(), NetnsError> {
+        self.kill9(relay)?;
+        let switch = self.switch_ns();
+        let bridge = self.names.interface("br")?;
+        let port = self.switch_port(host)?;
+        let parked = self.names.interface(&format!("{}o", host.role()))?;
+        let link = |args: &[&str]| -> Result<(), NetnsError> {
+            let mut all = vec!["-n", switch.as_str(), "link"];
+            all.extend_from_slice(args);
+            ip(all).map(drop)
+        };
+        // Deleting one end of the relay's pair deletes both.
+        link(&["del", &port])?;
+        link(&["set", &parked, "down"])?;
+        link(&["set", &parked, "name", &port])?;
+        link(&["set", &port, "master", &bridge, "up"])?;
+        Ok(())
+    }
+
     /// Drops every frame the bridge would forward from `from` to `to` (one direction; ARP and
     /// neighbour discovery included): the link stays up, packets vanish, as in a partition.
     pub fn block(&self, from: Host, to: Host) -> Result<(), NetnsError> {

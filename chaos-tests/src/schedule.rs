@@ -63,9 +63,12 @@ pub enum Fault {
     /// Each target is cut off from every other node, both ways, while clients and the backend still
     /// reach it: a minority (or an isolated leader) that keeps serving without a quorum.
     Partition,
-    /// `pct` percent of the frames to and from each target are dropped at random. (Loss only: delay
-    /// and reordering need `sch_netem`, which the test kernel lacks.)
+    /// `pct` percent of the frames to and from each target are dropped at random.
     Loss { pct: u8 },
+    /// Every frame to and from each target waits `ms` plus up to `jitter_ms` (drawn per frame, so
+    /// frames reorder), each way: netem's delay and reordering, by a relay in the switch (the test
+    /// kernel has no `sch_netem`).
+    Delay { ms: u64, jitter_ms: u64 },
     /// The Kubernetes API server refuses connections (no targets).
     ApiServerDown,
     /// The API server accepts but never answers (no targets).
@@ -96,6 +99,7 @@ pub enum FaultKind {
     Asymmetric,
     Partition,
     Loss,
+    Delay,
     ApiServerDown,
     ApiServerStall,
     ApiServer410,
@@ -108,7 +112,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 15] = [
+    pub const ALL: [FaultKind; 16] = [
         FaultKind::Kill9,
         FaultKind::Stop,
         FaultKind::CutLink,
@@ -116,6 +120,7 @@ impl FaultKind {
         FaultKind::Asymmetric,
         FaultKind::Partition,
         FaultKind::Loss,
+        FaultKind::Delay,
         FaultKind::ApiServerDown,
         FaultKind::ApiServerStall,
         FaultKind::ApiServer410,
@@ -129,7 +134,7 @@ impl FaultKind {
     /// The faults on nodes, their network and their disks, and an operator's restarts and drains,
     /// which need nothing but the network namespaces and a disk per node: the first seeded mix's
     /// kinds (no API server or clock faults). [`FaultKind::ALL`] is the second mix's.
-    pub const NODE_AND_NETWORK: [FaultKind; 11] = [
+    pub const NODE_AND_NETWORK: [FaultKind; 12] = [
         FaultKind::Kill9,
         FaultKind::Stop,
         FaultKind::CutLink,
@@ -137,6 +142,7 @@ impl FaultKind {
         FaultKind::Asymmetric,
         FaultKind::Partition,
         FaultKind::Loss,
+        FaultKind::Delay,
         FaultKind::DiskFull,
         FaultKind::DiskReadOnly,
         FaultKind::Restart,
@@ -169,6 +175,7 @@ impl Fault {
             Fault::Asymmetric { .. } => FaultKind::Asymmetric,
             Fault::Partition => FaultKind::Partition,
             Fault::Loss { .. } => FaultKind::Loss,
+            Fault::Delay { .. } => FaultKind::Delay,
             Fault::ApiServerDown => FaultKind::ApiServerDown,
             Fault::ApiServerStall => FaultKind::ApiServerStall,
             Fault::ApiServer410 => FaultKind::ApiServer410,
@@ -224,6 +231,7 @@ impl FaultStep {
             Fault::Asymmetric { from, to } => format!("drop n{from} -> n{to}"),
             Fault::Partition => format!("partition {n} from the other nodes"),
             Fault::Loss { pct } => format!("loss {pct}% {n}"),
+            Fault::Delay { ms, jitter_ms } => format!("delay {n} {ms}ms+0..{jitter_ms}ms each way"),
             Fault::ApiServerDown => "API server down".to_string(),
             Fault::ApiServerStall => "API server stalled".to_string(),
             Fault::ApiServer410 => "API server answers 410 Gone".to_string(),
@@ -246,6 +254,7 @@ impl FaultStep {
             Fault::Asymmetric { from, to } => format!("heal n{from} -> n{to}"),
             Fault::Partition => format!("heal partition {n}"),
             Fault::Loss { .. } => format!("loss off {n}"),
+            Fault::Delay { .. } => format!("delay off {n}"),
             Fault::ApiServerDown | Fault::ApiServerStall | Fault::ApiServer410 => "API server healthy".to_string(),
             Fault::DiskFull | Fault::DiskReadOnly => format!("disk writable {n}"),
             Fault::ClockJump { .. } => format!("clock back to NTP {n}"),
@@ -445,6 +454,13 @@ fn draw(rng: &mut SplitMix64, kind: FaultKind, nodes: usize, max_faulted: usize)
         FaultKind::Loss => Fault::Loss {
             pct: rng.range(1, 30) as u8,
         },
+        FaultKind::Delay => {
+            let ms = rng.range(10, 60);
+            Fault::Delay {
+                ms,
+                jitter_ms: rng.range(0, ms),
+            }
+        }
         FaultKind::ApiServerDown => Fault::ApiServerDown,
         FaultKind::ApiServerStall => Fault::ApiServerStall,
         FaultKind::ApiServer410 => Fault::ApiServer410,
