@@ -11,9 +11,10 @@
 //!
 //! Nothing is compiled until every watcher has listed once, so a leader that just took over
 //! never withdraws routes it has not seen yet. A failing watch keeps the store as it was (the
-//! watcher retries with [`WatchBackoff`] and relists after 410 Gone), so an API server outage changes
-//! nothing that is served, and what changed meanwhile is seen within seconds of its end. Secrets are watched by metadata only; the data of a Secret is
-//! fetched, and held, only while an Ingress of our class refers to it.
+//! watcher retries with [`WatchBackoff`] and relists after 410 Gone), so an API server outage
+//! changes nothing that is served, and what changed meanwhile is seen within seconds of its end.
+//! Secrets are watched by metadata only; the data of a Secret is fetched, and held, only while an
+//! Ingress of our class refers to it.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
