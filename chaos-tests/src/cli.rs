@@ -1,5 +1,8 @@
 //! Command-line flags of the harness binaries: `--flag value` or `--flag=value`.
 
+use std::io::Write;
+use std::process::ExitCode;
+
 /// The process arguments, read flag by flag.
 #[derive(Debug)]
 pub struct Flags {
@@ -61,6 +64,33 @@ impl Flag {
     {
         let v = self.value(flags)?;
         v.parse().map_err(|e| format!("{}: {e}", self.name))
+    }
+}
+
+/// What a harness binary's parsed arguments say: `Ok(args)` to run with, or `Err(code)` to exit
+/// with once the usage (asked for with `--help`: 0) or the error (as `NAME: error`: 2) is printed.
+pub fn args_or_exit<A>(name: &str, usage: &str, parsed: Result<Option<A>, String>) -> Result<A, ExitCode> {
+    match parsed {
+        Ok(Some(args)) => Ok(args),
+        Ok(None) => {
+            let _ = std::io::stdout().write_all(usage.as_bytes());
+            Err(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{name}: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// A harness binary's exit code for how its run ended, an error printed as `NAME: error` (1).
+pub fn exit(name: &str, ran: Result<(), String>) -> ExitCode {
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "{name}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -411,24 +411,10 @@ impl Topology {
             path: image.clone(),
             source,
         })?;
-        let command = format!("e2fsck -fy {}", image.display());
-        let out = Command::new("e2fsck")
-            .arg("-fy")
-            .arg(&image)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| NetnsError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
         // 0: clean; 1: errors corrected. Anything else leaves the disk unfit to mount.
-        if !matches!(out.status.code(), Some(0 | 1)) {
-            return Err(NetnsError::Failed {
-                command,
-                status: out.status,
-                stderr: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-            });
-        }
+        run_accepting("e2fsck", [OsStr::new("-fy"), image.as_os_str()], |s| {
+            matches!(s.code(), Some(0 | 1))
+        })?;
         mount_image(&image, dir)
     }
 
@@ -1291,6 +1277,16 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_accepting(program, args, ExitStatus::success)
+}
+
+/// Runs `program args` (in this namespace), failing unless `ok` accepts how it exited; returns
+/// its stdout.
+fn run_accepting<I, S>(program: &str, args: I, ok: impl Fn(&ExitStatus) -> bool) -> Result<String, NetnsError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
     let command = command_line(program, &args);
     let out = Command::new(program)
@@ -1301,7 +1297,7 @@ where
             command: command.clone(),
             source,
         })?;
-    if !out.status.success() {
+    if !ok(&out.status) {
         return Err(NetnsError::Failed {
             command,
             status: out.status,

@@ -21,6 +21,7 @@ use pnet_packet::arp::MutableArpPacket;
 use pnet_packet::ethernet::EtherTypes;
 use pnet_packet::ethernet::EthernetPacket;
 use pnet_packet::ethernet::MutableEthernetPacket;
+use raftgate_chaos_tests::cli;
 use raftgate_chaos_tests::cli::Flags;
 
 const USAGE: &str = "usage: raftgate-test-arpwatch --interface IF --vip ADDR [--vip ADDR ...] [--interval-ms 20]
@@ -70,23 +71,9 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            let _ = std::io::stdout().write_all(USAGE.as_bytes());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("raftgate-test-arpwatch: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftgate-test-arpwatch: {e}");
-            ExitCode::FAILURE
-        }
+    match cli::args_or_exit("raftgate-test-arpwatch", USAGE, parse_args()) {
+        Ok(args) => cli::exit("raftgate-test-arpwatch", run(&args)),
+        Err(code) => code,
     }
 }
 

@@ -12,6 +12,7 @@ use pnet_datalink::Channel;
 use pnet_datalink::DataLinkReceiver;
 use pnet_datalink::DataLinkSender;
 use pnet_datalink::MacAddr;
+use raftgate_chaos_tests::cli;
 use raftgate_chaos_tests::cli::Flags;
 use raftgate_chaos_tests::delay::DelayLine;
 use raftgate_chaos_tests::delay::Micros;
@@ -66,23 +67,9 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            let _ = std::io::stdout().write_all(USAGE.as_bytes());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("raftgate-test-delay: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftgate-test-delay: {e}");
-            ExitCode::FAILURE
-        }
+    match cli::args_or_exit("raftgate-test-delay", USAGE, parse_args()) {
+        Ok(args) => cli::exit("raftgate-test-delay", run(&args)),
+        Err(code) => code,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `raftgate-test-probe`: one new HTTP/1.1 connection per interval, one result line per attempt, for fault tests.
 
+use raftgate_chaos_tests::cli;
 use raftgate_chaos_tests::cli::Flags;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -104,23 +105,9 @@ fn parse_args() -> Result<Option<Args>, String> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            let _ = std::io::stdout().write_all(USAGE.as_bytes());
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("raftgate-test-probe: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raftgate-test-probe: {e}");
-            ExitCode::FAILURE
-        }
+    match cli::args_or_exit("raftgate-test-probe", USAGE, parse_args()) {
+        Ok(args) => cli::exit("raftgate-test-probe", run(args).await),
+        Err(code) => code,
     }
 }
 
