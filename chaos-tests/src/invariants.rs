@@ -630,9 +630,10 @@ fn isolates_from_clients(step: &FaultStep, node: usize) -> bool {
 /// - every sample must be `ready` with a `config_version` at least that of its last ready sample
 ///   before the period (a lower version, or not ready, is "stopped serving its last state");
 /// - failed direct probes to the node number at most [`Bounds::static_error_budget`], not counting
-///   those while a fault that keeps clients off the node itself (kill -9, SIGSTOP, cut link, packet loss on
-///   it) is on or ended less than [`Bounds::failover_ms`] ago (a restarted process binds its
-///   listeners). A cut between peers, a disk or clock fault, or the API server's faults excuse nothing.
+///   those while a fault that keeps clients off the node itself (kill -9, SIGSTOP, a planned restart, a
+///   cut link, packet loss or delay on it, a full or failed disk, which stops its process) is on or
+///   ended less than [`Bounds::failover_ms`] ago (a restarted process binds its listeners). A cut
+///   between peers, a drain, a clock jump or the API server's faults excuse nothing.
 pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
     let inv = Invariant::StaticStability;
     let mut out = Vec::new();
@@ -643,10 +644,11 @@ pub fn check_static_stability(t: &Timeline, b: &Bounds) -> Vec<Violation> {
         per_node.entry(s.node).or_default().push((at, s));
     }
     for (node, samples) in per_node {
-        // A process restarted after kill -9 loads its state and rejoins: until its first ready
-        // sample it is starting, not a member that stopped serving for want of a quorum. A
-        // member whose disk filled up stops its process on purpose (its Raft cannot go on),
-        // and is started again as the fault ends, as by its supervisor.
+        // A process started again after kill -9 or a planned restart loads its state and
+        // rejoins: until its first ready sample it is starting, not a member that stopped
+        // serving for want of a quorum. A member whose disk filled up or failed stops its
+        // process on purpose (its Raft cannot go on), and is started again as the fault ends,
+        // as by its supervisor.
         let restarted = |f: &Fault| matches!(f, Fault::Kill9 | Fault::DiskFull | Fault::DiskReadOnly | Fault::Restart);
         let restarts: Vec<Ms> = faults
             .iter()
