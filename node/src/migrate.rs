@@ -210,6 +210,7 @@ pub const ANNOTATIONS: &[Known] = &[
     differs("canary-weight-total", "1000", "deterministic split, as canary-weight").with(CANARY),
     yes("affinity", "cookie"),
     yes("affinity-mode", "persistent").with(AFFINITY),
+    yes("affinity-canary-behavior", "legacy").with(CANARY),
     yes("session-cookie-name", "route").with(AFFINITY),
     yes("session-cookie-path", "/app").with(AFFINITY),
     yes("session-cookie-max-age", "3600").with(AFFINITY),
@@ -229,10 +230,6 @@ pub const ANNOTATIONS: &[Known] = &[
         "rendezvous hashing; variables $remote_addr $request_uri $uri $args $host $http_* $cookie_* $arg_* only",
     ),
     // ingress-nginx annotations raftgate does not implement.
-    no(
-        "affinity-canary-behavior",
-        "not implemented; ignored (a canary keeps its own affinity)",
-    ),
     no(
         "session-cookie-change-on-failure",
         "not implemented; ignored (raftgate always re-issues the cookie)",

@@ -104,6 +104,98 @@ async fn canary_by_header_then_cookie_then_weight() {
     assert_eq!(n, 50, "canary-weight 25 sends 50 of 200 requests to the canary");
 }
 
+/// `affinity-canary-behavior`: with `sticky` (the default) a session stays on the backend that
+/// issued its cookie, canary or main, whatever the weight draws, and ahead of the canary header;
+/// with `legacy` the canary has no affinity of its own here, so only main sessions stick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_keeps_a_session_on_the_main_backend_or_its_canary() {
+    let (stable, canary) = (Echo::start("stable").await, Echo::start("canary").await);
+    let h = Harness::start().await;
+    let main_ann = ann(&[("affinity", "cookie"), ("session-cookie-name", "route")]);
+    let canary_ann = |behavior: &str| {
+        ann(&[
+            ("canary", "true"),
+            ("canary-by-header", "x-canary"),
+            ("canary-weight", "50"),
+            ("affinity-canary-behavior", behavior),
+        ])
+    };
+    let m = service("s", "web", &[&stable])
+        + &service("s", "web-canary", &[&canary])
+        + &ingress("s", "sticky", "sticky.com", &[("/", "Prefix", "web")], &main_ann)
+        + &ingress(
+            "s",
+            "sticky-canary",
+            "sticky.com",
+            &[("/", "Prefix", "web-canary")],
+            &canary_ann("sticky"),
+        )
+        + &ingress("s", "legacy", "legacy.com", &[("/", "Prefix", "web")], &main_ann)
+        + &ingress(
+            "s",
+            "legacy-canary",
+            "legacy.com",
+            &[("/", "Prefix", "web-canary")],
+            &canary_ann("legacy"),
+        );
+    h.apply("s.yaml", &m).await;
+    // New sessions: the weight sends every other one to the canary; each gets a cookie
+    // naming the backend that served it.
+    let mut sessions: BTreeMap<String, String> = BTreeMap::new();
+    for _ in 0..20 {
+        let r = get_with(h.http(), "sticky.com", "/", &[]).await;
+        let cookie = value_of(&set_cookie(&r, "route").expect("a new session gets a cookie"));
+        sessions.insert(r.backend().unwrap().to_string(), cookie);
+    }
+    assert_eq!(sessions.len(), 2, "both backends served new sessions: {sessions:?}");
+    assert_ne!(sessions["stable"], sessions["canary"]);
+    for (backend, cookie) in &sessions {
+        let with = format!("route={cookie}");
+        for _ in 0..20 {
+            let r = get_with(h.http(), "sticky.com", "/", &[("cookie", &with)]).await;
+            assert_eq!(r.backend(), Some(backend.as_str()), "a {backend} session moved");
+            assert_eq!(
+                set_cookie(&r, "route"),
+                None,
+                "{backend}: the cookie already says it all"
+            );
+        }
+    }
+    // Affinity comes before the canary header, as in ingress-nginx.
+    let main_session = format!("route={}", sessions["stable"]);
+    let r = get_with(
+        h.http(),
+        "sticky.com",
+        "/",
+        &[("cookie", &main_session), ("x-canary", "always")],
+    )
+    .await;
+    assert_eq!(r.backend(), Some("stable"));
+
+    // legacy: the canary does not take the main affinity, so it never issues a cookie and
+    // sessions it serves do not stick; a main session still does.
+    let (mut to_canary, mut main_cookie) = (0, None);
+    for _ in 0..20 {
+        let r = get_with(h.http(), "legacy.com", "/", &[]).await;
+        match r.backend() {
+            Some("canary") => {
+                to_canary += 1;
+                assert_eq!(set_cookie(&r, "route"), None, "a legacy canary has no affinity here");
+            }
+            _ => main_cookie = set_cookie(&r, "route").map(|c| value_of(&c)),
+        }
+    }
+    assert_eq!(
+        to_canary, 10,
+        "canary-weight 50 sends 10 of 20 new sessions to the canary"
+    );
+    let with = format!("route={}", main_cookie.expect("main sessions get cookies"));
+    for _ in 0..20 {
+        let r = get_with(h.http(), "legacy.com", "/", &[("cookie", &with)]).await;
+        assert_eq!(r.backend(), Some("stable"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_by_header_value_and_pattern_and_a_canary_without_endpoints() {
     let (stable, canary) = (Echo::start("stable").await, Echo::start("canary").await);
@@ -307,12 +399,24 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
             ]),
         );
     h.apply("p.yaml", &m).await;
-    // The cookie of a persistent session is the hash of the endpoint's address.
+    // The cookie of a persistent session is the hash of the endpoint's address. One without
+    // its backend (as an earlier raftgate issued them) is honoured and re-issued with it, once.
     let r = get_with(
         h.http(),
         "persist.com",
         "/",
         &[("cookie", &format!("route={}", hash_cookie(&live)))],
+    )
+    .await;
+    assert_eq!(r.backend(), Some("live"));
+    let reissued = value_of(&set_cookie(&r, "route").expect("re-issued with its backend"));
+    let (endpoint, backend) = reissued.split_once('.').unwrap();
+    assert_eq!((endpoint, backend.len()), (hash_cookie(&live).as_str(), 8));
+    let r = get_with(
+        h.http(),
+        "persist.com",
+        "/",
+        &[("cookie", &format!("route={reissued}"))],
     )
     .await;
     assert_eq!(r.backend(), Some("live"));
@@ -328,12 +432,9 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
     let r = get_with(h.http(), "persist.com", "/", &[("cookie", &dead_cookie)]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.backend(), Some("live"));
-    let reissued = set_cookie(&r, "route").expect("the cookie moves with the session");
-    assert_eq!(value_of(&reissued), hash_cookie(&live));
-    assert!(
-        reissued.contains("; Path=/;") || reissued.contains("; Path=/ "),
-        "{reissued}"
-    );
+    let moved = set_cookie(&r, "route").expect("the cookie moves with the session");
+    assert_eq!(value_of(&moved), reissued, "the live endpoint, and the same backend");
+    assert!(moved.contains("; Path=/;") || moved.contains("; Path=/ "), "{moved}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +475,7 @@ async fn failed_balanced_session_falls_back_and_gets_a_new_cookie() {
     assert_eq!(r.backend(), Some("live"));
     let new = value_of(&set_cookie(&r, "INGRESSCOOKIE").expect("re-issued"));
     assert_ne!(new, format!("{key:016x}"));
-    let new_key = u64::from_str_radix(&new, 16).unwrap();
+    let new_key = u64::from_str_radix(new.split('.').next().unwrap(), 16).unwrap();
     assert_eq!(
         rendezvous(new_key, eps.iter().copied().enumerate()),
         Some(0),

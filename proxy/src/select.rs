@@ -135,11 +135,23 @@ pub fn choose<'a>(
     let Some((c, state)) = entry.and_then(|e| e.route.canary.as_ref().zip(e.canary.as_ref())) else {
         return main;
     };
+    // A session stays with the backend whose affinity cookie it carries, before any canary rule
+    // (ingress-nginx's `is_affinitized`): the main one first, then the canary.
+    let affinitized = |affinity: Option<&Affinity>, upstream: &str| {
+        affinity.is_some_and(|a| {
+            cookie(headers, &a.cookie)
+                .and_then(cookie_value)
+                .is_some_and(|(_, tag)| tag == Some(backend_tag(upstream)))
+        })
+    };
+    if affinitized(main.affinity, main.upstream) {
+        return main;
+    }
     let ready = snap
         .upstreams
         .get(&c.backend.upstream)
         .is_some_and(|u| !u.endpoints.is_empty());
-    if ready && to_canary(c, state, headers) {
+    if ready && (affinitized(c.affinity.as_ref(), &c.backend.upstream) || to_canary(c, state, headers)) {
         Choice {
             upstream: &c.backend.upstream,
             affinity: c.affinity.as_ref(),
@@ -164,6 +176,10 @@ pub enum Pick<'a> {
         affinity: &'a Affinity,
         /// The request's cookie, if it holds a well-formed value.
         sent: Option<u64>,
+        /// The backend the request's cookie names, if it names one.
+        sent_tag: Option<u32>,
+        /// The backend of this choice, as cookies name it ([`backend_tag`]).
+        tag: u32,
         /// The value designating the endpoint of the latest attempt.
         current: Option<u64>,
         /// The client is one known to reject a `SameSite=None` cookie, and the affinity
@@ -177,7 +193,7 @@ impl<'a> Pick<'a> {
     /// the handler established it (`$remote_addr`); `host` the raw Host or authority.
     pub fn new(choice: &Choice<'a>, headers: &HeaderMap, uri: &Uri, client: IpAddr, host: &str) -> Pick<'a> {
         if let Some(affinity) = choice.affinity {
-            let sent = cookie(headers, &affinity.cookie).and_then(cookie_value);
+            let parsed = cookie(headers, &affinity.cookie).and_then(cookie_value);
             let attrs = &affinity.attributes;
             let omit_same_site_none = attrs.conditional_same_site_none
                 && attrs.same_site == Some(SameSite::None)
@@ -187,7 +203,9 @@ impl<'a> Pick<'a> {
                     .is_some_and(rejects_same_site_none);
             return Pick::Sticky {
                 affinity,
-                sent,
+                sent: parsed.map(|(value, _)| value),
+                sent_tag: parsed.and_then(|(_, tag)| tag),
+                tag: backend_tag(choice.upstream),
                 current: None,
                 omit_same_site_none,
             };
@@ -227,15 +245,20 @@ impl<'a> Pick<'a> {
     }
 
     /// The `Set-Cookie` to send with the response of the latest attempt, if the client's
-    /// cookie does not already designate its endpoint. `tls`: the client connection is TLS.
+    /// cookie does not already designate its endpoint and backend. `tls`: the client
+    /// connection is TLS.
     pub fn set_cookie(&self, tls: bool, now: SystemTime) -> Option<HeaderValue> {
         match self {
             Pick::Sticky {
                 affinity,
                 sent,
+                sent_tag,
+                tag,
                 current: Some(v),
                 omit_same_site_none,
-            } if *sent != Some(*v) => set_cookie(affinity, *v, tls, *omit_same_site_none, now),
+            } if *sent != Some(*v) || *sent_tag != Some(*tag) => {
+                set_cookie(affinity, *v, *tag, tls, *omit_same_site_none, now)
+            }
             _ => None,
         }
     }
@@ -247,12 +270,13 @@ impl<'a> Pick<'a> {
 pub fn set_cookie(
     a: &Affinity,
     value: u64,
+    tag: u32,
     tls: bool,
     omit_same_site_none: bool,
     now: SystemTime,
 ) -> Option<HeaderValue> {
     let attrs = &a.attributes;
-    let mut s = format!("{}={value:016x}; Path={}", a.cookie, a.path);
+    let mut s = format!("{}={value:016x}.{tag:08x}; Path={}", a.cookie, a.path);
     if let Some(domain) = &attrs.domain {
         let _ = write!(s, "; Domain={domain}");
     }
@@ -295,12 +319,27 @@ pub fn rejects_same_site_none(user_agent: &str) -> bool {
         || (has("Macintosh") && has("Intel Mac OS X 10_14") && has("Safari") && !has("Chrome"))
 }
 
-/// An affinity cookie's value: exactly 16 hex digits. Anything else is no cookie.
-fn cookie_value(v: &str) -> Option<u64> {
-    if v.len() != 16 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// An affinity cookie's value: 16 hex digits for the endpoint, then `.` and 8 for the backend
+/// that issued it (cookies of an earlier raftgate have no backend). Anything else is no cookie.
+fn cookie_value(v: &str) -> Option<(u64, Option<u32>)> {
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (endpoint, backend) = match v.split_once('.') {
+        Some((e, b)) if hex(b, 8) => (e, u32::from_str_radix(b, 16).ok()),
+        Some(_) => return None,
+        None => (v, None),
+    };
+    if !hex(endpoint, 16) {
         return None;
     }
-    u64::from_str_radix(v, 16).ok()
+    Some((u64::from_str_radix(endpoint, 16).ok()?, backend))
+}
+
+/// How an affinity cookie names the backend (upstream) that issued it: 32 bits of FNV-1a of its
+/// name, so that a session stays with the main backend or its canary (`affinity-canary-behavior`).
+pub fn backend_tag(upstream: &str) -> u32 {
+    upstream
+        .bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// The value of the first cookie called `name` in the request's `Cookie` headers.
@@ -490,10 +529,47 @@ mod tests {
         assert_eq!(cookie(&h, "c"), Some("3"));
         assert_eq!(cookie(&h, "d"), Some(""));
         assert_eq!(cookie(&h, "e"), None);
-        assert_eq!(cookie_value("00000000000000ff"), Some(255));
-        for bad in ["ff", "0000000000000000ff", "zzzzzzzzzzzzzzzz", "+00000000000000f", ""] {
+        // An earlier raftgate's cookie names the endpoint only; this one's the backend too.
+        assert_eq!(cookie_value("00000000000000ff"), Some((255, None)));
+        assert_eq!(cookie_value("00000000000000ff.0000abcd"), Some((255, Some(0xabcd))));
+        for bad in [
+            "ff",
+            "0000000000000000ff",
+            "zzzzzzzzzzzzzzzz",
+            "+00000000000000f",
+            "",
+            "00000000000000ff.",
+            "00000000000000ff.abcd",
+            "00000000000000ff.0000abcdx",
+            ".0000abcd",
+        ] {
             assert_eq!(cookie_value(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn backend_tags_tell_backends_apart_and_round_trip_through_the_cookie() {
+        let (main, canary) = (backend_tag("ns/web:80"), backend_tag("ns/web-canary:80"));
+        assert_ne!(main, canary);
+        assert_eq!(main, backend_tag("ns/web:80"), "stable across calls and processes");
+        // FNV-1a's published vectors: nothing in, and "a".
+        assert_eq!(backend_tag(""), 0x811c_9dc5);
+        assert_eq!(backend_tag("a"), 0xe40c_292c);
+        let a = Affinity {
+            cookie: "route".into(),
+            path: "/".into(),
+            attributes: CookieAttributes::default(),
+            mode: AffinityMode::Balanced,
+        };
+        let set = set_cookie(&a, 0xfeed, canary, false, false, UNIX_EPOCH).unwrap();
+        let value = set
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("route=");
+        assert_eq!(cookie_value(value), Some((0xfeed, Some(canary))));
     }
 
     #[test]
@@ -531,22 +607,22 @@ mod tests {
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
-            set_cookie(&a, 0xab, false, false, t).unwrap(),
-            "INGRESSCOOKIE=00000000000000ab; Path=/app; HttpOnly"
+            set_cookie(&a, 0xab, 0x1234_abcd, false, false, t).unwrap(),
+            "INGRESSCOOKIE=00000000000000ab.1234abcd; Path=/app; HttpOnly"
         );
         a.attributes.max_age = Some(3600);
         a.attributes.same_site = Some(SameSite::Strict);
         assert_eq!(
-            set_cookie(&a, 1, true, false, t).unwrap(),
-            "INGRESSCOOKIE=0000000000000001; Path=/app; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; SameSite=Strict; Secure; HttpOnly"
+            set_cookie(&a, 1, 0x1234_abcd, true, false, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000001.1234abcd; Path=/app; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; SameSite=Strict; Secure; HttpOnly"
         );
         // session-cookie-expires has its own moment; -domain; -secure both ways.
         a.attributes.expires = Some(60);
         a.attributes.domain = Some("example.com".into());
         a.attributes.secure = Some(true);
         assert_eq!(
-            set_cookie(&a, 2, false, false, t).unwrap(),
-            "INGRESSCOOKIE=0000000000000002; Path=/app; Domain=example.com; Max-Age=3600; Expires=Tue, 14 Nov 2023 22:14:20 GMT; SameSite=Strict; Secure; HttpOnly"
+            set_cookie(&a, 2, 0x1234_abcd, false, false, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000002.1234abcd; Path=/app; Domain=example.com; Max-Age=3600; Expires=Tue, 14 Nov 2023 22:14:20 GMT; SameSite=Strict; Secure; HttpOnly"
         );
         a.attributes = CookieAttributes {
             secure: Some(false),
@@ -554,18 +630,18 @@ mod tests {
             ..CookieAttributes::default()
         };
         assert_eq!(
-            set_cookie(&a, 3, true, false, t).unwrap(),
-            "INGRESSCOOKIE=0000000000000003; Path=/app; SameSite=None; HttpOnly"
+            set_cookie(&a, 3, 0x1234_abcd, true, false, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003.1234abcd; Path=/app; SameSite=None; HttpOnly"
         );
         // Left out for a client that rejects it; other SameSite values stay.
         assert_eq!(
-            set_cookie(&a, 3, true, true, t).unwrap(),
-            "INGRESSCOOKIE=0000000000000003; Path=/app; HttpOnly"
+            set_cookie(&a, 3, 0x1234_abcd, true, true, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003.1234abcd; Path=/app; HttpOnly"
         );
         a.attributes.same_site = Some(SameSite::Lax);
         assert_eq!(
-            set_cookie(&a, 3, true, true, t).unwrap(),
-            "INGRESSCOOKIE=0000000000000003; Path=/app; SameSite=Lax; HttpOnly"
+            set_cookie(&a, 3, 0x1234_abcd, true, true, t).unwrap(),
+            "INGRESSCOOKIE=0000000000000003.1234abcd; Path=/app; SameSite=Lax; HttpOnly"
         );
     }
 

@@ -139,6 +139,9 @@ pub struct CanaryAnnotations {
     pub weight: u32,
     /// `canary-weight-total` (default 100).
     pub weight_total: u32,
+    /// `affinity-canary-behavior: legacy`: the canary keeps its own affinity (if any) instead of
+    /// the main Ingress's (`sticky`, the default).
+    pub legacy_affinity: bool,
 }
 
 /// The session-affinity annotations of an `affinity: cookie` Ingress.
@@ -183,6 +186,7 @@ struct Traffic {
     /// The weight and its annotation value, for the error naming it.
     weight: Option<(u32, String)>,
     weight_total: Option<u32>,
+    legacy_affinity: bool,
     affinity: bool,
     mode: AffinityMode,
     cookie_name: Option<String>,
@@ -213,6 +217,7 @@ impl Traffic {
                 cookie: self.cookie,
                 weight: self.weight.map_or(0, |(w, _)| w),
                 weight_total,
+                legacy_affinity: self.legacy_affinity,
             });
         }
         if self.affinity {
@@ -401,6 +406,13 @@ impl Annotations {
                     "cookie" => t.affinity = true,
                     _ => return Err(err("expected cookie, the only affinity type")),
                 },
+                "affinity-canary-behavior" => {
+                    t.legacy_affinity = match v {
+                        "sticky" => false,
+                        "legacy" => true,
+                        _ => return Err(err("expected sticky or legacy")),
+                    }
+                }
                 "affinity-mode" => {
                     t.mode = match v {
                         "balanced" => AffinityMode::Balanced,
@@ -766,7 +778,18 @@ mod tests {
                 cookie: None,
                 weight: 0,
                 weight_total: 100,
+                legacy_affinity: false,
             })
+        );
+        let legacy = |v: &str| {
+            ann(&[("canary", "true"), ("affinity-canary-behavior", v)]).map(|a| a.canary.map(|c| c.legacy_affinity))
+        };
+        assert_eq!(legacy("sticky"), Ok(Some(false)));
+        assert_eq!(legacy("legacy"), Ok(Some(true)));
+        let e = legacy("Sticky").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.reason.as_str()),
+            ("affinity-canary-behavior", "expected sticky or legacy")
         );
         let a = ann(&[
             ("canary", "true"),

@@ -1102,7 +1102,14 @@ fn attach_canary(
                 cookie: spec.cookie.clone(),
                 weight: spec.weight,
                 weight_total: spec.weight_total,
-                affinity: r.policy.affinity.clone(),
+                // `affinity-canary-behavior`: sticky (the default) gives the canary the main
+                // Ingress's affinity, as ingress-nginx copies it to the alternative backend, so a
+                // session stays on whichever backend it first landed on; legacy keeps its own.
+                affinity: if spec.legacy_affinity {
+                    r.policy.affinity.clone()
+                } else {
+                    main.policy.affinity.clone()
+                },
                 hash_by: r.policy.hash_by.clone(),
                 source: owner.clone(),
             };

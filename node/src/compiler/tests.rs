@@ -797,6 +797,7 @@ fn a_canary_speaks_the_main_protocol_but_balances_its_own_way() {
                     ("canary-weight", "5"),
                     ("load-balance", "ewma"),
                     ("affinity", "cookie"),
+                    ("affinity-canary-behavior", "legacy"),
                     ("upstream-hash-by", "$remote_addr"),
                 ],
             )),
@@ -817,6 +818,48 @@ fn a_canary_speaks_the_main_protocol_but_balances_its_own_way() {
         Some(c),
         "a server-alias serves the same canary"
     );
+}
+
+#[test]
+fn a_sticky_canary_takes_the_main_affinity_and_a_legacy_one_keeps_its_own() {
+    let objects = |behavior: &str| {
+        svc("web", "10.0.0.1")
+            + &svc("web-canary", "10.0.0.2")
+            + &annotated(
+                "main",
+                "2024-01-01T00:00:00Z",
+                &rule("a.com", "/", "Prefix", "web"),
+                &[("affinity", "cookie"), ("session-cookie-name", "route")],
+            )
+            + &annotated(
+                "canary",
+                "2024-01-02T00:00:00Z",
+                &rule("a.com", "/", "Prefix", "web-canary"),
+                &[
+                    ("canary", "true"),
+                    ("canary-weight", "50"),
+                    ("affinity", "cookie"),
+                    ("session-cookie-name", "own"),
+                    ("affinity-canary-behavior", behavior),
+                ],
+            )
+    };
+    let out = compile(&objects("sticky"));
+    assert!(out.problems.is_empty(), "{:?}", out.problems);
+    let r = &out.table.vhosts["a.com"].routes[0];
+    let main = r.policy.affinity.as_ref().unwrap();
+    assert_eq!(main.cookie, "route");
+    assert_eq!(r.canary.as_ref().unwrap().affinity.as_ref(), Some(main));
+    let out = compile(&objects("legacy"));
+    let r = &out.table.vhosts["a.com"].routes[0];
+    assert_eq!(r.canary.as_ref().unwrap().affinity.as_ref().unwrap().cookie, "own");
+    // Sticky is the default.
+    let out = compile(&objects("sticky").replace(
+        "nginx.ingress.kubernetes.io/affinity-canary-behavior: \"sticky\"",
+        "x: y",
+    ));
+    let r = &out.table.vhosts["a.com"].routes[0];
+    assert_eq!(r.canary.as_ref().unwrap().affinity.as_ref().unwrap().cookie, "route");
 }
 
 #[test]
