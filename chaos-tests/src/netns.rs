@@ -39,6 +39,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -250,6 +251,8 @@ pub struct Topology {
     filters: Mutex<BTreeMap<String, Vec<String>>>,
     /// File systems mounted by [`Topology::mount_disk`], unmounted on drop.
     mounts: Mutex<Vec<PathBuf>>,
+    /// Whether the hosts' checksum and segmentation offloads are off ([`Topology::set_delay`]).
+    offloads_off: AtomicBool,
 }
 
 impl Topology {
@@ -283,6 +286,7 @@ impl Topology {
             children: Mutex::new(Vec::new()),
             filters: Mutex::new(BTreeMap::new()),
             mounts: Mutex::new(Vec::new()),
+            offloads_off: AtomicBool::new(false),
         };
         // On error `topo` is dropped here, which removes whatever was created.
         topo.build()?;
@@ -307,11 +311,7 @@ impl Topology {
             "0",
         ])?;
         ip(["-n", &switch, "link", "set", &bridge, "up"])?;
-        let hosts: Vec<Host> = (1..=self.nodes)
-            .map(Host::Node)
-            .chain([Host::Client, Host::Backend, Host::ApiServer])
-            .collect();
-        for host in hosts {
+        for host in self.hosts() {
             let ns = self.ns(host);
             let port = self.switch_port(host)?;
             let temp = self.names.interface(&format!("{}h", host.role()))?;
@@ -329,6 +329,22 @@ impl Topology {
             ip(["-n", &ns, "link", "set", HOST_IF, "up"])?;
         }
         Ok(())
+    }
+
+    /// Every host on the bridge: the nodes, the client, the backend and the API server.
+    fn hosts(&self) -> Vec<Host> {
+        (1..=self.nodes)
+            .map(Host::Node)
+            .chain([Host::Client, Host::Backend, Host::ApiServer])
+            .collect()
+    }
+
+    /// `ip -n SWITCH link ARGS`.
+    fn switch_link(&self, args: &[&str]) -> Result<(), NetnsError> {
+        let switch = self.switch_ns();
+        let mut all = vec!["-n", switch.as_str(), "link"];
+        all.extend_from_slice(args);
+        ip(all).map(drop)
     }
 
     fn add_namespace(&mut self, ns: &str) -> Result<(), NetnsError> {
@@ -584,35 +600,17 @@ impl Topology {
         let mac = self.mac(host)?;
         // The relay copies frames as they are: a checksum left to the NIC (on veths, never filled
         // in) or a segment larger than the MTU would not survive the copy. Every host computes its
-        // own checksums and segments from now on.
-        let hosts: Vec<Host> = (1..=self.nodes)
-            .map(Host::Node)
-            .chain([Host::Client, Host::Backend, Host::ApiServer])
-            .collect();
-        for h in hosts {
-            run_checked(
-                "ip",
-                [
-                    "netns",
-                    "exec",
-                    &self.ns(h),
-                    "ethtool",
-                    "-K",
-                    HOST_IF,
-                    "tx",
-                    "off",
-                    "tso",
-                    "off",
-                    "gso",
-                    "off",
-                ],
-            )?;
+        // own checksums and segments from the first delay on.
+        if !self.offloads_off.swap(true, Ordering::SeqCst) {
+            for h in self.hosts() {
+                let off = ["tx", "off", "tso", "off", "gso", "off"];
+                let ns = self.ns(h);
+                let mut args = vec!["netns", "exec", ns.as_str(), "ethtool", "-K", HOST_IF];
+                args.extend(off);
+                run_checked("ip", args)?;
+            }
         }
-        let link = |args: &[&str]| -> Result<(), NetnsError> {
-            let mut all = vec!["-n", switch.as_str(), "link"];
-            all.extend_from_slice(args);
-            ip(all).map(drop)
-        };
+        let link = |args: &[&str]| self.switch_link(args);
         link(&["set", &port, "nomaster"])?;
         link(&["set", &port, "down"])?;
         link(&["set", &port, "name", &parked])?;
@@ -657,15 +655,10 @@ impl Topology {
     /// Undoes [`Topology::set_delay`]: stops the relay and puts `host`'s own port back on the bridge.
     pub fn clear_delay(&self, host: Host, relay: ChildHandle) -> Result<(), NetnsError> {
         self.kill9(relay)?;
-        let switch = self.switch_ns();
         let bridge = self.names.interface("br")?;
         let port = self.switch_port(host)?;
         let parked = self.names.interface(&format!("{}o", host.role()))?;
-        let link = |args: &[&str]| -> Result<(), NetnsError> {
-            let mut all = vec!["-n", switch.as_str(), "link"];
-            all.extend_from_slice(args);
-            ip(all).map(drop)
-        };
+        let link = |args: &[&str]| self.switch_link(args);
         // Deleting one end of the relay's pair deletes both.
         link(&["del", &port])?;
         link(&["set", &parked, "down"])?;

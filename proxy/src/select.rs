@@ -334,12 +334,12 @@ fn cookie_value(v: &str) -> Option<(u64, Option<u32>)> {
     Some((u64::from_str_radix(endpoint, 16).ok()?, backend))
 }
 
-/// How an affinity cookie names the backend (upstream) that issued it: 32 bits of FNV-1a of its
-/// name, so that a session stays with the main backend or its canary (`affinity-canary-behavior`).
+/// How an affinity cookie names the backend (upstream) that issued it: 32 bits of the stable
+/// [`hash64`] of its name, the same on every member, so that a session stays with the main
+/// backend or its canary (`affinity-canary-behavior`).
 pub fn backend_tag(upstream: &str) -> u32 {
-    upstream
-        .bytes()
-        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    let h = hash64(upstream.as_bytes());
+    u32::try_from(h >> 32).unwrap_or_default()
 }
 
 /// The value of the first cookie called `name` in the request's `Cookie` headers.
@@ -552,9 +552,7 @@ mod tests {
         let (main, canary) = (backend_tag("ns/web:80"), backend_tag("ns/web-canary:80"));
         assert_ne!(main, canary);
         assert_eq!(main, backend_tag("ns/web:80"), "stable across calls and processes");
-        // FNV-1a's published vectors: nothing in, and "a".
-        assert_eq!(backend_tag(""), 0x811c_9dc5);
-        assert_eq!(backend_tag("a"), 0xe40c_292c);
+        assert_eq!(u64::from(main), hash64(b"ns/web:80") >> 32);
         let a = Affinity {
             cookie: "route".into(),
             path: "/".into(),

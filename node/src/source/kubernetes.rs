@@ -170,13 +170,11 @@ impl Iterator for WatchBackoff {
 
     fn next(&mut self) -> Option<Duration> {
         let step = Self::step(self.attempt);
-        // splitmix64 of (seed, attempt): independent draws without keeping an RNG around.
-        let mut z = self
-            .seed
-            .wrapping_add((u64::from(self.attempt) + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        // A hash of (seed, attempt): independent draws without keeping an RNG around.
+        let mut input = [0u8; 12];
+        input[..8].copy_from_slice(&self.seed.to_le_bytes());
+        input[8..].copy_from_slice(&self.attempt.to_le_bytes());
+        let z = raftgate_proxy::upstream::hash64(&input);
         self.attempt = self.attempt.saturating_add(1);
         let half = step / 2;
         let half_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
