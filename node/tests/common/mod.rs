@@ -37,6 +37,8 @@ pub struct Echo {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -89,12 +91,14 @@ impl Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
-        let (n, h) = (name.to_string(), hits.clone());
+        let conns = Arc::new(AtomicUsize::new(0));
+        let (n, h, c) = (name.to_string(), hits.clone(), conns.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                c.fetch_add(1, Ordering::Relaxed);
                 let (n, h, tls) = (n.clone(), h.clone(), tls.clone());
                 tokio::spawn(async move {
                     match tls {
@@ -112,6 +116,7 @@ impl Echo {
             name: name.into(),
             addr,
             hits,
+            conns,
             task,
         }
     }
