@@ -219,6 +219,12 @@ pub const ANNOTATIONS: &[Known] = &[
     yes("session-cookie-secure", "true").with(AFFINITY),
     yes("session-cookie-conditional-samesite-none", "true").with(AFFINITY),
     differs(
+        "session-cookie-change-on-failure",
+        "true",
+        "a retry after the session's endpoint failed goes to another endpoint (ingress-nginx's balancer returns the same one); off, the cookie is kept",
+    )
+    .with(AFFINITY),
+    differs(
         "session-cookie-samesite",
         "Lax",
         "the cookie is always HttpOnly, and re-issued when its endpoint is gone",
@@ -230,10 +236,6 @@ pub const ANNOTATIONS: &[Known] = &[
         "rendezvous hashing; variables $remote_addr $request_uri $uri $args $host $http_* $cookie_* $arg_* only",
     ),
     // ingress-nginx annotations raftgate does not implement.
-    no(
-        "session-cookie-change-on-failure",
-        "not implemented; ignored (raftgate always re-issues the cookie)",
-    ),
     differs(
         "upstream-hash-by-subset",
         "true",
@@ -1358,7 +1360,7 @@ metadata:
     nginx.ingress.kubernetes.io/auth-type: digest
     nginx.ingress.kubernetes.io/auth-secret: basic
     nginx.ingress.kubernetes.io/proxy-read-timeout: \"60\"
-    nginx.ingress.kubernetes.io/session-cookie-change-on-failure: \"true\"
+    nginx.ingress.kubernetes.io/auth-url: \"http://auth.example.com/verify\"
     nginx.ingress.kubernetes.io/made-up: \"1\"
 ";
 
@@ -1411,7 +1413,7 @@ metadata:
             digest.note
         );
         assert_eq!(find(&r, "auth-secret").status, Status::Supported);
-        assert_eq!(find(&r, "session-cookie-change-on-failure").status, Status::Unsupported);
+        assert_eq!(find(&r, "auth-url").status, Status::Unsupported);
         let unknown = find(&r, "made-up");
         assert_eq!(unknown.status, Status::Unsupported);
         assert!(unknown.note.contains("not an ingress-nginx annotation raftgate knows"));

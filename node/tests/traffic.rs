@@ -396,6 +396,7 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
                 ("affinity", "cookie"),
                 ("affinity-mode", "persistent"),
                 ("session-cookie-name", "route"),
+                ("session-cookie-change-on-failure", "true"),
             ]),
         );
     h.apply("p.yaml", &m).await;
@@ -423,7 +424,7 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
     assert_eq!(set_cookie(&r, "route"), None);
 
     // The session's endpoint stops answering: the request is retried on another endpoint,
-    // and the cookie now names the one that answered.
+    // and (`session-cookie-change-on-failure`) the cookie now names the one that answered.
     let dead_addr = dead.addr;
     drop(dead);
     while tokio::net::TcpStream::connect(dead_addr).await.is_ok() {
@@ -438,7 +439,7 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_balanced_session_falls_back_and_gets_a_new_cookie() {
+async fn failed_balanced_session_falls_back_keeps_its_cookie_then_moves_once_ejected() {
     let live = Echo::start("live").await;
     let dead = Echo::start("dead").await;
     // A balanced cookie is a key: find one that hashes onto the endpoint about to fail.
@@ -470,6 +471,19 @@ async fn failed_balanced_session_falls_back_and_gets_a_new_cookie() {
         "fail.com",
         "/",
         &[("cookie", &format!("INGRESSCOOKIE={key:016x}"))],
+    )
+    .await;
+    assert_eq!(r.backend(), Some("live"));
+    // Without `session-cookie-change-on-failure` the session keeps its key through the failed
+    // attempt (the cookie is re-issued here only to add the backend it names).
+    let kept = value_of(&set_cookie(&r, "INGRESSCOOKIE").expect("re-issued with its backend"));
+    assert_eq!(kept.split('.').next(), Some(format!("{key:016x}").as_str()));
+    // That failure ejected the endpoint (passive health): now the session moves.
+    let r = get_with(
+        h.http(),
+        "fail.com",
+        "/",
+        &[("cookie", &format!("INGRESSCOOKIE={kept}"))],
     )
     .await;
     assert_eq!(r.backend(), Some("live"));

@@ -169,6 +169,11 @@ pub struct Affinity {
     /// `affinity-mode`.
     #[serde(default)]
     pub mode: AffinityMode,
+    /// `session-cookie-change-on-failure`: when the session's endpoint fails a request and
+    /// a retry is served elsewhere, the cookie moves to that endpoint. Off (the default),
+    /// the cookie keeps naming the session's endpoint and the next request goes back to it.
+    #[serde(default)]
+    pub change_on_failure: bool,
 }
 
 /// The attributes of an affinity cookie besides its name and path. All unset is a session

@@ -11,9 +11,11 @@
 //!   decide), exactly `weight` go to the canary, spread evenly ([`weighted`]). Each node
 //!   counts for itself, and the count restarts when a new table is installed.
 //! * Affinity cookies are issued on the response of the attempt that served the request,
-//!   whatever its status, when the session is new or had to move (its endpoint is gone,
-//!   ejected, or failed on this request and the retry went elsewhere). See
-//!   [`UpstreamState::pick_sticky`] for what the cookie value means in each mode.
+//!   whatever its status, when the session is new or had to move: its endpoint is gone or
+//!   ejected, or (with `session-cookie-change-on-failure`) it failed on this request and the
+//!   retry went elsewhere. Without that annotation, as in ingress-nginx, a session keeps its
+//!   cookie through a failed attempt. See [`UpstreamState::pick_sticky`] for what the cookie
+//!   value means in each mode.
 //! * A hash-by key that comes out empty (say `$http_x_user` without the header) does not
 //!   pile every such request on one endpoint: the balancer picks instead.
 
@@ -182,6 +184,8 @@ pub enum Pick<'a> {
         tag: u32,
         /// The value designating the endpoint of the latest attempt.
         current: Option<u64>,
+        /// The session's own endpoint (the cookie's) failed an attempt of this request.
+        failed_over: bool,
         /// The client is one known to reject a `SameSite=None` cookie, and the affinity
         /// asks for it to be left out then (`session-cookie-conditional-samesite-none`).
         omit_same_site_none: bool,
@@ -207,6 +211,7 @@ impl<'a> Pick<'a> {
                 sent_tag: parsed.and_then(|(_, tag)| tag),
                 tag: backend_tag(choice.upstream),
                 current: None,
+                failed_over: false,
                 omit_same_site_none,
             };
         }
@@ -235,8 +240,13 @@ impl<'a> Pick<'a> {
                 affinity,
                 sent,
                 current,
+                failed_over,
                 ..
             } => {
+                // A retry after an attempt on the cookie's own endpoint.
+                if !tried.is_empty() && current.is_some() && *current == *sent {
+                    *failed_over = true;
+                }
                 let (i, value) = upstream.pick_sticky(affinity.mode, *sent, now, tried, crate::id::random)?;
                 *current = value;
                 Some(i)
@@ -256,8 +266,17 @@ impl<'a> Pick<'a> {
                 tag,
                 current: Some(v),
                 omit_same_site_none,
-            } if *sent != Some(*v) || *sent_tag != Some(*tag) => {
-                set_cookie(affinity, *v, *tag, tls, *omit_same_site_none, now)
+                failed_over,
+            } => {
+                // Without `session-cookie-change-on-failure` the session stays where its
+                // cookie points, though a retry served this one request elsewhere.
+                let value = match sent {
+                    Some(s) if *failed_over && !affinity.change_on_failure => *s,
+                    _ => *v,
+                };
+                (*sent != Some(value) || *sent_tag != Some(*tag))
+                    .then(|| set_cookie(affinity, value, *tag, tls, *omit_same_site_none, now))
+                    .flatten()
             }
             _ => None,
         }
@@ -558,6 +577,7 @@ mod tests {
             path: "/".into(),
             attributes: CookieAttributes::default(),
             mode: AffinityMode::Balanced,
+            change_on_failure: false,
         };
         let set = set_cookie(&a, 0xfeed, canary, false, false, UNIX_EPOCH).unwrap();
         let value = set
@@ -602,6 +622,7 @@ mod tests {
             path: "/app".into(),
             attributes: CookieAttributes::default(),
             mode: AffinityMode::Balanced,
+            change_on_failure: false,
         };
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
@@ -679,6 +700,7 @@ mod tests {
                 ..CookieAttributes::default()
             },
             mode: AffinityMode::Balanced,
+            change_on_failure: false,
         };
         let choice = Choice {
             upstream: "u",
@@ -699,6 +721,75 @@ mod tests {
         assert!(omits(&old));
         assert!(!omits(&new));
         assert!(!omits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_session_keeps_its_cookie_through_a_failed_attempt_unless_told_to_change() {
+        let endpoints: Vec<crate::model::Endpoint> = (0..3)
+            .map(|i| crate::model::Endpoint::Addr(std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
+            .collect();
+        let up = UpstreamState::new(
+            &crate::model::Upstream {
+                endpoints: endpoints.clone(),
+                balance: crate::model::Balance::RoundRobin,
+                protocol: crate::model::Protocol::Http,
+            },
+            &std::collections::HashMap::new(),
+        );
+        let session = crate::upstream::endpoint_hash(&endpoints[1]);
+        let tag = backend_tag("u");
+        let cookie = format!("c={session:016x}.{tag:08x}");
+        let (uri, ip, now): (Uri, IpAddr, Instant) = ("/".parse().unwrap(), [127, 0, 0, 1].into(), Instant::now());
+        for change_on_failure in [false, true] {
+            let a = Affinity {
+                cookie: "c".into(),
+                path: "/".into(),
+                attributes: CookieAttributes::default(),
+                mode: AffinityMode::Persistent,
+                change_on_failure,
+            };
+            let choice = Choice {
+                upstream: "u",
+                affinity: Some(&a),
+                hash_by: None,
+                canary: false,
+            };
+            let mut pick = Pick::new(&choice, &headers(&[("cookie", &cookie)]), &uri, ip, "h");
+            assert_eq!(pick.next(&up, now, &[]), Some(1), "the session's endpoint first");
+            assert_eq!(pick.set_cookie(false, UNIX_EPOCH), None, "nothing moved");
+            // It fails; the retry goes elsewhere.
+            let retry = pick.next(&up, now, &[1]).unwrap();
+            assert_ne!(retry, 1);
+            let set = pick.set_cookie(false, UNIX_EPOCH);
+            if change_on_failure {
+                let moved = crate::upstream::endpoint_hash(&endpoints[retry]);
+                let set = set.expect("the cookie follows the retry");
+                assert!(
+                    set.to_str().unwrap().starts_with(&format!("c={moved:016x}.{tag:08x};")),
+                    "{set:?}"
+                );
+            } else {
+                assert_eq!(set, None, "the session keeps its endpoint");
+            }
+        }
+        // A session whose endpoint is gone moves either way.
+        let a = Affinity {
+            cookie: "c".into(),
+            path: "/".into(),
+            attributes: CookieAttributes::default(),
+            mode: AffinityMode::Persistent,
+            change_on_failure: false,
+        };
+        let choice = Choice {
+            upstream: "u",
+            affinity: Some(&a),
+            hash_by: None,
+            canary: false,
+        };
+        let gone = format!("c={:016x}.{tag:08x}", 0xdead_u64);
+        let mut pick = Pick::new(&choice, &headers(&[("cookie", &gone)]), &uri, ip, "h");
+        assert!(pick.next(&up, now, &[]).is_some());
+        assert!(pick.set_cookie(false, UNIX_EPOCH).is_some());
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct AffinityAnnotations {
     pub attributes: CookieAttributes,
     /// `affinity-mode` (default `balanced`).
     pub mode: AffinityMode,
+    /// `session-cookie-change-on-failure` (default false).
+    pub change_on_failure: bool,
 }
 
 impl AffinityAnnotations {
@@ -171,6 +173,7 @@ impl AffinityAnnotations {
             path,
             attributes: self.attributes.clone(),
             mode: self.mode,
+            change_on_failure: self.change_on_failure,
         }
     }
 }
@@ -189,6 +192,7 @@ struct Traffic {
     legacy_affinity: bool,
     affinity: bool,
     mode: AffinityMode,
+    change_on_failure: bool,
     cookie_name: Option<String>,
     cookie_path: Option<String>,
     attributes: CookieAttributes,
@@ -226,6 +230,7 @@ impl Traffic {
                 path: self.cookie_path,
                 attributes: self.attributes,
                 mode: self.mode,
+                change_on_failure: self.change_on_failure,
             });
         }
         Ok(())
@@ -430,6 +435,7 @@ impl Annotations {
                     }
                     t.cookie_path = Some(v.to_string());
                 }
+                "session-cookie-change-on-failure" => t.change_on_failure = flag()?,
                 "session-cookie-max-age" => t.attributes.max_age = Some(secs()?.as_secs()),
                 "session-cookie-expires" => t.attributes.expires = Some(secs()?.as_secs()),
                 "session-cookie-secure" => t.attributes.secure = Some(flag()?),
@@ -832,6 +838,7 @@ mod tests {
         let a = ann(&[("affinity", "cookie")]).unwrap().affinity.unwrap();
         assert_eq!(a.cookie, "INGRESSCOOKIE");
         assert_eq!(a.mode, AffinityMode::Balanced);
+        assert!(!a.change_on_failure, "ingress-nginx's default");
         assert_eq!(a.for_path(&PathMatch::Prefix("/app".into())).path, "/app");
         assert_eq!(a.for_path(&PathMatch::Regex("/app(/|$)(.*)".into())).path, "/");
         let a = ann(&[
@@ -845,6 +852,7 @@ mod tests {
             ("session-cookie-conditional-samesite-none", "true"),
             ("session-cookie-secure", "false"),
             ("session-cookie-domain", ".Example.com"),
+            ("session-cookie-change-on-failure", "true"),
         ])
         .unwrap()
         .affinity
@@ -864,6 +872,7 @@ mod tests {
                     domain: Some("example.com".into()),
                 },
                 mode: AffinityMode::Persistent,
+                change_on_failure: true,
             }
         );
         assert_eq!(ann(&[("session-cookie-name", "x")]).unwrap().affinity, None);
@@ -950,6 +959,10 @@ mod tests {
             (vec![("canary-by-cookie", "a;b")], "canary-by-cookie"),
             (vec![("affinity", "ip")], "affinity"),
             (vec![("affinity-mode", "sticky")], "affinity-mode"),
+            (
+                vec![("session-cookie-change-on-failure", "maybe")],
+                "session-cookie-change-on-failure",
+            ),
             (
                 vec![("session-cookie-samesite", "Sometimes")],
                 "session-cookie-samesite",
