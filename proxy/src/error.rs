@@ -26,8 +26,6 @@ pub enum ProxyError {
     UnexpectedUpgrade,
     #[error("upstream: {0}")]
     Upstream(#[source] hyper::Error),
-    #[error("upstream: {0}")]
-    UpstreamH1(#[source] crate::h1::H1Error),
 }
 
 impl ProxyError {

@@ -47,12 +47,10 @@ use crate::dataplane::Snapshot;
 use crate::edge;
 use crate::error::ErrorSide;
 use crate::error::ProxyError;
-use crate::h1;
 use crate::limit::Admission;
 use crate::metrics::RouteStats;
 use crate::metrics::UpstreamErrorKind;
 use crate::model::RoutePolicy;
-use crate::pool;
 use crate::pool::Body;
 use crate::pool::BoxError;
 use crate::pool::Conn;
@@ -449,7 +447,7 @@ async fn proxy(
                         if ep.record_failure(Instant::now(), settings) {
                             dp.metrics().upstream_ejected(upstream_id);
                         }
-                        last_err = e;
+                        last_err = ProxyError::Upstream(e);
                         break;
                     }
                     continue;
@@ -467,9 +465,8 @@ async fn proxy(
 }
 
 enum SendError {
-    /// The request was never written, or went on a reused connection that the upstream had
-    /// closed and got no byte back: it may be sent again elsewhere.
-    NotSent(Box<Request<Body>>, ProxyError),
+    /// The request was never written: it may be sent again elsewhere.
+    NotSent(Box<Request<Body>>, hyper::Error),
     /// The request may have reached the upstream: no retry.
     Failed(ProxyError),
 }
@@ -478,95 +475,35 @@ async fn send(
     conn: Conn,
     req: Request<Body>,
     read_timeout: Duration,
-) -> Result<(Response<UpstreamBody>, Option<http1::SendRequest<Body>>), SendError> {
-    let mut sender = match conn {
-        // Bodiless and not an upgrade: driven in this task. Anything else goes to hyper.
-        Conn::Raw(c) if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) => {
-            return send_raw(c, req, read_timeout).await;
-        }
-        Conn::Raw(c) => match pool::into_hyper(c).await {
-            Ok(s) => s,
-            Err(e) => return Err(SendError::NotSent(Box::new(req), ProxyError::Upstream(e))),
-        },
-        Conn::H1(s) => s,
-        Conn::H2(mut sender) => {
+) -> Result<(Response<Incoming>, Option<http1::SendRequest<Body>>), SendError> {
+    match conn {
+        Conn::H1(mut sender) => {
             if let Err(e) = sender.ready().await {
-                return Err(SendError::NotSent(Box::new(req), ProxyError::Upstream(e)));
+                return Err(SendError::NotSent(Box::new(req), e));
             }
             let fut = sender.try_send_request(req);
-            return match tokio::time::timeout(read_timeout, fut).await {
+            match tokio::time::timeout(read_timeout, fut).await {
                 Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
-                Ok(Ok(resp)) => Ok((resp.map(UpstreamBody::Hyper), None)),
+                Ok(Ok(resp)) => Ok((resp, Some(sender))),
                 Ok(Err(mut e)) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(Box::new(req), ProxyError::Upstream(e.into_error()))),
+                    Some(req) => Err(SendError::NotSent(Box::new(req), e.into_error())),
                     None => Err(SendError::Failed(classify(e.into_error()))),
                 },
-            };
+            }
         }
-    };
-    if let Err(e) = sender.ready().await {
-        return Err(SendError::NotSent(Box::new(req), ProxyError::Upstream(e)));
-    }
-    let fut = sender.try_send_request(req);
-    match tokio::time::timeout(read_timeout, fut).await {
-        Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
-        Ok(Ok(resp)) => Ok((resp.map(UpstreamBody::Hyper), Some(sender))),
-        Ok(Err(mut e)) => match e.take_message() {
-            Some(req) => Err(SendError::NotSent(Box::new(req), ProxyError::Upstream(e.into_error()))),
-            None => Err(SendError::Failed(classify(e.into_error()))),
-        },
-    }
-}
-
-/// One exchange on a connection driven by this task ([`h1`]).
-async fn send_raw(
-    conn: h1::Conn,
-    req: Request<Body>,
-    read_timeout: Duration,
-) -> Result<(Response<UpstreamBody>, Option<http1::SendRequest<Body>>), SendError> {
-    match tokio::time::timeout(read_timeout, conn.send(&req)).await {
-        Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
-        Ok(Ok(resp)) => Ok((resp.map(UpstreamBody::Raw), None)),
-        Ok(Err(f)) if f.error.is_timeout() => Err(SendError::Failed(ProxyError::Timeout)),
-        // Nothing came back: the request did not arrive whole, or the upstream closed an
-        // idle connection as it arrived. Only a request that is safe to repeat goes again.
-        Ok(Err(f))
-            if matches!(f.error, h1::H1Error::Write(_)) || (f.nothing_received && is_idempotent(req.method())) =>
-        {
-            Err(SendError::NotSent(Box::new(req), ProxyError::UpstreamH1(f.error)))
-        }
-        Ok(Err(f)) => Err(SendError::Failed(ProxyError::UpstreamH1(f.error))),
-    }
-}
-
-/// A response body from hyper's client or from a connection driven in the request's task.
-enum UpstreamBody {
-    Hyper(Incoming),
-    Raw(h1::RawBody),
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            UpstreamBody::Raw(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
-            UpstreamBody::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
-            UpstreamBody::Raw(b) => b.size_hint(),
+        Conn::H2(mut sender) => {
+            if let Err(e) = sender.ready().await {
+                return Err(SendError::NotSent(Box::new(req), e));
+            }
+            let fut = sender.try_send_request(req);
+            match tokio::time::timeout(read_timeout, fut).await {
+                Err(_) => Err(SendError::Failed(ProxyError::Timeout)),
+                Ok(Ok(resp)) => Ok((resp, None)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(req) => Err(SendError::NotSent(Box::new(req), e.into_error())),
+                    None => Err(SendError::Failed(classify(e.into_error()))),
+                },
+            }
         }
     }
 }
@@ -592,7 +529,7 @@ fn classify(e: hyper::Error) -> ProxyError {
 
 #[allow(clippy::too_many_arguments)]
 fn respond(
-    resp: Response<UpstreamBody>,
+    resp: Response<Incoming>,
     h1: Option<http1::SendRequest<Body>>,
     ep: Arc<EndpointState>,
     in_flight: InFlight,
@@ -672,7 +609,7 @@ async fn tunnel(
 /// The upstream response body: returns the connection to the pool once read to the end,
 /// and enforces the read timeout between two chunks.
 struct Tracked {
-    inner: UpstreamBody,
+    inner: Incoming,
     ep: Option<Arc<EndpointState>>,
     h1: Option<http1::SendRequest<Body>>,
     _in_flight: InFlight,
@@ -686,15 +623,8 @@ struct Tracked {
 
 impl Tracked {
     fn release(&mut self) {
-        let Some(ep) = self.ep.take() else {
-            return;
-        };
-        if let Some(s) = self.h1.take() {
+        if let (Some(ep), Some(s)) = (self.ep.take(), self.h1.take()) {
             ep.pool.put(s, Instant::now(), self.keepalive);
-        } else if let UpstreamBody::Raw(body) = &mut self.inner
-            && let Some(conn) = body.take_reusable()
-        {
-            ep.pool.put_raw(conn, Instant::now(), self.keepalive);
         }
     }
 }
@@ -713,14 +643,16 @@ impl http_body::Body for Tracked {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.timer = None;
-                if this.inner.is_end_stream() {
+                // Trailers are the last frame of a body; the client side may not poll for
+                // the end after them (an HTTP/1.1 client that did not ask for trailers).
+                if frame.is_trailers() || this.inner.is_end_stream() {
                     this.release();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.h1 = None;
-                Poll::Ready(Some(Err(e)))
+                Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
                 let idle = this.idle;
@@ -1088,30 +1020,19 @@ async fn fetch_error_page(
         h.insert(X_REQUEST_ID.clone(), id.clone());
     }
     let (resp, h1) = send(conn, req, timeout).await.ok()?;
-    let (parts, mut body) = resp.into_parts();
-    let page = tokio::time::timeout(timeout, async {
-        let mut page = Vec::new();
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.ok()?.into_data() {
-                if page.len() + data.len() > ERROR_PAGE_MAX {
-                    return None;
-                }
-                page.extend_from_slice(&data);
-            }
-        }
-        Some(page)
-    })
-    .await
-    .ok()??;
-    let keepalive = usize::try_from(snap.table.settings.upstream_keepalive_connections).unwrap_or(0);
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(timeout, Limited::new(body, ERROR_PAGE_MAX).collect())
+        .await
+        .ok()?
+        .ok()?;
     if let Some(sender) = h1 {
-        ep.pool.put(sender, Instant::now(), keepalive);
-    } else if let UpstreamBody::Raw(raw) = &mut body
-        && let Some(c) = raw.take_reusable()
-    {
-        ep.pool.put_raw(c, Instant::now(), keepalive);
+        ep.pool.put(
+            sender,
+            Instant::now(),
+            usize::try_from(snap.table.settings.upstream_keepalive_connections).unwrap_or(0),
+        );
     }
-    let mut page = Response::new(Full::new(Bytes::from(page)).map_err(BoxError::from).boxed());
+    let mut page = Response::new(Full::new(body.to_bytes()).map_err(BoxError::from).boxed());
     *page.status_mut() = parts.status;
     for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = parts.headers.get(&name) {
@@ -1143,10 +1064,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
-            ProxyError::Connect(_)
-            | ProxyError::Upstream(_)
-            | ProxyError::UpstreamH1(_)
-            | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -1156,10 +1074,7 @@ impl ProxyError {
             ProxyError::Timeout => "504 Gateway Timeout\n",
             ProxyError::BodyTooLarge => "413 Request Entity Too Large\n",
             ProxyError::BadRequest => "400 Bad Request\n",
-            ProxyError::Connect(_)
-            | ProxyError::Upstream(_)
-            | ProxyError::UpstreamH1(_)
-            | ProxyError::UnexpectedUpgrade => "502 Bad Gateway\n",
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UnexpectedUpgrade => "502 Bad Gateway\n",
         }
     }
 

@@ -4,8 +4,7 @@
 //! * [`router`]: the table compiled for lookups (Kubernetes host and path rules).
 //! * [`dataplane`]: the live snapshot, swapped atomically.
 //! * [`server`] and [`handler`]: listeners and the request path.
-//! * [`upstream`] and [`pool`]: endpoint selection, passive health and connections;
-//!   [`h1`]: HTTP/1.1 upstream exchanges driven in the request's task.
+//! * [`upstream`] and [`pool`]: endpoint selection, passive health and connections.
 //! * [`select`]: per-request choices: canary, affinity cookie, hash-by key.
 //! * [`tls`]: SNI certificate selection.
 
@@ -14,7 +13,6 @@ pub mod auth;
 pub mod dataplane;
 pub mod edge;
 pub mod error;
-pub mod h1;
 pub mod handler;
 mod id;
 pub mod l4;

@@ -27,7 +27,6 @@ use tokio::io::AsyncWrite;
 use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 
-use crate::h1;
 use crate::model::Endpoint;
 use crate::model::Protocol;
 
@@ -69,28 +68,8 @@ pub enum ConnectError {
 /// A connection ready to send one request.
 #[derive(Debug)]
 pub enum Conn {
-    /// HTTP/1.1 driven by the request's task ([`h1`]); handed to hyper for requests with a
-    /// body or an upgrade.
-    Raw(h1::Conn),
-    /// HTTP/1.1 through hyper's client (a connection that carried a request with a body).
     H1(http1::SendRequest<Body>),
     H2(http2::SendRequest<Body>),
-}
-
-/// An idle HTTP/1.1 connection.
-#[derive(Debug)]
-enum Idle {
-    Raw(h1::Conn),
-    Hyper(http1::SendRequest<Body>),
-}
-
-impl Idle {
-    fn is_open(&self) -> bool {
-        match self {
-            Idle::Raw(c) => c.is_open(),
-            Idle::Hyper(s) => !s.is_closed(),
-        }
-    }
 }
 
 /// The connections to one endpoint.
@@ -98,7 +77,7 @@ impl Idle {
 pub struct Pool {
     endpoint: Endpoint,
     protocol: Protocol,
-    idle: Mutex<Vec<(Idle, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<Body>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     /// `proxy-send-timeout` in ms (0: none) for every connection of this endpoint. Each
     /// request sets it before sending; routes to one endpoint nearly always agree.
@@ -129,35 +108,24 @@ impl Pool {
             return guard.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()));
         }
         let mut idle = self.idle.lock().ok()?;
-        while let Some((c, since)) = idle.pop() {
-            if c.is_open() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
-                return Some(match c {
-                    Idle::Raw(c) => Conn::Raw(c),
-                    Idle::Hyper(s) => Conn::H1(s),
-                });
+        while let Some((s, since)) = idle.pop() {
+            if !s.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
+                return Some(Conn::H1(s));
             }
         }
         None
     }
 
-    /// Returns a hyper HTTP/1.1 connection whose response has been read to the end.
+    /// Returns an HTTP/1.1 connection whose response has been read to the end.
     /// Keeps at most `max_idle` (ingress-nginx's `upstream-keepalive-connections`).
     pub fn put(&self, sender: http1::SendRequest<Body>, now: Instant, max_idle: usize) {
-        if !sender.is_closed() {
-            self.keep(Idle::Hyper(sender), now, max_idle);
+        if sender.is_closed() {
+            return;
         }
-    }
-
-    /// Returns a connection whose response body [`h1::RawBody`] has read to the end.
-    pub fn put_raw(&self, conn: h1::Conn, now: Instant, max_idle: usize) {
-        self.keep(Idle::Raw(conn), now, max_idle);
-    }
-
-    fn keep(&self, conn: Idle, now: Instant, max_idle: usize) {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < max_idle
         {
-            idle.push((conn, now));
+            idle.push((sender, now));
         }
     }
 
@@ -195,7 +163,16 @@ impl Pool {
             }
             Ok(Conn::H2(sender))
         } else {
-            Ok(Conn::Raw(h1::Conn::new(TimedIo::new(io, self.send_timeout.clone()))))
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(TimedIo::new(io, self.send_timeout.clone())))
+                .await
+                .map_err(|source| ConnectError::Handshake { endpoint: name, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection closed");
+                }
+            });
+            Ok(Conn::H1(sender))
         }
     }
 
@@ -239,17 +216,6 @@ impl Pool {
             .map_err(|source| ConnectError::Tls { endpoint: name, source })?;
         Ok(Io::Tls(Box::new(tls)))
     }
-}
-
-/// Hands a connection to hyper's client, for a request with a body or an upgrade.
-pub async fn into_hyper(conn: h1::Conn) -> Result<http1::SendRequest<Body>, hyper::Error> {
-    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(conn.into_io())).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection closed");
-        }
-    });
-    Ok(sender)
 }
 
 fn upstream_tls_config(protocol: Protocol) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
@@ -329,10 +295,6 @@ impl TimedIo {
             timeout,
             blocked: None,
         }
-    }
-
-    pub fn get_ref(&self) -> &Io {
-        &self.io
     }
 
     /// Called when a write is pending: starts the clock, and fails once it runs out.
