@@ -242,6 +242,39 @@ async fn a_connection_the_upstream_closed_while_pooled_is_not_used() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_drops_unanswered_is_sent_again_only_if_idempotent() {
+    // Request 2 arrives on the kept connection and is dropped unanswered, as when an upstream
+    // times the idle connection out just as the request reaches it. Only a connection idle
+    // for a second or more is under that suspicion (the proxy's STALE_RISK), hence the waits:
+    // the condition is the idle time itself.
+    let up = Scripted::start(vec![
+        Then::Answer(LENGTH),
+        Then::Close,
+        Then::Answer(LENGTH),
+        Then::Close,
+    ])
+    .await;
+    let h = Harness::start().await;
+    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let mut c = Client::connect(h.http()).await;
+    assert_eq!(c.send(Method::GET, "/1", "").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c.send(Method::GET, "/2", "").await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "length"));
+    let seen = up.seen();
+    let got: Vec<(usize, &str)> = seen.iter().map(|s| (s.conn, &s.head[..6])).collect();
+    assert_eq!(got, vec![(0, "GET /1"), (0, "GET /2"), (1, "GET /2")]);
+
+    // A POST dropped the same way may have been acted on: it is not sent twice.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = c.send(Method::POST, "/3", "").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 4, "{seen:#?}");
+    assert!(seen[3].head.starts_with("POST /3"), "{seen:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_responses_and_no_content_have_no_body_and_keep_the_connection() {
     let up = Scripted::start(vec![
         Then::Answer("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),

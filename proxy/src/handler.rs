@@ -369,10 +369,25 @@ async fn proxy(
         let in_flight = ep.start();
         ep.pool.set_send_timeout(Duration::from_millis(policy.send_timeout_ms));
         // A pooled connection that turns out closed is not the endpoint's fault: try a fresh one.
-        let mut reused = ep.pool.reuse(now);
+        let mut reused = ep.pool.reuse_idle(now);
         loop {
             let fresh = reused.is_none();
-            let conn = match reused.take() {
+            // A connection that sat idle a while may be closed by the upstream just as the
+            // request arrives (its keep-alive timeout). A bodiless idempotent request then
+            // goes once more on a fresh connection, as nginx retries on a cached connection:
+            // keep what it takes to rebuild it (only then, to spare the copy under load).
+            let again_on_fresh = match &reused {
+                Some((_, idle)) if *idle >= STALE_RISK && is_idempotent(req.method()) && req.body().is_end_stream() => {
+                    Some((
+                        req.method().clone(),
+                        req.uri().clone(),
+                        req.version(),
+                        req.headers().clone(),
+                    ))
+                }
+                _ => None,
+            };
+            let conn = match reused.take().map(|(c, _)| c) {
                 Some(c) => c,
                 None => match ep.pool.connect(connect_timeout).await {
                     Ok(c) => c,
@@ -452,6 +467,21 @@ async fn proxy(
                     }
                     continue;
                 }
+                Err(SendError::Failed(ProxyError::Upstream(e)))
+                    if again_on_fresh.is_some() && closed_before_answering(&e) =>
+                {
+                    tracing::debug!(endpoint = %ep.endpoint, error = %e, "kept-alive connection closed under the request; sending it again on a new one");
+                    let Some((method, uri, version, headers)) = again_on_fresh else {
+                        return Err((ProxyError::Upstream(e), log));
+                    };
+                    let mut again = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.version_mut() = version;
+                    *again.headers_mut() = headers;
+                    req = again;
+                    continue;
+                }
                 Err(SendError::Failed(e)) => {
                     if ep.record_failure(Instant::now(), settings) {
                         dp.metrics().upstream_ejected(upstream_id);
@@ -506,6 +536,33 @@ async fn send(
             }
         }
     }
+}
+
+/// How long a pooled connection must have sat idle before a request on it keeps a copy to
+/// be sent again if the upstream closes the connection under it. Upstream keep-alive
+/// timeouts are seconds (Node.js 5 s, Apache 5 s, nginx 75 s); busy connections are reused
+/// within milliseconds and never pay for the copy.
+const STALE_RISK: Duration = Duration::from_secs(1);
+
+/// The upstream closed or reset the connection before any response: what a keep-alive
+/// timeout on its side looks like.
+fn closed_before_answering(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn classify(e: hyper::Error) -> ProxyError {

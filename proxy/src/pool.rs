@@ -103,14 +103,23 @@ impl Pool {
 
     /// A pooled connection, if one is open: for HTTP/1.1 an idle one, for HTTP/2 the shared one.
     pub fn reuse(&self, now: Instant) -> Option<Conn> {
+        self.reuse_idle(now).map(|(c, _)| c)
+    }
+
+    /// As [`Pool::reuse`], with how long an HTTP/1.1 connection sat idle (zero for HTTP/2).
+    pub fn reuse_idle(&self, now: Instant) -> Option<(Conn, Duration)> {
         if self.protocol.is_h2() {
             let guard = self.h2.lock().ok()?;
-            return guard.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()));
+            return guard
+                .as_ref()
+                .filter(|s| !s.is_closed())
+                .map(|s| (Conn::H2(s.clone()), Duration::ZERO));
         }
         let mut idle = self.idle.lock().ok()?;
         while let Some((s, since)) = idle.pop() {
-            if !s.is_closed() && now.saturating_duration_since(since) < IDLE_TIMEOUT {
-                return Some(Conn::H1(s));
+            let idle_for = now.saturating_duration_since(since);
+            if !s.is_closed() && idle_for < IDLE_TIMEOUT {
+                return Some((Conn::H1(s), idle_for));
             }
         }
         None
