@@ -17,6 +17,7 @@ OUT=$BENCH_DIR/out
 
 DURATION=${DURATION:-10}      # seconds per measured run
 WARMUP=${WARMUP:-2}           # seconds of warm-up before each measured run
+ROUNDS=${ROUNDS:-3}           # measured runs per proxy and scenario; the table shows medians
 CONNECTIONS=${CONNECTIONS:-64}
 PROXY_CPU=${PROXY_CPU:-0}     # core for the proxy under test
 LOAD_CPU=${LOAD_CPU:-1}       # core for wrk and the upstream
@@ -196,9 +197,22 @@ start_proxy() { # proxy: start it and wait until both ports proxy to the upstrea
 
 declare -A PORT_HTTP=() PORT_HTTPS=()
 declare -A RPS=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() RESUMES=()
+declare -A S_RPS=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
 
-measure() { # scenario proxy
-    local s=$1 p=$2 url args=(-H 'Host: bench.local')
+median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Replaces each figure with the median over the rounds.
+summarize() {
+    local k
+    for k in "${!S_RPS[@]}"; do
+        RPS[$k]=$(median "${S_RPS[$k]}") P50[$k]=$(median "${S_P50[$k]}") P99[$k]=$(median "${S_P99[$k]}")
+        PCPU[$k]=$(median "${S_PCPU[$k]}") LCPU[$k]=$(median "${S_LCPU[$k]}")
+        ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
+    done
+}
+
+measure() { # scenario proxy round
+    local s=$1 p=$2 round=$3 url args=(-H 'Host: bench.local')
     case $s in
         http1-keepalive) url=http://127.0.0.1:${PORT_HTTP[$p]}/ ;;
         tls-new-conn)
@@ -206,9 +220,9 @@ measure() { # scenario proxy
             args+=(-H 'Connection: close')
             ;;
     esac
-    local raw=$OUT/$s-$p.txt
-    log "$s / $p: warm-up ${WARMUP}s, then ${DURATION}s ($url)"
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${args[@]}" "$url" >"$OUT/$s-$p.warmup.txt"
+    local raw=$OUT/$s-$p-r$round.txt
+    log "$s / $p (round $round of $ROUNDS): warm-up ${WARMUP}s, then ${DURATION}s ($url)"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${args[@]}" "$url" >"$OUT/$s-$p-r$round.warmup.txt"
     alive "$p"
     {
         echo "# $s / $p   $(date -Is)   load average: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -228,6 +242,12 @@ measure() { # scenario proxy
     read -r "RPS[$s/$p]" "P50[$s/$p]" "P99[$s/$p]" "ERRS[$s/$p]" "ERR_DETAIL[$s/$p]" <<<"$parsed"
     [[ ${RPS[$s/$p]} != - ]] || die "could not parse wrk output $raw"
     log "  ${RPS[$s/$p]} req/s, p50 ${P50[$s/$p]} ms, p99 ${P99[$s/$p]} ms, errors ${ERRS[$s/$p]} (${ERR_DETAIL[$s/$p]}), cpu ${PCPU[$s/$p]}%/${LCPU[$s/$p]}%"
+    # Every round's figures; the table shows their medians.
+    local k=$s/$p
+    S_RPS[$k]+="${RPS[$k]} " S_P50[$k]+="${P50[$k]} " S_P99[$k]+="${P99[$k]} "
+    S_PCPU[$k]+="${PCPU[$k]} " S_LCPU[$k]+="${LCPU[$k]} "
+    S_ERRS[$k]=$((${S_ERRS[$k]:-0} + ERRS[$k]))
+    [[ ${ERR_DETAIL[$k]} == - ]] || S_DETAIL[$k]+="r$round:${ERR_DETAIL[$k]} "
 }
 
 # Prints "rps p50_ms p99_ms errors detail" from one wrk --latency output.
@@ -263,19 +283,23 @@ parse_wrk() {
         }' "$1"
 }
 
+# The proxy core's busy time per request, in µs: "busy%" "req/s".
+us_per_request() { awk -v c="$1" -v r="$2" 'BEGIN { if (r > 0) printf "%.1f", c * 10000 / r; else print "-" }'; }
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 
 print_table() {
-    printf '%-17s %-9s %10s %9s %9s %7s %5s %5s  %s\n' \
-        scenario proxy 'req/s' 'p50(ms)' 'p99(ms)' errors "cpu$PROXY_CPU%" "cpu$LOAD_CPU%" 'raftgate/peer(req/s)'
+    printf '%-17s %-9s %10s %9s %9s %7s %5s %5s %7s  %s\n' \
+        scenario proxy 'req/s' 'p50(ms)' 'p99(ms)' errors "cpu$PROXY_CPU%" "cpu$LOAD_CPU%" 'us/req' \
+        'raftgate/peer(req/s)'
     local s p r
     for s in "${SCENARIOS[@]}"; do
         for p in "${PROXIES[@]}"; do
             r=""
             [[ $p == raftgate ]] || r=$(ratio "${RPS[$s/raftgate]}" "${RPS[$s/$p]}")
-            printf '%-17s %-9s %10.0f %9.3f %9.3f %7s %5s %5s  %s\n' \
+            printf '%-17s %-9s %10.0f %9.3f %9.3f %7s %5s %5s %7s  %s\n' \
                 "$s" "$p" "${RPS[$s/$p]}" "${P50[$s/$p]}" "${P99[$s/$p]}" "${ERRS[$s/$p]}" \
-                "${PCPU[$s/$p]}" "${LCPU[$s/$p]}" "$r"
+                "${PCPU[$s/$p]}" "${LCPU[$s/$p]}" "$(us_per_request "${PCPU[$s/$p]}" "${RPS[$s/$p]}")" "$r"
         done
     done
     local any=0
@@ -288,13 +312,22 @@ print_table() {
         done
     done
     echo
-    echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up); proxy on cpu $PROXY_CPU, wrk + upstream on cpu $LOAD_CPU;"
+    echo "wrk -t1 -c$CONNECTIONS -d${DURATION}s (after ${WARMUP}s warm-up), $ROUNDS round(s), medians; proxy on cpu $PROXY_CPU, wrk + upstream on cpu $LOAD_CPU;"
     echo "errors = non-2xx/3xx responses + socket errors (connect, read, write, timeout);"
     echo "cpu$PROXY_CPU% / cpu$LOAD_CPU% = how busy the proxy's core / the wrk + upstream core was during the run;"
+    echo "us/req = the proxy core's busy time per request (less is better; the fairer figure when cpu$LOAD_CPU is near 100%);"
     echo "tls-new-conn: wrk (TLS 1.2) offers its previous session on every new connection; servers that resume it:"
     local resumes=()
     for p in "${PROXIES[@]}"; do resumes+=("$p=${RESUMES[$p]:-?}"); done
     echo "  ${resumes[*]}"
+    if ((ROUNDS > 1)); then
+        echo "req/s in each round:"
+        for s in "${SCENARIOS[@]}"; do
+            for p in "${PROXIES[@]}"; do
+                printf '  %-17s %-9s %s\n' "$s" "$p" "${S_RPS[$s/$p]}"
+            done
+        done
+    fi
     echo "Raw wrk output in bench/out/."
     if [[ -n $NOTE ]]; then echo "NOTE: $NOTE"; fi
 }
@@ -324,17 +357,22 @@ main() {
     make_manifests
     start_upstream
 
-    local p s
-    for p in "${PROXIES[@]}"; do
-        start_proxy "$p"
-        for s in "${SCENARIOS[@]}"; do
-            measure "$s" "$p"
+    # Rounds interleave the proxies, so that a slow spell of the machine does not land on
+    # one proxy only.
+    local p s round
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for p in "${PROXIES[@]}"; do
+            start_proxy "$p"
+            for s in "${SCENARIOS[@]}"; do
+                measure "$s" "$p" "$round"
+            done
+            if [[ $p == raftgate ]]; then
+                curl -s "http://127.0.0.1:$RG_ADMIN/metrics" >"$OUT/raftgate-metrics.txt" || true
+            fi
+            stop "$p"
         done
-        if [[ $p == raftgate ]]; then
-            curl -s "http://127.0.0.1:$RG_ADMIN/metrics" >"$OUT/raftgate-metrics.txt" || true
-        fi
-        stop "$p"
     done
+    summarize
 
     {
         echo "raftgate bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
