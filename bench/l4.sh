@@ -17,6 +17,7 @@ OUT=$BENCH_DIR/out
 
 DURATION=${DURATION:-10}          # seconds per measured run
 WARMUP=${WARMUP:-2}               # seconds of warm-up before each measured run
+ROUNDS=${ROUNDS:-3}               # measured runs per row; the table shows medians
 CONCURRENCY=${CONCURRENCY:-64}    # tcp-conn: clients, each one connection at a time
 CONN_BYTES=${CONN_BYTES:-16}      # tcp-conn: bytes sent and echoed per connection
 UDP_CLIENTS=${UDP_CLIENTS:-64}    # udp: client sockets (= sessions in the proxy)
@@ -227,6 +228,7 @@ start_proxy() { # proxy: start it and wait until every port passes an echo (or l
 # Results by "scenario/row"; a row is a proxy, or nginx-resp1 (nginx's UDP as ingress-nginx
 # configures it).
 declare -A RATE=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() EXTRA=()
+declare -A S_RATE=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
 
 CMD=()
 load_cmd() { # scenario port seconds json(0/1): set CMD to the load command line
@@ -257,13 +259,14 @@ run_load() { # limit-seconds cmd...: run the load pinned to the load core, bound
     fi
 }
 
-measure() { # scenario row port server: warm-up, then one measured run
-    local s=$1 row=$2 port=$3 server=$4
-    local raw=$OUT/l4-$s-$row.txt
-    log "$s / $row: warm-up ${WARMUP}s, then ${DURATION}s (127.0.0.1:$port)"
+measure() { # scenario row port server round: warm-up, then one measured run
+    local s=$1 row=$2 port=$3 server=$4 round=$5
+    local raw=$OUT/l4-$s-$row-r$round.txt
+    ((round > 1)) || ROWS+=("$s/$row")
+    log "$s / $row (round $round of $ROUNDS): warm-up ${WARMUP}s, then ${DURATION}s (127.0.0.1:$port)"
     load_cmd "$s" "$port" "$WARMUP" 0
-    run_load $((WARMUP + 30)) "${CMD[@]}" >"$OUT/l4-$s-$row.warmup.txt" 2>&1 ||
-        die "$s / $row: warm-up failed: $(tail -n 3 "$OUT/l4-$s-$row.warmup.txt")"
+    run_load $((WARMUP + 30)) "${CMD[@]}" >"$OUT/l4-$s-$row-r$round.warmup.txt" 2>&1 ||
+        die "$s / $row: warm-up failed: $(tail -n 3 "$OUT/l4-$s-$row-r$round.warmup.txt")"
     [[ $server == direct ]] || alive "$server"
     load_cmd "$s" "$port" "$DURATION" 1
     {
@@ -294,6 +297,30 @@ measure() { # scenario row port server: warm-up, then one measured run
     read -r "RATE[$s/$row]" "P50[$s/$row]" "P99[$s/$row]" "ERRS[$s/$row]" "ERR_DETAIL[$s/$row]" "EXTRA[$s/$row]" <<<"$parsed"
     [[ ${RATE[$s/$row]} != - ]] || die "could not parse the output of $s / $row: $raw"
     log "  $(fmt_rate "$s" "${RATE[$s/$row]}") $(unit "$s"), errors ${ERRS[$s/$row]} (${ERR_DETAIL[$s/$row]}), cpu ${PCPU[$s/$row]}%/${LCPU[$s/$row]}%"
+    # Every round's figures; the table shows their medians.
+    local k=$s/$row
+    S_RATE[$k]+="${RATE[$k]} " S_P50[$k]+="${P50[$k]} " S_P99[$k]+="${P99[$k]} "
+    S_PCPU[$k]+="${PCPU[$k]} " S_LCPU[$k]+="${LCPU[$k]} "
+    S_ERRS[$k]=$((${S_ERRS[$k]:-0} + ERRS[$k]))
+    [[ ${ERR_DETAIL[$k]} == - ]] || S_DETAIL[$k]+="r$round:${ERR_DETAIL[$k]} "
+}
+
+# The median of a space-separated list of numbers; "-" when they are not numbers.
+median() {
+    local first=${1%% *}
+    [[ $first =~ ^[0-9.]+$ ]] || { echo -; return; }
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Replaces each measured figure with the median over the rounds.
+summarize() {
+    local k
+    for k in "${!S_RATE[@]}"; do
+        RATE[$k]=$(median "${S_RATE[$k]}") P50[$k]=$(median "${S_P50[$k]}") P99[$k]=$(median "${S_P99[$k]}")
+        PCPU[$k]=$(median "${S_PCPU[$k]}") LCPU[$k]=$(median "${S_LCPU[$k]}")
+        ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
+    done
 }
 
 # iperf3 -J: "rate p50 p99 errors detail extra", rate in bytes/s received by the server.
@@ -393,7 +420,8 @@ print_table() {
         echo "  there the load generator bounds the rate as much as the proxy does: compare cpu$PROXY_CPU/op rather than the rate."
     fi
     echo
-    echo "Proxy on cpu $PROXY_CPU; load and upstreams on cpu $LOAD_CPU; ${DURATION}s per run after a ${WARMUP}s warm-up."
+    echo "Proxy on cpu $PROXY_CPU; load and upstreams on cpu $LOAD_CPU; ${DURATION}s per run after a ${WARMUP}s warm-up;"
+    echo "$ROUNDS round(s), each running every proxy in turn: rates, latencies and busy shares are medians, errors summed."
     echo "tcp-stream: one iperf3 TCP stream (iperf3 -P 1 -t $DURATION) through the proxy to an iperf3 server; GB/s = 10^9 bytes/s received."
     echo "tcp-conn:   $CONCURRENCY clients, each in a loop: connect, send $CONN_BYTES bytes, read the echo, close; p50/p99 per connection."
     echo "udp:        $UDP_CLIENTS client sockets x $UDP_WINDOW datagrams in flight, $UDP_BYTES-byte payload, to a UDP echo; replies/s"
@@ -404,6 +432,13 @@ print_table() {
     echo "cpu$PROXY_CPU% / cpu$LOAD_CPU% = how busy the proxy's core / the load + upstream core was; at ~100% on cpu$LOAD_CPU the load bounds the run."
     echo "cpu$PROXY_CPU/op: the proxy core's busy time per connection or reply (per GB for tcp-stream), lower is better: the fairer"
     echo "           comparison where cpu$LOAD_CPU is the limit. User/system/softirq split of each core: in the raw files."
+    if ((ROUNDS > 1)); then
+        echo "rate in each round:"
+        local k
+        for k in "${ROWS[@]}"; do
+            [[ ${RATE[$k]} == n/a ]] || printf '  %-22s %s\n' "$k" "${S_RATE[$k]}"
+        done
+    fi
     echo "Raw output in bench/out/l4-*."
     if [[ -n $NOTE ]]; then echo "NOTE: $NOTE"; fi
 }
@@ -413,6 +448,7 @@ print_table() {
 main() {
     [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
     [[ $WARMUP =~ ^[0-9]+$ && $WARMUP -gt 0 ]] || die "WARMUP must be a whole number of seconds above 0"
+    [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a whole number above 0"
     ensure_tools
     (($(nproc) >= 2)) || die "needs at least 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
     local port
@@ -433,28 +469,31 @@ main() {
     chmod 755 "$RUN" # nginx workers may run as nobody
     start_upstreams
 
-    local p s
-    for p in "${PROXIES[@]}"; do
-        start_proxy "$p"
-        for s in "${SCENARIOS[@]}"; do
-            if [[ $s == udp && $p == haproxy ]]; then
-                ROWS+=("$s/$p")
-                RATE[$s/$p]=n/a
-                ERR_DETAIL[$s/$p]="HAProxy has no UDP proxying (mode tcp/http only)"
-                continue
+    # Rounds interleave the proxies, so that a slow spell of the machine does not land on
+    # one proxy only.
+    local p s round
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for p in "${PROXIES[@]}"; do
+            start_proxy "$p"
+            for s in "${SCENARIOS[@]}"; do
+                if [[ $s == udp && $p == haproxy ]]; then
+                    ((round > 1)) || ROWS+=("$s/$p")
+                    RATE[$s/$p]=n/a
+                    ERR_DETAIL[$s/$p]="HAProxy has no UDP proxying (mode tcp/http only)"
+                    continue
+                fi
+                measure "$s" "$p" "${PORT[$s/$p]}" "$p" "$round"
+                if [[ $s == udp && $p == nginx ]]; then
+                    measure "$s" nginx-resp1 "${PORT[udp/nginx-resp1]}" nginx "$round"
+                fi
+            done
+            if [[ $p == raftgate ]]; then
+                curl -s "http://127.0.0.1:$RG_ADMIN/metrics" >"$OUT/l4-raftgate-metrics.txt" || true
             fi
-            ROWS+=("$s/$p")
-            measure "$s" "$p" "${PORT[$s/$p]}" "$p"
-            if [[ $s == udp && $p == nginx ]]; then
-                ROWS+=("$s/nginx-resp1")
-                measure "$s" nginx-resp1 "${PORT[udp/nginx-resp1]}" nginx
-            fi
+            [[ $p == direct ]] || stop "$p"
         done
-        if [[ $p == raftgate ]]; then
-            curl -s "http://127.0.0.1:$RG_ADMIN/metrics" >"$OUT/l4-raftgate-metrics.txt" || true
-        fi
-        [[ $p == direct ]] || stop "$p"
     done
+    summarize
 
     {
         echo "raftgate L4 bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

@@ -199,7 +199,7 @@ declare -A PORT_HTTP=() PORT_HTTPS=()
 declare -A RPS=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() RESUMES=()
 declare -A S_RPS=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
 
-median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # Replaces each figure with the median over the rounds.
 summarize() {
@@ -335,6 +335,7 @@ print_table() {
 # ---------------------------------------------------------------------------------------------
 
 main() {
+    [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a whole number above 0"
     [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
     ensure_tools
     (($(nproc) >= 2)) || die "needs at least 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
