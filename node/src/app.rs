@@ -263,6 +263,7 @@ impl Node {
                 idle_timeout: cfg.l4.idle_timeout,
                 udp_session_timeout: cfg.l4.udp_session_timeout,
                 max_udp_sessions: cfg.l4.max_udp_sessions,
+                splice_after: cfg.l4.splice.then_some(64 * 1024),
                 ..raftgate_proxy::l4::L4Settings::default()
             },
             drain_rx.clone(),

@@ -346,6 +346,9 @@ pub struct L4Config {
     pub udp_session_timeout: Duration,
     /// UDP sessions kept at once per port; new clients' datagrams are dropped beyond it. Default 16384.
     pub max_udp_sessions: usize,
+    /// After 64 KiB in one direction, a TCP connection's bytes go from socket to socket with
+    /// `splice(2)` instead of through user space. Default `true`.
+    pub splice: bool,
 }
 
 impl Default for L4Config {
@@ -358,6 +361,7 @@ impl Default for L4Config {
             idle_timeout: Duration::from_secs(600),
             udp_session_timeout: Duration::from_secs(30),
             max_udp_sessions: 16_384,
+            splice: true,
         }
     }
 }

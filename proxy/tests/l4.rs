@@ -287,6 +287,68 @@ async fn half_close_reaches_the_upstream_and_the_answer_still_comes_back() {
     .await;
 }
 
+/// Pipes this process holds open (`/proc/self/fd` links to `pipe:[…]`).
+fn open_pipes() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("pipe:"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transfer_is_spliced_both_ways_and_arrives_intact() {
+    let (echo, _e) = tcp_echo().await;
+    let port = free_tcp_port().await;
+    let key = format!("tcp/{port}");
+    let node = Node::start(
+        table(1, &[service(L4Protocol::Tcp, port, "echo")], &[("echo", &[echo])]),
+        settings(),
+    );
+    let addr = node.bound(&key).await;
+    let before = open_pipes();
+    // 4 MiB of bytes that are not all alike, so a lost or repeated chunk shows.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let sent: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let c = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = c.into_split();
+    let payload = sent.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&payload).await.unwrap();
+        w
+    });
+    let mut back = vec![0u8; sent.len()];
+    within("the echo of 4 MiB", r.read_exact(&mut back)).await.unwrap();
+    assert!(back == sent, "the echo differs from what was sent");
+    // Past 64 KiB each way, each direction moved to a pipe of its own.
+    let during = open_pipes();
+    assert!(
+        during >= before + 4,
+        "pipes before {before}, during the transfer {during}"
+    );
+    // Half-close still passes through a spliced direction.
+    let mut w = writer.await.unwrap();
+    w.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within("EOF after the echo", r.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty());
+    let stats = node.stats(&key);
+    eventually("byte counters and the connection's end", || {
+        load(&stats.bytes_in) == sent.len() as u64
+            && load(&stats.bytes_out) == sent.len() as u64
+            && load(&stats.connections_active) == 0
+    })
+    .await;
+    eventually("the pipes to close with the connection", || open_pipes() <= before).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections() {
     let (echo, _e) = tcp_echo().await;

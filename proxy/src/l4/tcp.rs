@@ -1,7 +1,9 @@
 //! The TCP shell: accept, optional PROXY header in, connect with failover, optional PROXY
-//! header out, then a two-way copy with half-close and an idle timeout.
+//! header out, then a two-way copy with half-close and an idle timeout: through a buffer,
+//! and past [`super::L4Settings::splice_after`] bytes through a pipe with `splice(2)`.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
@@ -9,10 +11,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use std::time::Instant;
 
+use rustix::pipe::PipeFlags;
+use rustix::pipe::SpliceFlags;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
+use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -160,7 +165,13 @@ async fn connection(
         server.write_all(&early).await.map_err(L4Error::upstream)?;
         ServiceStats::add(&stats.bytes_in, early.len() as u64);
     }
-    let idle = copy_both_ways(client.split(), server.split(), ctx.settings.idle_timeout, stats).await?;
+    let idle = copy_both_ways(
+        client.split(),
+        server.split(),
+        (ctx.settings.idle_timeout, ctx.settings.splice_after),
+        stats,
+    )
+    .await?;
     if idle {
         ServiceStats::add(&stats.idle_timeouts, 1);
         tracing::debug!(service = %key, client = %peer, "L4 connection idle timeout");
@@ -255,21 +266,21 @@ async fn connect_one(ep: &EndpointState, timeout: Duration) -> Result<TcpStream,
 pub(super) async fn copy_both_ways<CR, CW, SR, SW>(
     (mut client_r, mut client_w): (CR, CW),
     (mut server_r, mut server_w): (SR, SW),
-    idle: Duration,
+    (idle, splice_after): (Duration, Option<u64>),
     stats: &ServiceStats,
 ) -> Result<bool, L4Error>
 where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    SR: AsyncRead + Unpin,
-    SW: AsyncWrite + Unpin,
+    CR: AsyncRead + Unpin + Socket,
+    CW: AsyncWrite + Unpin + Socket,
+    SR: AsyncRead + Unpin + Socket,
+    SW: AsyncWrite + Unpin + Socket,
 {
     let activity = Activity::new();
     let ended = AtomicBool::new(false);
     let up = pipe(
         &mut client_r,
         &mut server_w,
-        (&activity, &ended),
+        (&activity, &ended, splice_after),
         &stats.bytes_in,
         L4Error::client,
         L4Error::upstream,
@@ -277,7 +288,7 @@ where
     let down = pipe(
         &mut server_r,
         &mut client_w,
-        (&activity, &ended),
+        (&activity, &ended, splice_after),
         &stats.bytes_out,
         L4Error::upstream,
         L4Error::client,
@@ -288,26 +299,63 @@ where
     }
 }
 
+/// One side of a connection as the copy sees it: the TCP socket underneath, when there is
+/// one, so that a long transfer can be spliced.
+pub(super) trait Socket {
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Socket for tokio::net::tcp::ReadHalf<'_> {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+impl Socket for tokio::net::tcp::WriteHalf<'_> {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self.as_ref())
+    }
+}
+
+#[cfg(test)]
+impl<T> Socket for tokio::io::ReadHalf<T> {}
+#[cfg(test)]
+impl<T> Socket for tokio::io::WriteHalf<T> {}
+
+/// Bytes moved by one `splice(2)` call at most: the default pipe capacity.
+const PIPE_CHUNK: usize = 64 * 1024;
+
 /// One direction. `ended` is shared by both: the direction that sees EOF second does not
 /// shut the other socket's write side down, since both sockets are about to be closed
-/// (which sends the FIN anyway): one system call less per connection.
+/// (which sends the FIN anyway): one system call less per connection. After
+/// `splice_after` bytes the direction continues through a pipe (two `splice` calls per
+/// chunk instead of a read and a write with two copies).
 async fn pipe<R, W>(
     r: &mut R,
     w: &mut W,
-    (activity, ended): (&Activity, &AtomicBool),
+    (activity, ended, splice_after): (&Activity, &AtomicBool, Option<u64>),
     bytes: &AtomicU64,
     read_err: fn(std::io::Error) -> L4Error,
     write_err: fn(std::io::Error) -> L4Error,
 ) -> Result<(), L4Error>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Socket,
+    W: AsyncWrite + Unpin + Socket,
 {
     // Read into spare capacity: nothing to zero on every new connection.
     let mut buf = Vec::with_capacity(BUF);
+    let mut moved = 0u64;
+    let mut pipe: Option<(OwnedFd, OwnedFd)> = None;
     loop {
-        buf.clear();
-        let n = r.read_buf(&mut buf).await.map_err(read_err)?;
+        let n = match (&pipe, r.socket()) {
+            (Some((_, pipe_w)), Some(from)) => splice_in(from, pipe_w).await.map_err(read_err)?,
+            _ => {
+                buf.clear();
+                r.read_buf(&mut buf).await.map_err(read_err)?
+            }
+        };
         activity.mark();
         if n == 0 {
             // Half-close: pass the EOF on and keep the other direction going. The peer
@@ -317,10 +365,64 @@ where
             }
             return Ok(());
         }
-        w.write_all(&buf[..n]).await.map_err(write_err)?;
+        match (&pipe, w.socket()) {
+            (Some((pipe_r, _)), Some(to)) => splice_out(pipe_r, to, n).await.map_err(write_err)?,
+            _ => w.write_all(&buf[..n]).await.map_err(write_err)?,
+        }
         activity.mark();
         ServiceStats::add(bytes, n as u64);
+        moved += n as u64;
+        if pipe.is_none()
+            && splice_after.is_some_and(|after| moved >= after)
+            && r.socket().is_some()
+            && w.socket().is_some()
+        {
+            // A pipe that cannot be made (out of file descriptors) leaves the copy as it is.
+            pipe = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC).ok();
+            // The buffer is not needed any more.
+            buf = Vec::new();
+        }
     }
+}
+
+/// Moves what `from` has received (up to a pipe's worth) into the empty pipe.
+async fn splice_in(from: &TcpStream, pipe_w: &OwnedFd) -> std::io::Result<usize> {
+    loop {
+        from.readable().await?;
+        let moved = from.try_io(Interest::READABLE, || {
+            rustix::pipe::splice(
+                from,
+                None,
+                pipe_w,
+                None,
+                PIPE_CHUNK,
+                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match moved {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Sends the `len` bytes in the pipe out through `to`, waiting while its buffer is full.
+async fn splice_out(pipe_r: &OwnedFd, to: &TcpStream, mut len: usize) -> std::io::Result<()> {
+    while len > 0 {
+        to.writable().await?;
+        let moved = to.try_io(Interest::WRITABLE, || {
+            rustix::pipe::splice(pipe_r, None, to, None, len, SpliceFlags::MOVE | SpliceFlags::NONBLOCK)
+                .map_err(std::io::Error::from)
+        });
+        match moved {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => len -= n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The time of the last byte moved, shared by both directions of one connection.
@@ -372,7 +474,7 @@ mod tests {
             copy_both_ways(
                 tokio::io::split(client),
                 tokio::io::split(server),
-                Duration::from_secs(60),
+                (Duration::from_secs(60), None),
                 &stats,
             )
             .await
@@ -400,7 +502,7 @@ mod tests {
         let idle = copy_both_ways(
             tokio::io::split(client),
             tokio::io::split(server),
-            Duration::from_millis(50),
+            (Duration::from_millis(50), None),
             &stats,
         )
         .await
