@@ -37,9 +37,9 @@ UP_STREAM=18100 UP_ECHO=18101 UP_UDP=18102
 # Proxies (core 0): stream (-> iperf3), echo (-> TCP echo), udp (-> UDP echo).
 RG_HTTP=18110 RG_ADMIN=18111 RG_STREAM=18112 RG_ECHO=18113 RG_UDP=18114
 NGX_STREAM=18120 NGX_ECHO=18121 NGX_UDP=18122 NGX_UDP_R1=18123
-HAP_STREAM=18130 HAP_ECHO=18131
+HAP_STREAM=18130 HAP_ECHO=18131 HAP_SPLICE=18132
 TCP_PORTS=("$UP_STREAM" "$UP_ECHO" "$RG_HTTP" "$RG_ADMIN" "$RG_STREAM" "$RG_ECHO"
-    "$NGX_STREAM" "$NGX_ECHO" "$HAP_STREAM" "$HAP_ECHO")
+    "$NGX_STREAM" "$NGX_ECHO" "$HAP_STREAM" "$HAP_ECHO" "$HAP_SPLICE")
 UDP_PORTS=("$UP_UDP" "$RG_UDP" "$NGX_UDP" "$NGX_UDP_R1")
 
 # Which proxies and scenarios to run. "direct" is the load against the upstream itself,
@@ -208,6 +208,8 @@ start_proxy() { # proxy: start it and wait until every port passes an echo (or l
             haproxy -c -q -f "$RUN/haproxy.cfg" || die "haproxy -c rejected the config"
             start haproxy "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg"
             PORT[tcp-stream/$p]=$HAP_STREAM PORT[tcp-conn/$p]=$HAP_ECHO
+            PORT[tcp-stream/haproxy-splice]=$HAP_SPLICE
+            wait_until "$p" "127.0.0.1:$HAP_SPLICE (listening)" listening "$HAP_SPLICE"
             ;;
     esac
     # An echo end to end through each port; the iperf3 port only listening (a probe
@@ -225,8 +227,8 @@ start_proxy() { # proxy: start it and wait until every port passes an echo (or l
 # ---------------------------------------------------------------------------------------------
 # Measurement
 
-# Results by "scenario/row"; a row is a proxy, or nginx-resp1 (nginx's UDP as ingress-nginx
-# configures it).
+# Results by "scenario/row"; a row is a proxy, nginx-resp1 (nginx's UDP as ingress-nginx
+# configures it) or haproxy-splice (HAProxy with kernel splicing).
 declare -A RATE=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() EXTRA=()
 declare -A S_RATE=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
 
@@ -378,7 +380,7 @@ pct_of() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.0f%%
 ROWS=() # "scenario/row" in measuring order
 
 print_table() {
-    printf '%-10s %-11s %10s %-9s %8s %8s %6s %5s %5s %10s %9s  %s\n' \
+    printf '%-10s %-14s %7s %-9s %8s %8s %6s %5s %5s %10s %9s  %s\n' \
         scenario proxy rate unit 'p50(ms)' 'p99(ms)' errors "cpu$PROXY_CPU%" "cpu$LOAD_CPU%" "cpu$PROXY_CPU/op" 'of direct' 'raftgate/peer'
     local s row key r d p50 p99 c
     for s in "${SCENARIOS[@]}"; do
@@ -386,7 +388,7 @@ print_table() {
             [[ ${key%%/*} == "$s" ]] || continue
             row=${key#*/}
             if [[ ${RATE[$key]:-} == n/a ]]; then
-                printf '%-10s %-11s %10s %-9s  %s\n' "$s" "$row" n/a "" "${ERR_DETAIL[$key]}"
+                printf '%-10s %-14s %7s %-9s  %s\n' "$s" "$row" n/a "" "${ERR_DETAIL[$key]}"
                 continue
             fi
             r=""
@@ -398,7 +400,7 @@ print_table() {
             [[ $row == direct ]] || d=$(pct_of "${RATE[$key]}" "${RATE[$s/direct]:-}")
             p50=${P50[$key]} p99=${P99[$key]} c=-
             [[ $row == direct ]] || c=$(cost "$s" "${RATE[$key]}" "${PCPU[$key]}")
-            printf '%-10s %-11s %10s %-9s %8s %8s %6s %5s %5s %10s %9s  %s\n' \
+            printf '%-10s %-14s %7s %-9s %8s %8s %6s %5s %5s %10s %9s  %s\n' \
                 "$s" "$row" "$(fmt_rate "$s" "${RATE[$key]}")" "$(unit "$s")" "$p50" "$p99" \
                 "${ERRS[$key]}" "${PCPU[$key]}" "${LCPU[$key]}" "$c" "$d" "$r"
         done
@@ -427,6 +429,7 @@ print_table() {
     echo "udp:        $UDP_CLIENTS client sockets x $UDP_WINDOW datagrams in flight, $UDP_BYTES-byte payload, to a UDP echo; replies/s"
     echo "            (each reply = one datagram each way through the proxy); a reply not back in 200 ms counts as an error (timeout)."
     echo "nginx-resp1: nginx's UDP as ingress-nginx renders it (proxy_responses 1: a new upstream socket per answered datagram)."
+    echo "haproxy-splice: HAProxy with option splice-auto (kernel splicing, off by default); raftgate splices a direction past 64 KiB."
     echo "of direct: this row's rate as a share of the same load run against the upstream without a proxy (the physical limit here:"
     echo "           load and upstream alone on cpu $LOAD_CPU). raftgate/peer: raftgate's rate divided by the row's (above 1.00x: raftgate is faster)."
     echo "cpu$PROXY_CPU% / cpu$LOAD_CPU% = how busy the proxy's core / the load + upstream core was; at ~100% on cpu$LOAD_CPU the load bounds the run."
@@ -485,6 +488,9 @@ main() {
                 measure "$s" "$p" "${PORT[$s/$p]}" "$p" "$round"
                 if [[ $s == udp && $p == nginx ]]; then
                     measure "$s" nginx-resp1 "${PORT[udp/nginx-resp1]}" nginx "$round"
+                fi
+                if [[ $s == tcp-stream && $p == haproxy ]]; then
+                    measure "$s" haproxy-splice "${PORT[tcp-stream/haproxy-splice]}" haproxy "$round"
                 fi
             done
             if [[ $p == raftgate ]]; then
