@@ -230,7 +230,6 @@ start_proxy() { # proxy: start it and wait until every port passes an echo (or l
 # Results by "scenario/row"; a row is a proxy, nginx-resp1 (nginx's UDP as ingress-nginx
 # configures it) or haproxy-splice (HAProxy with kernel splicing).
 declare -A RATE=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() EXTRA=()
-declare -A S_RATE=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
 
 CMD=()
 load_cmd() { # scenario port seconds json(0/1): set CMD to the load command line
@@ -299,31 +298,10 @@ measure() { # scenario row port server round: warm-up, then one measured run
     read -r "RATE[$s/$row]" "P50[$s/$row]" "P99[$s/$row]" "ERRS[$s/$row]" "ERR_DETAIL[$s/$row]" "EXTRA[$s/$row]" <<<"$parsed"
     [[ ${RATE[$s/$row]} != - ]] || die "could not parse the output of $s / $row: $raw"
     log "  $(fmt_rate "$s" "${RATE[$s/$row]}") $(unit "$s"), errors ${ERRS[$s/$row]} (${ERR_DETAIL[$s/$row]}), cpu ${PCPU[$s/$row]}%/${LCPU[$s/$row]}%"
-    # Every round's figures; the table shows their medians.
     local k=$s/$row
-    S_RATE[$k]+="${RATE[$k]} " S_P50[$k]+="${P50[$k]} " S_P99[$k]+="${P99[$k]} "
-    S_PCPU[$k]+="${PCPU[$k]} " S_LCPU[$k]+="${LCPU[$k]} "
-    S_ERRS[$k]=$((${S_ERRS[$k]:-0} + ERRS[$k]))
-    [[ ${ERR_DETAIL[$k]} == - ]] || S_DETAIL[$k]+="r$round:${ERR_DETAIL[$k]} "
+    record_round "$k" "$round" "${RATE[$k]}" "${P50[$k]}" "${P99[$k]}" "${PCPU[$k]}" "${LCPU[$k]}" "${ERRS[$k]}" "${ERR_DETAIL[$k]}"
 }
 
-# The median of a space-separated list of numbers; "-" when they are not numbers.
-median() {
-    local first=${1%% *}
-    [[ $first =~ ^[0-9.]+$ ]] || { echo -; return; }
-    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g |
-        awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# Replaces each measured figure with the median over the rounds.
-summarize() {
-    local k
-    for k in "${!S_RATE[@]}"; do
-        RATE[$k]=$(median "${S_RATE[$k]}") P50[$k]=$(median "${S_P50[$k]}") P99[$k]=$(median "${S_P99[$k]}")
-        PCPU[$k]=$(median "${S_PCPU[$k]}") LCPU[$k]=$(median "${S_LCPU[$k]}")
-        ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
-    done
-}
 
 # iperf3 -J: "rate p50 p99 errors detail extra", rate in bytes/s received by the server.
 parse_iperf3() {
@@ -499,7 +477,7 @@ main() {
             [[ $p == direct ]] || stop "$p"
         done
     done
-    summarize
+    summarize RATE
 
     {
         echo "raftgate L4 bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

@@ -133,3 +133,41 @@ hold_cargo_lock() {
         NOTE="measured without the cargo lock (HOLD_CARGO_LOCK=0): builds may have competed for the cores"
     fi
 }
+
+# ---------------------------------------------------------------------------------------------
+# Rounds: each measured row collects one value per round; the tables show medians.
+
+declare -A S_RATE=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
+
+# Adds one round's figures of row KEY (errors summed, error details tagged with the round).
+record_round() { # key round rate p50 p99 busy_proxy_core busy_load_core errors detail
+    local k=$1
+    S_RATE[$k]+="$3 " S_P50[$k]+="$4 " S_P99[$k]+="$5 " S_PCPU[$k]+="$6 " S_LCPU[$k]+="$7 "
+    S_ERRS[$k]=$((${S_ERRS[$k]:-0} + $8))
+    [[ $9 == - ]] || S_DETAIL[$k]+="r$2:$9 "
+}
+
+# The median of a space-separated list of numbers; "-" when they are not numbers.
+median() {
+    local first=${1%% *}
+    [[ $first =~ ^[0-9.]+$ ]] || { echo -; return; }
+    tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g |
+        awk '{ v[NR] = $1 }
+            END {
+                if (NR % 2) { print v[(NR + 1) / 2]; exit }
+                m = sprintf("%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2)
+                sub(/0+$/, "", m); sub(/\.$/, "", m); print m
+            }'
+}
+
+# Replaces each row's figures with the medians over the rounds; RATE_ARRAY names the
+# script's rate array (RPS or RATE). P50, P99, PCPU, LCPU, ERRS and ERR_DETAIL are shared names.
+summarize() { # rate_array
+    local -n rates=$1
+    local k
+    for k in "${!S_RATE[@]}"; do
+        rates[$k]=$(median "${S_RATE[$k]}") P50[$k]=$(median "${S_P50[$k]}") P99[$k]=$(median "${S_P99[$k]}")
+        PCPU[$k]=$(median "${S_PCPU[$k]}") LCPU[$k]=$(median "${S_LCPU[$k]}")
+        ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
+    done
+}

@@ -197,19 +197,6 @@ start_proxy() { # proxy: start it and wait until both ports proxy to the upstrea
 
 declare -A PORT_HTTP=() PORT_HTTPS=()
 declare -A RPS=() P50=() P99=() ERRS=() ERR_DETAIL=() PCPU=() LCPU=() RESUMES=()
-declare -A S_RPS=() S_P50=() S_P99=() S_ERRS=() S_DETAIL=() S_PCPU=() S_LCPU=()
-
-median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-# Replaces each figure with the median over the rounds.
-summarize() {
-    local k
-    for k in "${!S_RPS[@]}"; do
-        RPS[$k]=$(median "${S_RPS[$k]}") P50[$k]=$(median "${S_P50[$k]}") P99[$k]=$(median "${S_P99[$k]}")
-        PCPU[$k]=$(median "${S_PCPU[$k]}") LCPU[$k]=$(median "${S_LCPU[$k]}")
-        ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
-    done
-}
 
 measure() { # scenario proxy round
     local s=$1 p=$2 round=$3 url args=(-H 'Host: bench.local')
@@ -242,12 +229,8 @@ measure() { # scenario proxy round
     read -r "RPS[$s/$p]" "P50[$s/$p]" "P99[$s/$p]" "ERRS[$s/$p]" "ERR_DETAIL[$s/$p]" <<<"$parsed"
     [[ ${RPS[$s/$p]} != - ]] || die "could not parse wrk output $raw"
     log "  ${RPS[$s/$p]} req/s, p50 ${P50[$s/$p]} ms, p99 ${P99[$s/$p]} ms, errors ${ERRS[$s/$p]} (${ERR_DETAIL[$s/$p]}), cpu ${PCPU[$s/$p]}%/${LCPU[$s/$p]}%"
-    # Every round's figures; the table shows their medians.
     local k=$s/$p
-    S_RPS[$k]+="${RPS[$k]} " S_P50[$k]+="${P50[$k]} " S_P99[$k]+="${P99[$k]} "
-    S_PCPU[$k]+="${PCPU[$k]} " S_LCPU[$k]+="${LCPU[$k]} "
-    S_ERRS[$k]=$((${S_ERRS[$k]:-0} + ERRS[$k]))
-    [[ ${ERR_DETAIL[$k]} == - ]] || S_DETAIL[$k]+="r$round:${ERR_DETAIL[$k]} "
+    record_round "$k" "$round" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${PCPU[$k]}" "${LCPU[$k]}" "${ERRS[$k]}" "${ERR_DETAIL[$k]}"
 }
 
 # Prints "rps p50_ms p99_ms errors detail" from one wrk --latency output.
@@ -324,7 +307,7 @@ print_table() {
         echo "req/s in each round:"
         for s in "${SCENARIOS[@]}"; do
             for p in "${PROXIES[@]}"; do
-                printf '  %-17s %-9s %s\n' "$s" "$p" "${S_RPS[$s/$p]}"
+                printf '  %-17s %-9s %s\n' "$s" "$p" "${S_RATE[$s/$p]}"
             done
         done
     fi
@@ -373,7 +356,7 @@ main() {
             stop "$p"
         done
     done
-    summarize
+    summarize RPS
 
     {
         echo "raftgate bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"

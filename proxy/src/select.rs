@@ -702,12 +702,7 @@ mod tests {
             mode: AffinityMode::Balanced,
             change_on_failure: false,
         };
-        let choice = Choice {
-            upstream: "u",
-            affinity: Some(&a),
-            hash_by: None,
-            canary: false,
-        };
+        let choice = sticky(&a);
         let uri: Uri = "/".parse().unwrap();
         let ip: IpAddr = [127, 0, 0, 1].into();
         let old = headers(&[("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 12_4 like Mac OS X)")]);
@@ -721,6 +716,26 @@ mod tests {
         assert!(omits(&old));
         assert!(!omits(&new));
         assert!(!omits(&HeaderMap::new()));
+    }
+
+    /// The affinity-only choice of upstream `u`.
+    fn sticky(a: &Affinity) -> Choice<'_> {
+        Choice {
+            upstream: "u",
+            affinity: Some(a),
+            hash_by: None,
+            canary: false,
+        }
+    }
+
+    fn persistent(change_on_failure: bool) -> Affinity {
+        Affinity {
+            cookie: "c".into(),
+            path: "/".into(),
+            attributes: CookieAttributes::default(),
+            mode: AffinityMode::Persistent,
+            change_on_failure,
+        }
     }
 
     #[test]
@@ -741,20 +756,8 @@ mod tests {
         let cookie = format!("c={session:016x}.{tag:08x}");
         let (uri, ip, now): (Uri, IpAddr, Instant) = ("/".parse().unwrap(), [127, 0, 0, 1].into(), Instant::now());
         for change_on_failure in [false, true] {
-            let a = Affinity {
-                cookie: "c".into(),
-                path: "/".into(),
-                attributes: CookieAttributes::default(),
-                mode: AffinityMode::Persistent,
-                change_on_failure,
-            };
-            let choice = Choice {
-                upstream: "u",
-                affinity: Some(&a),
-                hash_by: None,
-                canary: false,
-            };
-            let mut pick = Pick::new(&choice, &headers(&[("cookie", &cookie)]), &uri, ip, "h");
+            let a = persistent(change_on_failure);
+            let mut pick = Pick::new(&sticky(&a), &headers(&[("cookie", &cookie)]), &uri, ip, "h");
             assert_eq!(pick.next(&up, now, &[]), Some(1), "the session's endpoint first");
             assert_eq!(pick.set_cookie(false, UNIX_EPOCH), None, "nothing moved");
             // It fails; the retry goes elsewhere.
@@ -773,21 +776,9 @@ mod tests {
             }
         }
         // A session whose endpoint is gone moves either way.
-        let a = Affinity {
-            cookie: "c".into(),
-            path: "/".into(),
-            attributes: CookieAttributes::default(),
-            mode: AffinityMode::Persistent,
-            change_on_failure: false,
-        };
-        let choice = Choice {
-            upstream: "u",
-            affinity: Some(&a),
-            hash_by: None,
-            canary: false,
-        };
+        let a = persistent(false);
         let gone = format!("c={:016x}.{tag:08x}", 0xdead_u64);
-        let mut pick = Pick::new(&choice, &headers(&[("cookie", &gone)]), &uri, ip, "h");
+        let mut pick = Pick::new(&sticky(&a), &headers(&[("cookie", &gone)]), &uri, ip, "h");
         assert!(pick.next(&up, now, &[]).is_some());
         assert!(pick.set_cookie(false, UNIX_EPOCH).is_some());
     }
