@@ -426,15 +426,10 @@ async fn proxy(
                         dp.metrics().upstream_ejected(upstream_id);
                     }
                     // The guard checked `resend`; the else arm cannot run.
-                    let Some((method, uri, version, headers)) = &resend else {
+                    let Some(head) = &resend else {
                         return Err((ProxyError::BadRequest, log));
                     };
-                    let mut again = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri.clone();
-                    *again.version_mut() = *version;
-                    *again.headers_mut() = headers.clone();
-                    req = again;
+                    req = bodiless(head.clone());
                     break;
                 }
                 Ok((resp, h1)) => {
@@ -471,15 +466,10 @@ async fn proxy(
                     if again_on_fresh.is_some() && closed_before_answering(&e) =>
                 {
                     tracing::debug!(endpoint = %ep.endpoint, error = %e, "kept-alive connection closed under the request; sending it again on a new one");
-                    let Some((method, uri, version, headers)) = again_on_fresh else {
+                    let Some(head) = again_on_fresh else {
                         return Err((ProxyError::Upstream(e), log));
                     };
-                    let mut again = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
-                    *again.method_mut() = method;
-                    *again.uri_mut() = uri;
-                    *again.version_mut() = version;
-                    *again.headers_mut() = headers;
-                    req = again;
+                    req = bodiless(head);
                     continue;
                 }
                 Err(SendError::Failed(e)) => {
@@ -536,6 +526,16 @@ async fn send(
             }
         }
     }
+}
+
+/// A request without a body from a kept copy of a head, to send again.
+fn bodiless((method, uri, version, headers): (Method, Uri, Version, HeaderMap)) -> Request<Body> {
+    let mut req = Request::new(http_body_util::Empty::new().map_err(BoxError::from).boxed());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// How long a pooled connection must have sat idle before a request on it keeps a copy to
