@@ -40,13 +40,7 @@ struct WsEcho {
     ended: Arc<watch::Sender<usize>>,
     /// The request path of each handshake.
     paths: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WsEcho {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: common::Task,
 }
 
 impl WsEcho {
@@ -88,7 +82,7 @@ impl WsEcho {
             accepted,
             ended,
             paths,
-            task,
+            _task: common::Task(task),
         }
     }
 

@@ -425,11 +425,7 @@ async fn persistent_affinity_names_the_endpoint_and_a_failed_one_is_replaced() {
 
     // The session's endpoint stops answering: the request is retried on another endpoint,
     // and (`session-cookie-change-on-failure`) the cookie now names the one that answered.
-    let dead_addr = dead.addr;
-    drop(dead);
-    while tokio::net::TcpStream::connect(dead_addr).await.is_ok() {
-        tokio::task::yield_now().await;
-    }
+    dead.stop().await;
     let r = get_with(h.http(), "persist.com", "/", &[("cookie", &dead_cookie)]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.backend(), Some("live"));
@@ -461,11 +457,7 @@ async fn failed_balanced_session_falls_back_keeps_its_cookie_then_moves_once_eje
             &ann(&[("affinity", "cookie")]),
         );
     h.apply("f.yaml", &m).await;
-    let dead_addr = dead.addr;
-    drop(dead);
-    while tokio::net::TcpStream::connect(dead_addr).await.is_ok() {
-        tokio::task::yield_now().await;
-    }
+    dead.stop().await;
     let r = get_with(
         h.http(),
         "fail.com",

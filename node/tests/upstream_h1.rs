@@ -47,13 +47,7 @@ struct Seen {
 struct Scripted {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _task: common::Task,
 }
 
 impl Scripted {
@@ -71,7 +65,11 @@ impl Scripted {
                 tokio::spawn(serve(stream, conn, script.clone(), log.clone()));
             }
         });
-        Scripted { addr, seen, task }
+        Scripted {
+            addr,
+            seen,
+            _task: common::Task(task),
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -125,6 +123,13 @@ fn manifests(addr: SocketAddr, host: &str) -> String {
         addr.port(),
         ingress("default", "up", host, &[("/", "Prefix", "up")], "")
     )
+}
+
+/// A node routing host `h1.test` to the scripted upstream.
+async fn proxy_to(up: &Scripted) -> Harness {
+    let h = Harness::start().await;
+    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    h
 }
 
 /// Waits until the proxy has closed its side of every connection to `port` on loopback:
@@ -196,8 +201,7 @@ async fn each_body_framing_arrives_whole_and_keep_alive_follows_it() {
         Then::Answer(LENGTH),
     ])
     .await;
-    let h = Harness::start().await;
-    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let h = proxy_to(&up).await;
     let mut c = Client::connect(h.http()).await;
 
     let r = c.send(Method::GET, "/a", "").await;
@@ -227,8 +231,7 @@ async fn each_body_framing_arrives_whole_and_keep_alive_follows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_upstream_closed_while_pooled_is_not_used() {
     let up = Scripted::start(vec![Then::AnswerAndClose(LENGTH), Then::Answer(LENGTH)]).await;
-    let h = Harness::start().await;
-    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let h = proxy_to(&up).await;
     let mut c = Client::connect(h.http()).await;
     assert_eq!(c.send(Method::GET, "/1", "").await.status, StatusCode::OK);
     // Once the proxy has closed its side, the pool must not hand the connection out again.
@@ -254,8 +257,7 @@ async fn a_request_the_upstream_drops_unanswered_is_sent_again_only_if_idempoten
         Then::Close,
     ])
     .await;
-    let h = Harness::start().await;
-    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let h = proxy_to(&up).await;
     let mut c = Client::connect(h.http()).await;
     assert_eq!(c.send(Method::GET, "/1", "").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -282,8 +284,7 @@ async fn head_responses_and_no_content_have_no_body_and_keep_the_connection() {
         Then::Answer("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength"),
     ])
     .await;
-    let h = Harness::start().await;
-    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let h = proxy_to(&up).await;
     let mut c = Client::connect(h.http()).await;
     let r = c.send(Method::HEAD, "/", "").await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, ""));
@@ -305,8 +306,7 @@ async fn malformed_responses_are_bad_gateways_and_other_requests_go_on() {
         Then::Answer(LENGTH),
     ])
     .await;
-    let h = Harness::start().await;
-    h.apply("up.yaml", &manifests(up.addr, "h1.test")).await;
+    let h = proxy_to(&up).await;
     for path in ["/conflicting-lengths", "/not-http"] {
         let mut c = Client::connect(h.http()).await;
         assert_eq!(

@@ -163,6 +163,19 @@ async fn listen() -> TcpListener {
     s.listen(1024).unwrap()
 }
 
+/// A node proxying one TCP port (the key `tcp/PORT`) to `upstreams`, bound: the node, the
+/// key and the address to connect to.
+async fn tcp_service(upstreams: &[SocketAddr]) -> (Node, String, SocketAddr) {
+    let port = free_tcp_port().await;
+    let key = format!("tcp/{port}");
+    let node = Node::start(
+        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", upstreams)]),
+        settings(),
+    );
+    let addr = node.bound(&key).await;
+    (node, key, addr)
+}
+
 /// An upstream that echoes every byte and passes on the client's EOF.
 async fn tcp_echo() -> (SocketAddr, JoinHandle<()>) {
     let l = listen().await;
@@ -260,13 +273,7 @@ async fn tcp_echo_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_reaches_the_upstream_and_the_answer_still_comes_back() {
     let (up, _u) = tcp_collect_then_reply().await;
-    let port = free_tcp_port().await;
-    let key = format!("tcp/{port}");
-    let node = Node::start(
-        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[up])]),
-        settings(),
-    );
-    let addr = node.bound(&key).await;
+    let (node, key, addr) = tcp_service(&[up]).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut sent = Vec::new();
     for i in 0..50 {
@@ -299,13 +306,7 @@ fn open_pipes() -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_transfer_is_spliced_both_ways_and_arrives_intact() {
     let (echo, _e) = tcp_echo().await;
-    let port = free_tcp_port().await;
-    let key = format!("tcp/{port}");
-    let node = Node::start(
-        table(1, &[service(L4Protocol::Tcp, port, "echo")], &[("echo", &[echo])]),
-        settings(),
-    );
-    let addr = node.bound(&key).await;
+    let (node, key, addr) = tcp_service(&[echo]).await;
     let before = open_pipes();
     // 4 MiB of bytes that are not all alike, so a lost or repeated chunk shows.
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
@@ -352,13 +353,7 @@ async fn a_long_transfer_is_spliced_both_ways_and_arrives_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_connections() {
     let (echo, _e) = tcp_echo().await;
-    let port = free_tcp_port().await;
-    let key = format!("tcp/{port}");
-    let node = Node::start(
-        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[echo])]),
-        settings(),
-    );
-    let addr = node.bound(&key).await;
+    let (node, key, addr) = tcp_service(&[echo]).await;
     let mut set = tokio::task::JoinSet::new();
     for i in 0..200u32 {
         set.spawn(async move {
@@ -397,14 +392,8 @@ async fn a_refused_endpoint_fails_over_to_the_next() {
     let (echo, _e) = tcp_echo().await;
     // Nothing listens here any more: connects are refused.
     let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await).parse().unwrap();
-    let port = free_tcp_port().await;
-    let key = format!("tcp/{port}");
     // Round robin starts with the first endpoint: the dead one.
-    let node = Node::start(
-        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[dead, echo])]),
-        settings(),
-    );
-    let addr = node.bound(&key).await;
+    let (node, key, addr) = tcp_service(&[dead, echo]).await;
     for i in 0..5 {
         let msg = format!("try {i}");
         assert_eq!(round_trip(addr, msg.as_bytes()).await, msg.as_bytes());
@@ -420,13 +409,7 @@ async fn a_refused_endpoint_fails_over_to_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_dead_endpoints_close_the_client_connection() {
     let dead: SocketAddr = format!("127.0.0.1:{}", free_tcp_port().await).parse().unwrap();
-    let port = free_tcp_port().await;
-    let key = format!("tcp/{port}");
-    let node = Node::start(
-        table(1, &[service(L4Protocol::Tcp, port, "up")], &[("up", &[dead])]),
-        settings(),
-    );
-    let addr = node.bound(&key).await;
+    let (node, key, addr) = tcp_service(&[dead]).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut buf = [0u8; 1];
     // Closed without a byte: EOF or a reset.

@@ -39,12 +39,15 @@ pub struct Echo {
     pub hits: Arc<AtomicUsize>,
     /// Connections accepted.
     pub conns: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    task: Task,
 }
 
-impl Drop for Echo {
+/// A spawned server task, aborted when dropped (with the upstream that owns it).
+pub struct Task(pub tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
     fn drop(&mut self) {
-        self.task.abort();
+        self.0.abort();
     }
 }
 
@@ -87,6 +90,15 @@ impl Echo {
         .await
     }
 
+    /// Stops the upstream and waits until its port refuses connections.
+    pub async fn stop(self) {
+        let addr = self.addr;
+        drop(self);
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn spawn(name: &str, delay: Duration, tls: Option<tokio_rustls::TlsAcceptor>, status: u16) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -117,7 +129,7 @@ impl Echo {
             addr,
             hits,
             conns,
-            task,
+            task: Task(task),
         }
     }
 }
