@@ -173,27 +173,30 @@ impl UpstreamState {
     /// is ejected it picks among those anyway (panic mode), so an upstream never goes dark
     /// just because passive health got pessimistic.
     pub fn pick(&self, now: Instant, tried: &[usize]) -> Option<usize> {
-        let pool = &self.eligible(now, tried);
+        let pool = self.eligible(now, tried);
         if pool.is_empty() {
             return None;
         }
-        Some(match self.balance {
-            Balance::RoundRobin => pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()],
-            Balance::LeastRequest => self.p2c(pool, |e| e.in_flight() as f64),
-            Balance::Ewma => self.p2c(pool, |e| e.ewma_cost()),
-        })
+        match self.balance {
+            Balance::RoundRobin => pool.nth(self.next.fetch_add(1, Ordering::Relaxed) % pool.len()),
+            Balance::LeastRequest => self.p2c(&pool, |e| e.in_flight() as f64),
+            Balance::Ewma => self.p2c(&pool, |e| e.ewma_cost()),
+        }
     }
 
     /// The endpoints a pick may choose from: the untried healthy ones, or every untried one
     /// when all of those are ejected (panic mode).
-    fn eligible(&self, now: Instant, tried: &[usize]) -> Vec<usize> {
-        let candidates: Vec<usize> = (0..self.endpoints.len()).filter(|i| !tried.contains(i)).collect();
-        let healthy: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| !self.endpoints[i].is_ejected(now))
-            .collect();
-        if healthy.is_empty() { candidates } else { healthy }
+    fn eligible(&self, now: Instant, tried: &[usize]) -> Eligible {
+        let untried = || (0..self.endpoints.len()).filter(|i| !tried.contains(i));
+        let healthy = Eligible::from(
+            untried().filter(|&i| !self.endpoints[i].is_ejected(now)),
+            self.endpoints.len(),
+        );
+        if healthy.is_empty() {
+            Eligible::from(untried(), self.endpoints.len())
+        } else {
+            healthy
+        }
     }
 
     /// `upstream-hash-by`: the eligible endpoint (as [`Self::pick`]) that ranks first for `key`.
@@ -201,7 +204,7 @@ impl UpstreamState {
     /// go to the key's next-ranked endpoint, and come back once it is healthy again.
     pub fn pick_hash(&self, key: u64, now: Instant, tried: &[usize]) -> Option<usize> {
         let pool = self.eligible(now, tried);
-        rendezvous(key, pool.iter().map(|&i| (i, self.endpoints[i].hash)))
+        rendezvous(key, pool.iter().map(|i| (i, self.endpoints[i].hash)))
     }
 
     /// `upstream-hash-by-subset`: the key's subset is the `size` endpoints that rank first for
@@ -224,7 +227,11 @@ impl UpstreamState {
             ranked.truncate(size);
         }
         let pool = self.eligible(now, tried);
-        let subset: Vec<usize> = ranked.iter().map(|&(_, _, i)| i).filter(|i| pool.contains(i)).collect();
+        let subset: Vec<usize> = ranked
+            .iter()
+            .map(|&(_, _, i)| i)
+            .filter(|&i| pool.contains(i))
+            .collect();
         match subset.len() {
             0 => self.pick_hash(key, now, tried),
             n => subset.get(usize::try_from(draw % n as u64).unwrap_or(0)).copied(),
@@ -262,7 +269,7 @@ impl UpstreamState {
                 AffinityMode::Persistent => self.endpoints.iter().position(|e| e.hash == c),
                 AffinityMode::Balanced => rendezvous(c, all()),
             };
-            if let Some(t) = target.filter(|t| pool.contains(t)) {
+            if let Some(t) = target.filter(|&t| pool.contains(t)) {
                 return Some((t, Some(c)));
             }
         }
@@ -274,7 +281,7 @@ impl UpstreamState {
             AffinityMode::Balanced => {
                 for _ in 0..NEW_KEY_DRAWS {
                     let key = fresh();
-                    if let Some(t) = rendezvous(key, all()).filter(|t| pool.contains(t)) {
+                    if let Some(t) = rendezvous(key, all()).filter(|&t| pool.contains(t)) {
                         return Some((t, Some(key)));
                     }
                 }
@@ -284,9 +291,9 @@ impl UpstreamState {
     }
 
     /// Power of two random choices by `cost`.
-    fn p2c(&self, pool: &[usize], cost: impl Fn(&EndpointState) -> f64) -> usize {
+    fn p2c(&self, pool: &Eligible, cost: impl Fn(&EndpointState) -> f64) -> Option<usize> {
         if pool.len() == 1 {
-            return pool[0];
+            return pool.nth(0);
         }
         let r = self.random();
         let a = (r as usize) % pool.len();
@@ -294,12 +301,12 @@ impl UpstreamState {
         if b >= a {
             b += 1;
         }
-        let (a, b) = (pool[a], pool[b]);
-        if cost(&self.endpoints[b]) < cost(&self.endpoints[a]) {
+        let (a, b) = (pool.nth(a)?, pool.nth(b)?);
+        Some(if cost(&self.endpoints[b]) < cost(&self.endpoints[a]) {
             b
         } else {
             a
-        }
+        })
     }
 
     /// xorshift64*: fast, lock-free, and good enough to spread load.
@@ -310,6 +317,69 @@ impl UpstreamState {
         x ^= x >> 27;
         self.rng.store(x, Ordering::Relaxed);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// A set of endpoint indexes, without allocating for upstreams of up to 64 endpoints (every
+/// request builds one).
+#[derive(Debug)]
+enum Eligible {
+    Small { mask: u64, len: usize },
+    Large(Vec<usize>),
+}
+
+impl Eligible {
+    /// The indexes `it` yields, all below `n`, in ascending order.
+    fn from(it: impl Iterator<Item = usize>, n: usize) -> Eligible {
+        if n > 64 {
+            return Eligible::Large(it.collect());
+        }
+        let mask = it.fold(0u64, |m, i| m | 1 << i);
+        Eligible::Small {
+            mask,
+            len: mask.count_ones() as usize,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Eligible::Small { len, .. } => *len,
+            Eligible::Large(v) => v.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        match self {
+            Eligible::Small { mask, .. } => i < 64 && mask & (1 << i) != 0,
+            Eligible::Large(v) => v.contains(&i),
+        }
+    }
+
+    /// The `k`-th index, in ascending order.
+    fn nth(&self, k: usize) -> Option<usize> {
+        match self {
+            Eligible::Small { .. } => self.iter().nth(k),
+            Eligible::Large(v) => v.get(k).copied(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        let (mut mask, large) = match self {
+            Eligible::Small { mask, .. } => (*mask, &[][..]),
+            Eligible::Large(v) => (0, &v[..]),
+        };
+        let small = std::iter::from_fn(move || {
+            (mask != 0).then(|| {
+                let i = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                i
+            })
+        });
+        small.chain(large.iter().copied())
     }
 }
 
@@ -416,6 +486,34 @@ mod tests {
         u.endpoints[0].record_failure(t0, &s);
         u.endpoints[1].record_failure(t0, &s);
         assert!(u.pick(t0, &[]).is_some());
+    }
+
+    #[test]
+    fn large_upstreams_pick_as_small_ones_do() {
+        // 64 endpoints fit the allocation-free set; 65 and more do not.
+        for n in [3u16, 64, 65, 130] {
+            let len = usize::from(n);
+            let u = upstream(n, Balance::RoundRobin);
+            let s = GlobalSettings::default();
+            let t0 = Instant::now();
+            u.endpoints[1].record_failure(t0, &s);
+            let tried = [0, len - 1];
+            let picks: Vec<usize> = (0..len - 3).map(|_| u.pick(t0, &tried).unwrap()).collect();
+            let want: Vec<usize> = (2..len - 1).collect();
+            assert_eq!(picks, want, "{n} endpoints: each untried healthy one in turn");
+            // Only the ejected one left untried: panic mode picks it.
+            let all_but_1: Vec<usize> = (0..len).filter(|&i| i != 1).collect();
+            assert_eq!(u.pick(t0, &all_but_1), Some(1), "{n} endpoints");
+            let every: Vec<usize> = (0..len).collect();
+            assert_eq!(u.pick(t0, &every), None, "{n} endpoints");
+            let lr = upstream(n, Balance::LeastRequest);
+            let _busy: Vec<_> = (0..len - 1).map(|i| lr.endpoints[i].start()).collect();
+            for _ in 0..20 {
+                let p = lr.pick(t0, &[]).unwrap();
+                assert!(p < len, "{n} endpoints: picked {p}");
+            }
+            assert_eq!(lr.pick(t0, &all_but_1), Some(1), "{n} endpoints");
+        }
     }
 
     #[test]
