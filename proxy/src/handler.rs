@@ -38,6 +38,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 
@@ -95,7 +96,8 @@ impl ConnInfo {
 }
 
 /// Headers that apply to one hop only (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOPS: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -351,7 +353,8 @@ async fn proxy(
     });
 
     let tries = policy.next_upstream_tries.max(1) as usize;
-    let mut tried: Vec<usize> = Vec::with_capacity(tries);
+    // Endpoints tried so far: inline for the usual few tries.
+    let mut tried: SmallVec<[usize; 4]> = SmallVec::new();
     let connect_timeout = Duration::from_millis(policy.connect_timeout_ms);
     let read_timeout = Duration::from_millis(policy.read_timeout_ms);
     let mut last_err = ProxyError::NoEndpoints;
@@ -409,7 +412,8 @@ async fn proxy(
                     }
                 },
             };
-            let sent_at = Instant::now();
+            // A kept-alive connection is sent on at once: the pick's clock reading will do.
+            let sent_at = if fresh { Instant::now() } else { now };
             match send(conn, req, read_timeout).await {
                 Ok((resp, _)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none() => {
                     // A 101 the client never asked for has no tunnel to go to.
@@ -433,7 +437,8 @@ async fn proxy(
                     break;
                 }
                 Ok((resp, h1)) => {
-                    ep.record_success(Instant::now(), sent_at.elapsed());
+                    let answered = Instant::now();
+                    ep.record_success(answered, answered.saturating_duration_since(sent_at));
                     let mut resp = respond(
                         resp,
                         h1,
@@ -888,17 +893,35 @@ fn te_is_trailers(h: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Every request and response passes here, and most carry none of these or only `Connection`:
+    // one pass over the names present costs less than hashing each hop-by-hop name.
+    let mut present = [false; HOPS];
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present[i] = true;
+        }
     }
-    for n in &HOP_BY_HOP {
+    if !present.contains(&true) {
+        return;
+    }
+    // Connection and every name it lists. Its values are taken out first, so the names can be
+    // removed as they are read (by &str: no allocation; an invalid name matches nothing).
+    if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
+        let (first, rest) = {
+            let mut values = e.remove_entry_mult().1;
+            // One line is the usual case: then `rest` stays empty and unallocated.
+            (values.next(), values.collect::<Vec<HeaderValue>>())
+        };
+        for token in first
+            .iter()
+            .chain(&rest)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            h.remove(token.trim());
+        }
+    }
+    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(n);
     }
 }
@@ -1146,5 +1169,59 @@ impl ProxyError {
             }),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = headers(&[
+            ("host", "a"),
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "close, upgrade, x-other"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        super::strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["accept", "host"]);
+
+        // A single hop-by-hop header goes; the rest stay.
+        let mut h = headers(&[("host", "a"), ("te", "trailers"), ("x-keep", "1")]);
+        super::strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-keep"]);
+
+        // A name Connection lists that is absent, or is no header name, is no error.
+        let mut h = headers(&[("connection", "close, x-gone, ,, bad name"), ("x-keep", "1")]);
+        super::strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["x-keep"]);
+
+        let mut h = headers(&[("host", "a"), ("x-keep", "1")]);
+        super::strip_hop_by_hop(&mut h);
+        assert_eq!(names(&h), ["host", "x-keep"]);
     }
 }
