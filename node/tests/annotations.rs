@@ -419,6 +419,19 @@ async fn custom_http_errors_are_answered_by_the_error_backend() {
     assert_eq!(hd["x-ingress-name"], "shop");
     assert_eq!(hd["x-service-name"], "broken");
     assert_eq!(hd["x-format"], "text/html");
+    // The error backend sees the request's id, generated here as for the upstream.
+    let id = hd["x-request-id"].as_str().unwrap_or_default();
+    assert!(
+        id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()),
+        "x-request-id at the error backend: {hd}"
+    );
+    let req = Request::get("/")
+        .header("host", "shop.com")
+        .header("x-request-id", "trace-7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(h.http(), req).await;
+    assert_eq!(r.json()["headers"]["x-request-id"], "trace-7", "{}", r.body);
     // Without the annotation the upstream's 503 goes through as is.
     let r = get(h.http(), "plain.com", "/").await;
     assert_eq!(

@@ -193,6 +193,13 @@ pub async fn handle(
     if let (true, Some(a)) = (choice.canary, log.access.as_mut()) {
         a.upstream = upstream.to_string();
     }
+    // From here on the request goes upstream: it gets its id, which the upstream, the error
+    // backend and the access log all see.
+    let mut req = req;
+    ensure_request_id(req.headers_mut());
+    if let Some(a) = log.access.as_mut() {
+        a.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    }
     let rewrite = entry.and_then(|e| e.rewrite.as_ref());
     let error_page = (!policy.custom_errors.is_empty()).then(|| ErrorPageRequest {
         uri: req.uri().to_string(),
@@ -258,10 +265,6 @@ async fn proxy(
     let settings = &snap.table.settings;
     let is_upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let request_id = ensure_request_id(req.headers_mut());
-    if let Some(a) = log.access.as_mut() {
-        a.request_id = request_id;
-    }
     let protocol = upstream.endpoints[0].protocol;
     let host_str = host.to_str().unwrap_or_default();
     // Affinity and hash-by belong to the chosen backend, not to a `default-backend` fallback.
@@ -994,14 +997,12 @@ fn add_forwarded(h: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue, client:
 }
 
 /// Keeps a valid incoming X-Request-ID, or sets a new random one (32 hex digits, as nginx's
-/// `$request_id`). Returns the id.
-fn ensure_request_id(h: &mut HeaderMap) -> Option<HeaderValue> {
-    if let Some(v) = h.get(&X_REQUEST_ID).filter(|v| !v.is_empty() && v.len() <= 200) {
-        return Some(v.clone());
+/// `$request_id`).
+fn ensure_request_id(h: &mut HeaderMap) {
+    if h.get(&X_REQUEST_ID).is_some_and(|v| !v.is_empty() && v.len() <= 200) {
+        return;
     }
-    let v = crate::id::request_id();
-    h.insert(X_REQUEST_ID.clone(), v.clone());
-    Some(v)
+    h.insert(X_REQUEST_ID.clone(), crate::id::request_id());
 }
 
 fn redirect_to_https<B>(req: &Request<B>, host: &str, https_port: u16) -> Response<Body> {
