@@ -34,6 +34,9 @@ NGX_HTTP=18084 NGX_HTTPS=18085
 HAP_HTTP=18086 HAP_HTTPS=18087
 ALL_PORTS=("$UPSTREAM_PORT" "$RG_HTTP" "$RG_HTTPS" "$RG_ADMIN" "$NGX_HTTP" "$NGX_HTTPS" "$HAP_HTTP" "$HAP_HTTPS")
 
+WRAP=()            # a command the proxies run under (bench/instructions.sh: valgrind)
+NGINX_MASTER=on    # nginx's master_process
+
 read -ra PROXIES <<<"${PROXIES:-raftgate nginx haproxy}"          # which proxies to run
 read -ra SCENARIOS <<<"${SCENARIOS:-http1-keepalive tls-new-conn}" # which scenarios
 
@@ -162,21 +165,21 @@ start_proxy() { # proxy: start it and wait until both ports proxy to the upstrea
             log "raftgate check:"
             "$RAFTGATE_BIN" check --config "$RUN/raftgate.yaml" | sed 's/^/    /' >&2 ||
                 die "raftgate check rejected the bench config or manifests"
-            start raftgate "$PROXY_CPU" "$RAFTGATE_BIN" run --config "$RUN/raftgate.yaml"
+            start raftgate "$PROXY_CPU" "${WRAP[@]}" "$RAFTGATE_BIN" run --config "$RUN/raftgate.yaml"
             wait_ready raftgate 200 "http://127.0.0.1:$RG_ADMIN/readyz"
             http=$RG_HTTP https=$RG_HTTPS
             ;;
         nginx)
             mkdir -p "$RUN/nginx"
             render "$BENCH_DIR/nginx.conf" "$RUN/nginx/nginx.conf" \
-                DIR="$RUN/nginx" CERT="$RUN/tls/cert.pem" KEY="$RUN/tls/key.pem"
-            start nginx "$PROXY_CPU" nginx -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
+                DIR="$RUN/nginx" CERT="$RUN/tls/cert.pem" KEY="$RUN/tls/key.pem" MASTER="$NGINX_MASTER"
+            start nginx "$PROXY_CPU" "${WRAP[@]}" nginx -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
             http=$NGX_HTTP https=$NGX_HTTPS
             ;;
         haproxy)
             render "$BENCH_DIR/haproxy.cfg" "$RUN/haproxy.cfg" PEM="$RUN/tls/haproxy.pem"
             haproxy -c -q -f "$RUN/haproxy.cfg" || die "haproxy -c rejected the config"
-            start haproxy "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg"
+            start haproxy "$PROXY_CPU" "${WRAP[@]}" haproxy -db -f "$RUN/haproxy.cfg"
             http=$HAP_HTTP https=$HAP_HTTPS
             ;;
     esac
@@ -366,4 +369,7 @@ main() {
     } | tee "$OUT/results.txt"
 }
 
-main "$@"
+# bench/instructions.sh sources this file for its functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi
