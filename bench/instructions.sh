@@ -62,7 +62,7 @@ main_instructions() {
     for port in "${ALL_PORTS[@]}"; do
         ! port_in_use "$port" || die "127.0.0.1:$port is already in use"
     done
-    build_raftgate
+    raftgate_binary
     [[ -x $RAFTGATE_BIN ]] || die "no raftgate binary at $RAFTGATE_BIN"
     hold_cargo_lock
 
@@ -85,7 +85,7 @@ main_instructions() {
 
     {
         echo "raftgate instructions bench  $(date -Is)  $(uname -srm)"
-        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(valgrind --version)"
+        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'); $RAFTGATE_BUILD), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(valgrind --version)"
         echo
         printf '%-9s %10s %16s  %s\n' proxy requests 'instructions/req' 'raftgate/peer'
         for p in "${PROXIES[@]}"; do

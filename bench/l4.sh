@@ -141,13 +141,7 @@ build() {
     if [[ -z ${RAFTGATE_BIN:-} || -z ${LOADGEN_BIN:-} ]]; then
         command -v cargo >/dev/null || die "cargo not found"
     fi
-    if [[ -n ${RAFTGATE_BIN:-} ]]; then
-        log "using RAFTGATE_BIN=$RAFTGATE_BIN (no build)"
-    else
-        log "building raftgate (cargo build --release -p raftgate, under $CARGO_LOCK)"
-        (cd "$REPO" && flock "$CARGO_LOCK" cargo build --release -p raftgate)
-        RAFTGATE_BIN=$(target_dir "$REPO/Cargo.toml")/release/raftgate
-    fi
+    raftgate_binary
     if [[ -n ${LOADGEN_BIN:-} ]]; then
         log "using LOADGEN_BIN=$LOADGEN_BIN (no build)"
         LOADGEN=$LOADGEN_BIN
@@ -481,7 +475,7 @@ main() {
 
     {
         echo "raftgate L4 bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(iperf3 -v | head -1 | cut -d' ' -f1-2)"
+        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'); $RAFTGATE_BUILD), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(iperf3 -v | head -1 | cut -d' ' -f1-2)"
         echo
         print_table
     } | tee "$OUT/l4-results.txt"

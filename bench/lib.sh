@@ -171,3 +171,33 @@ summarize() { # rate_array
         ERRS[$k]=${S_ERRS[$k]} ERR_DETAIL[$k]=${S_DETAIL[$k]:--}
     done
 }
+
+# ---------------------------------------------------------------------------------------------
+# The raftgate binary to measure: RAFTGATE_BIN if set; else built as BUILD says: `dist` (the
+# default: scripts/build-pgo.sh, the profile-guided binary that ships) or `release` (a plain
+# `cargo build --release`). Sets RAFTGATE_BIN and RAFTGATE_BUILD (printed with the results).
+# Needs REPO and CARGO_LOCK.
+raftgate_binary() {
+    if [[ -n ${RAFTGATE_BIN:-} ]]; then
+        log "using RAFTGATE_BIN=$RAFTGATE_BIN (no build)"
+        RAFTGATE_BUILD="RAFTGATE_BIN"
+        return
+    fi
+    command -v cargo >/dev/null || die "cargo not found"
+    case ${BUILD:-dist} in
+        dist)
+            log "building the shipped binary: scripts/build-pgo.sh (profile-guided; 15-20 minutes on 2 cores)"
+            "$REPO/scripts/build-pgo.sh" || die "scripts/build-pgo.sh failed"
+            RAFTGATE_BIN=$REPO/target/dist/raftgate
+            RAFTGATE_BUILD="dist profile + PGO"
+            ;;
+        release)
+            log "building raftgate (cargo build --release -p raftgate, under $CARGO_LOCK)"
+            (cd "$REPO" && flock "$CARGO_LOCK" cargo build --release -p raftgate)
+            RAFTGATE_BIN=$(cd "$REPO" && flock "$CARGO_LOCK" cargo metadata --format-version 1 --no-deps |
+                grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)/release/raftgate
+            RAFTGATE_BUILD="release profile"
+            ;;
+        *) die "BUILD must be dist or release, not ${BUILD}" ;;
+    esac
+}

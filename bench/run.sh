@@ -94,20 +94,6 @@ ensure_tools() {
         die "wrk, nginx or haproxy still missing after apt-get install"
 }
 
-build_raftgate() {
-    if [[ -n ${RAFTGATE_BIN:-} ]]; then
-        log "using RAFTGATE_BIN=$RAFTGATE_BIN (no build)"
-        return
-    fi
-    command -v cargo >/dev/null || die "cargo not found"
-    log "building raftgate (cargo build --release -p raftgate, under $CARGO_LOCK)"
-    (cd "$REPO" && flock "$CARGO_LOCK" cargo build --release -p raftgate)
-    local target
-    target=$(cd "$REPO" && flock "$CARGO_LOCK" cargo metadata --format-version 1 --no-deps |
-        grep -o '"target_directory":"[^"]*"' | cut -d'"' -f4)
-    RAFTGATE_BIN=$target/release/raftgate
-}
-
 # ---------------------------------------------------------------------------------------------
 # Setup
 
@@ -329,7 +315,7 @@ main() {
     for port in "${ALL_PORTS[@]}"; do
         ! port_in_use "$port" || die "127.0.0.1:$port is already in use"
     done
-    build_raftgate
+    raftgate_binary
     [[ -x $RAFTGATE_BIN ]] || die "no raftgate binary at $RAFTGATE_BIN"
 
     hold_cargo_lock
@@ -363,7 +349,7 @@ main() {
 
     {
         echo "raftgate bench  $(date -Is)  $(uname -srm)  $(nproc) cpus: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?')), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+        echo "raftgate $("$RAFTGATE_BIN" --version | awk '{print $2}') ($(git -C "$REPO" describe --always --dirty 2>/dev/null || echo '?'); $RAFTGATE_BUILD), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
         echo
         print_table
     } | tee "$OUT/results.txt"
