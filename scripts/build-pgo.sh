@@ -166,6 +166,7 @@ main() {
     local sum profile
     sum=$(sha256sum "$WORK/raftgate.profdata" | cut -c1-16)
     profile=$REPO/target/pgo/raftgate-$sum.profdata
+    rm -f "$REPO"/target/pgo/raftgate-*.profdata # earlier runs' (12 MB each)
     mv "$WORK/raftgate.profdata" "$profile"
     # Functions the training never ran get no profile: no warning for each of them.
     build "$REPO/target" "-Cprofile-use=$profile -Cllvm-args=-pgo-warn-missing-function=false"
