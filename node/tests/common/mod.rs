@@ -327,10 +327,14 @@ pub async fn read(resp: Response<Incoming>) -> Reply {
 
 /// A free port below the kernel's ephemeral range (32768 and up), so that no outgoing
 /// connection (of another test running at the same time) can take it between now and the
-/// moment a child process binds it.
+/// moment a child process binds it. Never the same port twice in one test process: the port
+/// is only checked free, not held, so a second draw could return it again before the first
+/// caller has bound it (a node once got one port for two of its listeners).
 pub fn free_addr() -> SocketAddr {
     use std::sync::atomic::AtomicU64;
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -343,7 +347,12 @@ pub fn free_addr() -> SocketAddr {
         x ^= x << 17;
         let port = 20_000 + (x % 12_000) as u16;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed_out.contains(&port)
+            && std::net::TcpListener::bind(addr).is_ok()
+            && std::net::UdpSocket::bind(addr).is_ok()
+        {
+            handed_out.insert(port);
             return addr;
         }
     }
