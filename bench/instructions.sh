@@ -24,14 +24,7 @@ declare -A IR=() REQS=()
 
 ensure_valgrind() {
     command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && return 0
-    local sudo=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null || die "need root (or sudo) to install valgrind"
-        sudo=(sudo)
-    fi
-    log "installing valgrind"
-    "${sudo[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y valgrind
+    apt_install valgrind
 }
 
 count() { # proxy
@@ -55,16 +48,8 @@ count() { # proxy
 
 main_instructions() {
     [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
-    ensure_tools
     ensure_valgrind
-    (($(nproc) >= 2)) || die "needs at least 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
-    local port
-    for port in "${ALL_PORTS[@]}"; do
-        ! port_in_use "$port" || die "127.0.0.1:$port is already in use"
-    done
-    raftgate_binary
-    [[ -x $RAFTGATE_BIN ]] || die "no raftgate binary at $RAFTGATE_BIN"
-    hold_cargo_lock
+    preflight
 
     mkdir -p "$OUT"
     rm -rf "$LOG_DIR"

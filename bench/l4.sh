@@ -116,14 +116,7 @@ ensure_tools() {
         pkgs+=(libnginx-mod-stream)
     fi
     if ((${#pkgs[@]})); then
-        local sudo=()
-        if ((EUID != 0)); then
-            command -v sudo >/dev/null || die "need root (or sudo) to install: ${pkgs[*]}"
-            sudo=(sudo)
-        fi
-        log "installing ${pkgs[*]}"
-        "${sudo[@]}" apt-get update
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${pkgs[@]}"
+        apt_install "${pkgs[@]}"
     fi
     local tool
     for tool in iperf3 nginx haproxy python3 curl; do

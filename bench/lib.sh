@@ -172,6 +172,18 @@ summarize() { # rate_array
     done
 }
 
+# Installs Debian packages (as root, or through sudo).
+apt_install() { # package...
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null || die "need root (or sudo) to install: $*"
+        sudo=(sudo)
+    fi
+    log "installing $*"
+    "${sudo[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "$@"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The raftgate binary to measure: RAFTGATE_BIN if set; else built as BUILD says: `dist` (the
 # default: scripts/build-pgo.sh, the profile-guided binary that ships) or `release` (a plain

@@ -82,14 +82,7 @@ ensure_tools() {
     command -v openssl >/dev/null || pkgs+=(openssl)
     { command -v taskset && command -v flock && command -v pgrep; } >/dev/null || pkgs+=(util-linux procps)
     ((${#pkgs[@]})) || return 0
-    local sudo=()
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null || die "need root (or sudo) to install: ${pkgs[*]}"
-        sudo=(sudo)
-    fi
-    log "installing ${pkgs[*]}"
-    "${sudo[@]}" apt-get update
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y "${pkgs[@]}"
+    apt_install "${pkgs[@]}"
     command -v wrk >/dev/null && command -v nginx >/dev/null && command -v haproxy >/dev/null ||
         die "wrk, nginx or haproxy still missing after apt-get install"
 }
@@ -306,9 +299,8 @@ print_table() {
 
 # ---------------------------------------------------------------------------------------------
 
-main() {
-    [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a whole number above 0"
-    [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
+# Tools, cores, free ports and the binary, then the cargo lock (bench/instructions.sh too).
+preflight() {
     ensure_tools
     (($(nproc) >= 2)) || die "needs at least 2 CPUs (proxy on $PROXY_CPU, load on $LOAD_CPU)"
     local port
@@ -317,8 +309,13 @@ main() {
     done
     raftgate_binary
     [[ -x $RAFTGATE_BIN ]] || die "no raftgate binary at $RAFTGATE_BIN"
-
     hold_cargo_lock
+}
+
+main() {
+    [[ $ROUNDS =~ ^[0-9]+$ && $ROUNDS -gt 0 ]] || die "ROUNDS must be a whole number above 0"
+    [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a whole number of seconds"
+    preflight
 
     mkdir -p "$OUT"
     rm -rf "$OUT/logs"
